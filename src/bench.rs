@@ -1,0 +1,118 @@
+//! Built-in benchmarks (`imagio-gateway bench`), run on the release binary so that the figures
+//! reported in issues can be reproduced with one command on any machine.
+//!
+//! Each suite measures our code and, where the issue asks for a comparison, the reference
+//! implementation side by side in the same run, over the same input.
+
+use crate::model;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The benchmark suites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// Every suite.
+    All,
+    /// FHIR JSON parse + serialize throughput against serde_json::Value.
+    Parse,
+}
+
+/// Runs a suite and prints its figures; `data` is the folder of FHIR JSON files to use.
+pub fn run(suite: Suite, data: Option<&Path>) -> ExitCode {
+    let dir = data.map_or_else(
+        || PathBuf::from("../shared/samples/synthea"),
+        Path::to_path_buf,
+    );
+    let inputs = match load(&dir) {
+        Ok(v) if !v.is_empty() => v,
+        Ok(_) => {
+            eprintln!("error: no .json files in {}", dir.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(suite, Suite::All | Suite::Parse) {
+        parse(&inputs);
+    }
+    ExitCode::SUCCESS
+}
+
+fn load(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files.iter().map(std::fs::read_to_string).collect()
+}
+
+/// Runs `f` over all inputs repeatedly for about `budget`, returning the best per-pass time.
+fn best_pass(budget: Duration, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    let mut best = Duration::MAX;
+    let mut passes = 0;
+    while passes < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+        passes += 1;
+    }
+    best
+}
+
+fn mb_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn parse(inputs: &[String]) {
+    let bytes: usize = inputs.iter().map(String::len).sum();
+    println!(
+        "parse: {} files, {:.1} MB; best of repeated passes, single thread",
+        inputs.len(),
+        bytes as f64 / 1e6
+    );
+    let budget = Duration::from_secs(3);
+    // Warm the type information so the first pass does not pay for building it.
+    for text in inputs {
+        let _ = model::parse(text);
+    }
+    let ours_parse = best_pass(budget, || {
+        for text in inputs {
+            std::hint::black_box(model::parse(text).ok());
+        }
+    });
+    let trees: Vec<model::Element> = inputs.iter().filter_map(|t| model::parse(t).ok()).collect();
+    let ours_write = best_pass(budget, || {
+        for t in &trees {
+            std::hint::black_box(model::to_json(t));
+        }
+    });
+    let serde_parse = best_pass(budget, || {
+        for text in inputs {
+            std::hint::black_box(serde_json::from_str::<serde_json::Value>(text).ok());
+        }
+    });
+    let values: Vec<serde_json::Value> = inputs
+        .iter()
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect();
+    let serde_write = best_pass(budget, || {
+        for v in &values {
+            std::hint::black_box(v.to_string());
+        }
+    });
+    let row = |name: &str, p: Duration, w: Duration| {
+        println!(
+            "  {name:<28} parse {:>7.1} MB/s   serialize {:>7.1} MB/s   parse+serialize {:>7.1} MB/s",
+            mb_per_s(bytes, p),
+            mb_per_s(bytes, w),
+            mb_per_s(bytes, p + w)
+        );
+    };
+    row("imagio element model", ours_parse, ours_write);
+    row("serde_json::Value (untyped)", serde_parse, serde_write);
+}

@@ -1,0 +1,6 @@
+//! The A-IMAGIO data gateway.
+#![warn(missing_docs)]
+pub mod bench;
+pub mod definitions;
+pub mod fhirpath;
+pub mod model;

@@ -1,0 +1,89 @@
+//! `imagio-gateway`: the command line. Each subcommand parses its arguments and calls one
+//! library function; nothing else lives here.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "imagio-gateway",
+    version,
+    about = "A-IMAGIO study data gateway (FHIR R4)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway (until the REST server lands: load the definitions, report, exit).
+    Serve,
+    /// Work with the embedded FHIR R4 definitions.
+    Definitions {
+        #[command(subcommand)]
+        command: DefinitionsCommand,
+    },
+    /// Run the built-in benchmarks and print their figures.
+    Bench {
+        /// What to measure.
+        #[arg(value_enum, default_value = "all")]
+        what: imagio_gateway::bench::Suite,
+        /// Folder of FHIR JSON files to measure on (default: ../shared/samples/synthea).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DefinitionsCommand {
+    /// Rebuild the compact pack (definitions/r4) from the official R4 definition bundles.
+    Pack {
+        /// Folder with profiles-resources.json, valuesets.json, ...
+        #[arg(long, default_value = "../shared/fhir-r4/definitions")]
+        source: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "definitions/r4")]
+        out: PathBuf,
+    },
+    /// Print how many definitions of each kind the binary carries.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => {
+            imagio_gateway::definitions::report(&mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Definitions { command } => match command {
+            DefinitionsCommand::Pack { source, out } => {
+                match imagio_gateway::definitions::pack::pack(&source, &out) {
+                    Ok(r) => {
+                        println!(
+                            "packed {} StructureDefinitions, {} ValueSets, {} CodeSystems, {} SearchParameters ({} bytes) into {}",
+                            r.structure_definitions,
+                            r.value_sets,
+                            r.code_systems,
+                            r.search_parameters,
+                            r.bytes,
+                            out.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            DefinitionsCommand::List => {
+                imagio_gateway::definitions::report(&mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+        },
+        Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
+    }
+}

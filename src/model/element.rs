@@ -28,8 +28,12 @@ pub struct Property {
     /// choice elements).
     pub type_index: u16,
     /// The values: exactly one for single-valued elements, one or more for repeating ones.
-    pub values: Vec<Value>,
+    pub values: Values,
 }
+
+/// The values of a property: inline storage for the common single value, so most
+/// properties cost no allocation of their own.
+pub type Values = smallvec::SmallVec<[Value; 1]>;
 
 /// A value of an element: primitive or complex.
 #[derive(Debug, Clone)]

@@ -15,6 +15,6 @@ pub mod parse;
 pub mod schema;
 pub mod write;
 
-pub use element::{Element, Primitive, PrimitiveExtras, Property, Scalar, Value};
+pub use element::{Element, Primitive, PrimitiveExtras, Property, Scalar, Value, Values};
 pub use parse::{parse, parse_strict, parse_with, ParseError, ParseIssue, ParseOptions, Parsed};
 pub use write::{to_json, to_json_pretty};

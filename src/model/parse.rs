@@ -12,7 +12,7 @@
 //! so a caller (the validator) sees all of them at once. [`parse`] turns any problem into an
 //! error; [`parse_with`] returns the tree and the list.
 
-use super::element::{Element, Primitive, PrimitiveExtras, Property, Scalar, Value};
+use super::element::{Element, Primitive, PrimitiveExtras, Property, Scalar, Value, Values};
 use super::json::{line_col, Cursor, Peek, SyntaxError};
 use super::schema::{self, ElementInfo, ElementType, PrimitiveKind, TypeInfo, TypeKind};
 use std::fmt::{self, Write as _};
@@ -143,6 +143,7 @@ pub fn parse_with(text: &str, options: &ParseOptions<'_>) -> Parsed {
         text,
         issues: Vec::new(),
         path: Vec::new(),
+        seen_pool: Vec::new(),
     };
     let result = p.top(options);
     let resource = match result {
@@ -172,6 +173,8 @@ struct Parser<'a> {
     text: &'a str,
     issues: Vec<ParseIssue>,
     path: Vec<Seg>,
+    /// A spare bookkeeping buffer, reused by the innermost object being read.
+    seen_pool: Vec<Seen>,
 }
 
 /// Per-property bookkeeping while an object is read.
@@ -308,7 +311,7 @@ impl<'a> Parser<'a> {
         let pos = self.c.offset();
         let mut el = Element {
             info,
-            props: Vec::new(),
+            props: Vec::with_capacity(4),
             pos: pos as u32,
         };
         if self.c.begin_object()? {
@@ -318,7 +321,8 @@ impl<'a> Parser<'a> {
             );
             return Ok(el);
         }
-        let mut seen: Vec<Seen> = Vec::new();
+        let mut seen: Vec<Seen> = std::mem::take(&mut self.seen_pool);
+        seen.clear();
         let mut first = true;
         let mut resource_type_seen = false;
         while let Some((key, at)) = self.c.next_key(first)? {
@@ -382,7 +386,7 @@ impl<'a> Parser<'a> {
                     el.props.push(Property {
                         element: child.element,
                         type_index: child.type_index,
-                        values: Vec::new(),
+                        values: Values::new(),
                     });
                     seen.push(Seen::default());
                     el.props.len() - 1
@@ -409,6 +413,7 @@ impl<'a> Parser<'a> {
             s.faulty |= self.issues.len() > before;
         }
         self.check_primitives(&el, &seen);
+        self.seen_pool = seen;
         el.props.retain(|p| !p.values.is_empty());
         if !el.props.is_sorted_by_key(|p| p.element) {
             el.props.sort_by_key(|p| p.element);
@@ -503,7 +508,7 @@ impl<'a> Parser<'a> {
         &mut self,
         def: &'static ElementInfo,
         ty: &'static ElementType,
-        values: &mut Vec<Value>,
+        values: &mut Values,
         depth: usize,
     ) -> R<Option<usize>> {
         let info = ty.info();
@@ -549,7 +554,7 @@ impl<'a> Parser<'a> {
         def: &'static ElementInfo,
         ty: &'static ElementType,
         kind: PrimitiveKind,
-        values: &mut Vec<Value>,
+        values: &mut Values,
         depth: usize,
     ) -> R<Option<usize>> {
         let Some(info) = ty.info() else {
@@ -589,7 +594,7 @@ impl<'a> Parser<'a> {
         &mut self,
         def: &'static ElementInfo,
         ty: &'static ElementType,
-        values: &mut Vec<Value>,
+        values: &mut Values,
         depth: usize,
     ) -> R<Option<usize>> {
         let Some(info) = ty.info() else {

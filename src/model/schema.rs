@@ -86,17 +86,14 @@ pub struct ElementInfo {
     pub choice: bool,
     /// The types it may take, in definition order.
     pub types: Vec<ElementType>,
+    /// The JSON property name for each type (one entry unless this is a choice element).
+    json_names: Vec<Box<str>>,
 }
 
 impl ElementInfo {
     /// The JSON property name for type number `type_index` (`valueQuantity` for a choice).
-    pub fn json_name(&self, type_index: usize) -> String {
-        if self.choice {
-            let code = self.types.get(type_index).map_or("", |t| &*t.code);
-            format!("{}{}", self.name, capitalize(code))
-        } else {
-            self.name.to_string()
-        }
+    pub fn json_name(&self, type_index: usize) -> &str {
+        self.json_names.get(type_index).map_or(&self.name, |n| n)
     }
 }
 
@@ -121,7 +118,7 @@ pub struct TypeInfo {
     pub base: Option<Box<str>>,
     /// The child elements, in the definition's (canonical JSON) order.
     pub elements: Vec<ElementInfo>,
-    json_names: HashMap<Box<str>, Child>,
+    json_names: HashMap<Box<str>, Child, FastHash>,
 }
 
 impl TypeInfo {
@@ -170,6 +167,49 @@ impl TypeInfo {
             base = type_info(&b).and_then(|t| t.base.as_deref().map(str::to_string));
         }
         false
+    }
+}
+
+/// A fast, non-cryptographic hasher for the small, trusted key sets of element names (the
+/// standard SipHash costs more than the rest of a property lookup).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+/// The hasher of [`FastHash`]: a multiply-rotate mix over 8-byte words.
+#[derive(Debug, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(i)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -286,7 +326,7 @@ fn build(name: &str) -> Option<TypeInfo> {
     }
     let prefix = format!("{root}.");
     let mut infos = Vec::new();
-    let mut json_names = HashMap::new();
+    let mut json_names = HashMap::with_hasher(FastHash);
     for (i, el) in elements.iter().enumerate() {
         let Some(path) = el.get("path").and_then(Value::as_str) else {
             continue;
@@ -319,7 +359,7 @@ fn build(name: &str) -> Option<TypeInfo> {
         for (t, _) in info.types.iter().enumerate() {
             let type_index = u16::try_from(t).ok()?;
             json_names.insert(
-                info.json_name(t).into_boxed_str(),
+                info.json_name(t).into(),
                 Child {
                     element,
                     type_index,
@@ -393,6 +433,16 @@ fn element_info(
             types.push(element_type(code, t));
         }
     }
+    let json_names = types
+        .iter()
+        .map(|t| {
+            if choice {
+                format!("{name}{}", capitalize(&t.code)).into_boxed_str()
+            } else {
+                name.into()
+            }
+        })
+        .collect();
     ElementInfo {
         name: name.into(),
         path: path.into(),
@@ -401,6 +451,7 @@ fn element_info(
         array,
         choice,
         types,
+        json_names,
     }
 }
 

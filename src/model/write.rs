@@ -53,7 +53,7 @@ fn write_element(out: &mut String, el: &Element, indent: Option<usize>) {
         let name = def.json_name(usize::from(prop.type_index));
         let values = &prop.values;
         if matches!(values.first(), Some(Value::Element(_))) {
-            key(out, &mut first, inner, "", &name);
+            key(out, &mut first, inner, "", name);
             list(out, def.array, values, inner, |out, v, i| {
                 if let Value::Element(e) = v {
                     write_element(out, e, i);
@@ -65,7 +65,7 @@ fn write_element(out: &mut String, el: &Element, indent: Option<usize>) {
             .iter()
             .any(|v| v.as_primitive().is_some_and(|p| p.value.is_some()))
         {
-            key(out, &mut first, inner, "", &name);
+            key(out, &mut first, inner, "", name);
             list(out, def.array, values, inner, |out, v, _| {
                 match v.as_primitive().and_then(|p| p.value.as_ref()) {
                     Some(s) => scalar(out, s),
@@ -77,7 +77,7 @@ fn write_element(out: &mut String, el: &Element, indent: Option<usize>) {
             .iter()
             .any(|v| v.as_primitive().is_some_and(|p| p.extras.is_some()))
         {
-            key(out, &mut first, inner, "_", &name);
+            key(out, &mut first, inner, "_", name);
             list(out, def.array, values, inner, |out, v, ind| {
                 match v.as_primitive().and_then(|p| p.extras.as_ref()) {
                     Some(x) => {

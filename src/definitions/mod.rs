@@ -11,6 +11,9 @@
 //! `definitions/r4/README.md`.
 
 pub mod pack;
+mod registry;
+
+pub use registry::{Registry, RegistryError};
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -30,6 +33,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a conformance resource by its `resourceType`, if the gateway keeps that kind.
+    pub fn of_resource_type(resource_type: &str) -> Option<Kind> {
+        match resource_type {
+            "StructureDefinition" => Some(Kind::StructureDefinition),
+            "ValueSet" => Some(Kind::ValueSet),
+            "CodeSystem" => Some(Kind::CodeSystem),
+            "SearchParameter" => Some(Kind::SearchParameter),
+            _ => None,
+        }
+    }
+
     const ALL: [Kind; 4] = [
         Kind::StructureDefinition,
         Kind::ValueSet,

@@ -25,6 +25,15 @@ enum Command {
         #[command(subcommand)]
         command: DefinitionsCommand,
     },
+    /// Evaluate a FHIRPath expression, optionally on a FHIR JSON resource, and print the
+    /// result as JSON (`[{"type": ..., "value": ...}]`).
+    Fhirpath {
+        /// The FHIRPath expression.
+        expression: String,
+        /// A FHIR JSON resource to evaluate it on.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
     /// Run the built-in benchmarks and print their figures.
     Bench {
         /// What to measure.
@@ -84,6 +93,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         },
+        Command::Fhirpath { expression, input } => {
+            imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
+        }
         Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
     }
 }

@@ -1,0 +1,1 @@
+//! FHIRPath benchmark (filled in below).

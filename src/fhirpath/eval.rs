@@ -1,0 +1,849 @@
+//! The FHIRPath evaluator: [`Expression`] (compiled once, evaluated many times) and the
+//! [`Context`] it is evaluated in.
+//!
+//! Evaluation walks the compiled tree. Each node takes the current scope (`$this`, `$index`,
+//! `$total`) and returns a [`Collection`]; items reference the element tree and the
+//! expression, so a path step copies no data. Operators apply the collection rules of the
+//! specification here (empty in, empty out; singleton operands; three-valued logic) and
+//! delegate the per-item work to [`super::ops`]; functions live in [`super::functions`].
+
+use std::cell::OnceCell;
+use std::cmp::Ordering;
+
+use super::ast::BinaryOp;
+use super::check;
+use super::compile::{self, Const, Node, NodeKind, TypeTest, Var};
+use super::error::{fail, Error, Res};
+use super::functions;
+use super::ops;
+use super::parser;
+use super::temporal::DateTime;
+use super::value::{Collection, Item, Shared};
+use crate::model::schema::TypeInfo;
+use crate::model::Element;
+
+/// Options for [`Expression::compile_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Strict mode: choice elements only by their base name (`value`, not `valueQuantity`),
+    /// element names checked against the type definitions, `children()` and
+    /// `descendants()` results not subject to order-dependent functions, and criteria that
+    /// are not Boolean rejected.
+    pub strict: bool,
+    /// The type of the context the expression is evaluated on (`Patient`), which makes the
+    /// strict checks possible at compile time.
+    pub context_type: Option<&'static TypeInfo>,
+}
+
+/// A compiled FHIRPath expression.
+///
+/// ```
+/// use imagio_gateway::fhirpath::{Context, Expression};
+/// let patient = imagio_gateway::model::parse(
+///     r#"{"resourceType":"Patient","birthDate":"1974-12-25"}"#).unwrap();
+/// let expr = Expression::compile("Patient.birthDate < @2000-01-01").unwrap();
+/// let result = expr.evaluate(&Context::new(&patient)).unwrap();
+/// assert_eq!(result[0].as_bool(), Some(true));
+/// ```
+#[derive(Debug)]
+pub struct Expression {
+    source: Box<str>,
+    root: Node,
+}
+
+impl Expression {
+    /// Parses and compiles an expression.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Syntax`] when it does not parse; [`Error::Semantic`] for unknown functions,
+    /// wrong argument counts, unknown type names, invalid literals and regular expressions.
+    pub fn compile(src: &str) -> Result<Self, Error> {
+        Self::compile_with(src, &Options::default())
+    }
+
+    /// Parses and compiles an expression with options; with `strict` and a `context_type`,
+    /// the expression is also type-checked against the FHIR definitions.
+    ///
+    /// # Errors
+    ///
+    /// As [`Expression::compile`], and in strict mode [`Error::Semantic`] for element names
+    /// the types do not define, choice names with a type suffix, order-dependent functions
+    /// on unordered collections and non-Boolean criteria.
+    pub fn compile_with(src: &str, options: &Options) -> Result<Self, Error> {
+        let ast = parser::parse(src)?;
+        let root = compile::compile(src, &ast)?;
+        if options.strict {
+            check::check(src, &root, options.context_type)?;
+        }
+        Ok(Expression {
+            source: src.into(),
+            root,
+        })
+    }
+
+    /// The source text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates the expression.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Execution`] when evaluation breaks a rule of the specification, e.g. an
+    /// operator applied to a collection of several items.
+    pub fn evaluate<'a>(&'a self, ctx: &Context<'a>) -> Result<Collection<'a>, Error> {
+        let run = Run {
+            ctx,
+            now: OnceCell::new(),
+        };
+        let this = ctx.focus.as_slice();
+        let scope = Scope {
+            this,
+            index: None,
+            total: None,
+        };
+        eval(&self.root, scope, &run).map_err(|f| Error::execution(&self.source, f.pos, f.message))
+    }
+
+    /// Evaluates the expression as a predicate (an invariant): empty is `None`, a single
+    /// Boolean its value, any other single item `true`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Expression::evaluate`], and [`Error::Execution`] when the result has several items.
+    pub fn evaluate_predicate<'a>(&'a self, ctx: &Context<'a>) -> Result<Option<bool>, Error> {
+        let result = self.evaluate(ctx)?;
+        match &result[..] {
+            [] => Ok(None),
+            [item] => Ok(Some(item.as_bool().unwrap_or(true))),
+            _ => Err(Error::execution(
+                &self.source,
+                0,
+                format!(
+                    "expected a single Boolean result, found {} items",
+                    result.len()
+                ),
+            )),
+        }
+    }
+}
+
+/// A callback for `trace()`: the name given and the traced collection.
+pub type TraceFn<'a> = dyn for<'x> Fn(&str, &[Item<'x>]) + 'a;
+
+/// What an expression is evaluated on: the focus (`$this` and `%context`), the resources
+/// (`%resource`, `%rootResource`), variables, the clock and the mode.
+pub struct Context<'a> {
+    focus: Option<Item<'a>>,
+    resource: Option<&'a Element>,
+    root_resource: Option<&'a Element>,
+    variables: Vec<(Box<str>, Collection<'a>)>,
+    now: Option<DateTime>,
+    strict: bool,
+    trace: Option<&'a TraceFn<'a>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context on a resource: it is the focus, `%resource`, `%rootResource` and `%context`.
+    pub fn new(resource: &'a Element) -> Self {
+        Context {
+            focus: Some(Item::Element(resource)),
+            resource: Some(resource),
+            root_resource: Some(resource),
+            variables: Vec::new(),
+            now: None,
+            strict: false,
+            trace: None,
+        }
+    }
+
+    /// A context without data (for expressions on literals only).
+    pub fn empty() -> Self {
+        Context {
+            focus: None,
+            resource: None,
+            root_resource: None,
+            variables: Vec::new(),
+            now: None,
+            strict: false,
+            trace: None,
+        }
+    }
+
+    /// Sets the focus (`$this` and `%context`), e.g. an element inside the resource when
+    /// checking an invariant on it.
+    #[must_use]
+    pub fn with_focus(mut self, focus: Item<'a>) -> Self {
+        self.focus = Some(focus);
+        self
+    }
+
+    /// Sets `%rootResource`, the resource containing `%resource` (a Bundle, or the container
+    /// of a contained resource).
+    #[must_use]
+    pub fn with_root_resource(mut self, root: &'a Element) -> Self {
+        self.root_resource = Some(root);
+        self
+    }
+
+    /// Defines `%name`.
+    #[must_use]
+    pub fn with_variable(mut self, name: &str, value: Collection<'a>) -> Self {
+        self.variables.push((name.into(), value));
+        self
+    }
+
+    /// Fixes `now()`, `today()` and `timeOfDay()` (by default the clock is read once per
+    /// evaluation, in UTC).
+    #[must_use]
+    pub fn with_now(mut self, now: DateTime) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// Strict mode: choice elements only by base name, element names checked against the
+    /// definitions, non-Boolean criteria refused.
+    #[must_use]
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Sends `trace()` output to `f`.
+    #[must_use]
+    pub fn with_trace(mut self, f: &'a TraceFn<'a>) -> Self {
+        self.trace = Some(f);
+        self
+    }
+
+    /// Whether strict mode is on.
+    pub fn is_strict(&self) -> bool {
+        self.strict
+    }
+
+    pub(crate) fn resource(&self) -> Option<&'a Element> {
+        self.resource
+    }
+
+    pub(crate) fn root_resource(&self) -> Option<&'a Element> {
+        self.root_resource.or(self.resource)
+    }
+
+    pub(crate) fn trace(&self) -> Option<&'a TraceFn<'a>> {
+        self.trace
+    }
+}
+
+/// State of one evaluation.
+pub(crate) struct Run<'a, 'c> {
+    pub ctx: &'c Context<'a>,
+    now: OnceCell<Option<DateTime>>,
+}
+
+impl Run<'_, '_> {
+    /// The evaluation's `now()`: fixed on first use.
+    pub fn now(&self) -> Option<DateTime> {
+        *self
+            .now
+            .get_or_init(|| self.ctx.now.or_else(functions::clock_now))
+    }
+
+    /// Whether strict mode is on.
+    pub fn strict(&self) -> bool {
+        self.ctx.strict
+    }
+}
+
+/// The iteration variables visible to a node.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope<'a, 's> {
+    /// `$this`
+    pub this: &'s [Item<'a>],
+    /// `$index`
+    pub index: Option<usize>,
+    /// `$total`
+    pub total: Option<&'s [Item<'a>]>,
+}
+
+/// Evaluates a node.
+pub(crate) fn eval<'a>(
+    node: &'a Node,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+) -> Res<Collection<'a>> {
+    let pos = node.pos;
+    match &node.kind {
+        NodeKind::Empty => Ok(Collection::new()),
+        NodeKind::Const(c) => Ok(Collection::one(constant(c))),
+        NodeKind::This => Ok(scope.this.iter().cloned().collect()),
+        NodeKind::Index => Ok(scope
+            .index
+            .and_then(|i| i64::try_from(i).ok())
+            .map_or_else(Collection::new, |i| Collection::one(Item::Integer(i)))),
+        NodeKind::Total => Ok(scope.total.unwrap_or(&[]).iter().cloned().collect()),
+        NodeKind::Var(v) => variable(v, pos, run),
+        NodeKind::Member {
+            base,
+            name,
+            type_filter,
+        } => match base {
+            Some(base) => {
+                let input = eval(base, scope, run)?;
+                navigate(&input, name, pos, run)
+            }
+            None => match type_filter {
+                Some(t) => Ok(scope
+                    .this
+                    .iter()
+                    .filter(|i| i.fhir_type().is_some_and(|info| is_type(info, t)))
+                    .cloned()
+                    .collect()),
+                None => navigate(scope.this, name, pos, run),
+            },
+        },
+        NodeKind::Call {
+            base,
+            func,
+            args,
+            extra,
+        } => {
+            let input = match base {
+                Some(base) => eval(base, scope, run)?,
+                None => scope.this.iter().cloned().collect(),
+            };
+            functions::call(*func, input, args, extra, scope, run, pos)
+        }
+        NodeKind::Indexer { base, index } => {
+            let input = eval(base, scope, run)?;
+            let index = eval(index, scope, run)?;
+            let Some(i) = single_integer(&index, pos, "an index")? else {
+                return Ok(Collection::new());
+            };
+            Ok(usize::try_from(i)
+                .ok()
+                .and_then(|i| input.get(i))
+                .cloned()
+                .map_or_else(Collection::new, Collection::one))
+        }
+        NodeKind::Unary { negate, operand } => {
+            let value = eval(operand, scope, run)?;
+            unary(*negate, &value, pos)
+        }
+        NodeKind::Binary { op, lhs, rhs } => binary(*op, lhs, rhs, scope, run, pos),
+        NodeKind::Is { operand, test } => {
+            let value = eval(operand, scope, run)?;
+            match singleton(&value, pos, "is")? {
+                None => Ok(Collection::new()),
+                Some(item) => Ok(Collection::boolean(is_of_type(item, test, false))),
+            }
+        }
+        NodeKind::As { operand, test } => {
+            let value = eval(operand, scope, run)?;
+            cast(value, test, pos)
+        }
+    }
+}
+
+/// The item of a literal; strings and quantities borrow from the expression.
+fn constant(c: &Const) -> Item<'_> {
+    match c {
+        Const::Boolean(b) => Item::Boolean(*b),
+        Const::Integer(i) => Item::Integer(*i),
+        Const::Decimal(d) => Item::Decimal(*d),
+        Const::String(s) => Item::str(s),
+        Const::Date(d) => Item::Date(*d),
+        Const::DateTime(d) => Item::DateTime(*d),
+        Const::Time(t) => Item::Time(*t),
+        Const::Quantity(q) => Item::Quantity(Shared::Borrowed(q)),
+    }
+}
+
+fn variable<'a>(v: &'a Var, pos: u32, run: &Run<'a, '_>) -> Res<Collection<'a>> {
+    let element = |e: Option<&'a Element>| {
+        e.map_or_else(Collection::new, |e| Collection::one(Item::Element(e)))
+    };
+    match v {
+        Var::Resource => Ok(element(run.ctx.resource())),
+        Var::RootResource => Ok(element(run.ctx.root_resource())),
+        Var::Context => Ok(run.ctx.focus.iter().cloned().collect()),
+        Var::Text(s) => Ok(Collection::one(Item::str(s))),
+        Var::User(name) => match run.ctx.variables.iter().rev().find(|(n, _)| n == name) {
+            Some((_, value)) => Ok(value.clone()),
+            None => fail(pos, format!("undefined environment variable %{name}")),
+        },
+    }
+}
+
+/// Whether a FHIR type is `target` or derives from it.
+pub(crate) fn is_type(info: &'static TypeInfo, target: &'static TypeInfo) -> bool {
+    std::ptr::eq(info, target) || info.is_a(&target.name)
+}
+
+/// The children named `name` of every item: elements by name (choice elements by their base
+/// name, and outside strict mode also by their JSON name, `valueQuantity`), and on
+/// primitives `id` and `extension`.
+pub(crate) fn navigate<'a>(
+    input: &[Item<'a>],
+    name: &str,
+    pos: u32,
+    run: &Run<'a, '_>,
+) -> Res<Collection<'a>> {
+    let mut out = Collection::new();
+    for item in input {
+        match item {
+            Item::Element(e) => child_values(e, name, pos, run.strict(), &mut out)?,
+            Item::Primitive(p) => match name {
+                "extension" => out.extend(p.extensions().iter().map(Item::Element)),
+                "id" => {
+                    if let Some(id) = p.extras.as_ref().and_then(|x| x.id.as_deref()) {
+                        out.push(Item::str(id));
+                    }
+                }
+                _ => {}
+            },
+            Item::Type(t) => match name {
+                "namespace" => out.push(Item::str(t.namespace)),
+                "name" => out.push(Item::str(t.name)),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Appends the values of element `name` of `e`.
+fn child_values<'a>(
+    e: &'a Element,
+    name: &str,
+    pos: u32,
+    strict: bool,
+    out: &mut Collection<'a>,
+) -> Res<()> {
+    let info = e.info;
+    let (element, type_index) = match info.child(name) {
+        Some(c) => {
+            let choice = info
+                .elements
+                .get(usize::from(c.element))
+                .is_some_and(|d| d.choice);
+            if choice && strict {
+                return fail(
+                    pos,
+                    format!("'{name}' is not an element of {} (choice elements are named without their type)", info.fhir_type_name()),
+                );
+            }
+            (c.element, choice.then_some(c.type_index))
+        }
+        None => match info.element(name) {
+            Some((i, _)) => (u16::try_from(i).unwrap_or(u16::MAX), None),
+            None => {
+                if strict {
+                    return fail(
+                        pos,
+                        format!("'{name}' is not an element of {}", info.fhir_type_name()),
+                    );
+                }
+                return Ok(());
+            }
+        },
+    };
+    for p in &e.props {
+        if p.element == element {
+            if type_index.is_none_or(|t| t == p.type_index) {
+                out.extend(p.values.iter().map(Item::from_value));
+            }
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an item is of the tested type. For `as`/`ofType` (`exact_primitive`), FHIR
+/// primitives must be of exactly the named type.
+pub(crate) fn is_of_type(item: &Item<'_>, test: &TypeTest, exact_primitive: bool) -> bool {
+    match item.fhir_type() {
+        Some(info) => test.fhir_matches(info, exact_primitive),
+        None => test.system.is_some() && item.system_type() == test.system,
+    }
+}
+
+/// `as`: the single item if it is of the type, else empty.
+pub(crate) fn cast<'a>(value: Collection<'a>, test: &TypeTest, pos: u32) -> Res<Collection<'a>> {
+    match singleton(&value, pos, "as")? {
+        Some(item) if is_of_type(item, test, true) => Ok(value),
+        _ => Ok(Collection::new()),
+    }
+}
+
+/// The only item of a collection, `None` when empty; an error when there are several.
+pub(crate) fn singleton<'c, 'a>(
+    c: &'c [Item<'a>],
+    pos: u32,
+    what: &str,
+) -> Res<Option<&'c Item<'a>>> {
+    match c {
+        [] => Ok(None),
+        [item] => Ok(Some(item)),
+        _ => fail(
+            pos,
+            format!(
+                "{what} expects a single item, found a collection of {}",
+                c.len()
+            ),
+        ),
+    }
+}
+
+/// A single Integer argument or operand; `None` when empty.
+pub(crate) fn single_integer(c: &[Item<'_>], pos: u32, what: &str) -> Res<Option<i64>> {
+    match singleton(c, pos, what)? {
+        None => Ok(None),
+        Some(item) => match item.as_integer() {
+            Some(i) => Ok(Some(i)),
+            None => fail(
+                pos,
+                format!("{what} must be an Integer, found {}", item.output_type()),
+            ),
+        },
+    }
+}
+
+/// A collection as a Boolean (singleton evaluation): empty is `None`; a single Boolean its
+/// value; a single item of another type `true` (an error in strict mode).
+pub(crate) fn truth(c: &[Item<'_>], pos: u32, run: &Run<'_, '_>) -> Res<Option<bool>> {
+    match c {
+        [] => Ok(None),
+        [item] => match item.as_bool() {
+            Some(b) => Ok(Some(b)),
+            None => match item {
+                Item::Primitive(p) if p.value.is_none() => Ok(None),
+                _ if run.strict() => fail(
+                    pos,
+                    format!("expected a Boolean, found {}", item.output_type()),
+                ),
+                _ => Ok(Some(true)),
+            },
+        },
+        _ => fail(
+            pos,
+            format!(
+                "expected a single Boolean, found a collection of {}",
+                c.len()
+            ),
+        ),
+    }
+}
+
+fn unary<'a>(negate: bool, value: &Collection<'a>, pos: u32) -> Res<Collection<'a>> {
+    let Some(item) = singleton(value, pos, "a prefix operator")? else {
+        return Ok(Collection::new());
+    };
+    use super::value::SystemValue as V;
+    let result = match item.to_system() {
+        Some(V::Integer(i)) if negate => i.checked_neg().map(Item::Integer),
+        Some(V::Decimal(d)) if negate => {
+            // FHIRPath has no negative zero: `-0.0` is `0.0`.
+            let mut n = -d;
+            if n.is_zero() {
+                n.set_sign_positive(true);
+            }
+            Some(Item::Decimal(n))
+        }
+        Some(V::Quantity(q)) if negate => {
+            let mut q = q.into_owned();
+            q.value = -q.value;
+            Some(Item::Quantity(Shared::Owned(std::rc::Rc::new(q))))
+        }
+        Some(v @ (V::Integer(_) | V::Decimal(_) | V::Quantity(_))) => Some(v.into_item()),
+        _ => {
+            return fail(
+                pos,
+                format!(
+                    "prefix '{}' is not defined for {}",
+                    if negate { '-' } else { '+' },
+                    item.output_type()
+                ),
+            )
+        }
+    };
+    Ok(result.map_or_else(Collection::new, Collection::one))
+}
+
+fn binary<'a>(
+    op: BinaryOp,
+    lhs: &'a Node,
+    rhs: &'a Node,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    match op {
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Implies => {
+            return logic(op, lhs, rhs, scope, run, pos)
+        }
+        _ => {}
+    }
+    let a = eval(lhs, scope, run)?;
+    let b = eval(rhs, scope, run)?;
+    match op {
+        BinaryOp::Eq => Ok(Collection::from_option(collection_equals(&a, &b))),
+        BinaryOp::Ne => Ok(Collection::from_option(
+            collection_equals(&a, &b).map(|e| !e),
+        )),
+        BinaryOp::Equiv => Ok(Collection::boolean(collection_equivalent(&a, &b))),
+        BinaryOp::NotEquiv => Ok(Collection::boolean(!collection_equivalent(&a, &b))),
+        BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge => {
+            let (Some(x), Some(y)) = (
+                singleton(&a, pos, op.symbol())?,
+                singleton(&b, pos, op.symbol())?,
+            ) else {
+                return Ok(Collection::new());
+            };
+            let ordering = match ops::compare(x, y) {
+                Ok(o) => o,
+                Err(m) => return fail(pos, m),
+            };
+            Ok(Collection::from_option(ordering.map(|o| match op {
+                BinaryOp::Lt => o == Ordering::Less,
+                BinaryOp::Gt => o == Ordering::Greater,
+                BinaryOp::Le => o != Ordering::Greater,
+                _ => o != Ordering::Less,
+            })))
+        }
+        BinaryOp::Union => Ok(union(a, &b)),
+        BinaryOp::In => membership(&a, &b, pos),
+        BinaryOp::Contains => membership(&b, &a, pos),
+        BinaryOp::Concat => {
+            let mut s = String::new();
+            for side in [&a, &b] {
+                if let Some(item) = singleton(side, pos, "&")? {
+                    match item.as_str() {
+                        Some(text) => s.push_str(text),
+                        None => {
+                            return fail(
+                                pos,
+                                format!("& expects strings, found {}", item.output_type()),
+                            )
+                        }
+                    }
+                }
+            }
+            Ok(Collection::one(Item::String(super::value::Text::owned(s))))
+        }
+        _ => {
+            let (Some(x), Some(y)) = (
+                singleton(&a, pos, op.symbol())?,
+                singleton(&b, pos, op.symbol())?,
+            ) else {
+                return Ok(Collection::new());
+            };
+            let (Some(p), Some(q)) = (x.to_system(), y.to_system()) else {
+                return fail(
+                    pos,
+                    format!(
+                        "operator '{}' is not defined for {} and {}",
+                        op.symbol(),
+                        x.output_type(),
+                        y.output_type()
+                    ),
+                );
+            };
+            match ops::arithmetic(op, &p, &q) {
+                Ok(r) => Ok(r.map_or_else(Collection::new, Collection::one)),
+                Err(m) => fail(pos, m),
+            }
+        }
+    }
+}
+
+/// `and`, `or`, `xor`, `implies` with three-valued logic; the right side is not evaluated
+/// when the left decides.
+fn logic<'a>(
+    op: BinaryOp,
+    lhs: &'a Node,
+    rhs: &'a Node,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let a = truth(&eval(lhs, scope, run)?, pos, run)?;
+    let decided = match (op, a) {
+        (BinaryOp::And, Some(false)) => Some(false),
+        (BinaryOp::Or, Some(true)) => Some(true),
+        (BinaryOp::Implies, Some(false)) => Some(true),
+        _ => None,
+    };
+    if let Some(d) = decided {
+        return Ok(Collection::boolean(d));
+    }
+    let b = truth(&eval(rhs, scope, run)?, pos, run)?;
+    let r = match op {
+        BinaryOp::And => match (a, b) {
+            (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        BinaryOp::Or => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        BinaryOp::Xor => a.zip(b).map(|(x, y)| x != y),
+        _ => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(true), Some(false)) => Some(false),
+            _ => None,
+        },
+    };
+    Ok(Collection::from_option(r))
+}
+
+/// `=` on collections: empty if either is empty, else pairwise in order.
+pub(crate) fn collection_equals(a: &[Item<'_>], b: &[Item<'_>]) -> Option<bool> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    if a.len() != b.len() {
+        return Some(false);
+    }
+    let mut unknown = false;
+    for (x, y) in a.iter().zip(b) {
+        match ops::equals(x, y) {
+            Some(false) => return Some(false),
+            None => unknown = true,
+            Some(true) => {}
+        }
+    }
+    (!unknown).then_some(true)
+}
+
+/// `~` on collections: both empty is true; otherwise same size and every item of one
+/// equivalent to a distinct item of the other, in any order.
+pub(crate) fn collection_equivalent(a: &[Item<'_>], b: &[Item<'_>]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter().all(|x| {
+        let found = b
+            .iter()
+            .enumerate()
+            .find(|(i, y)| !used[*i] && ops::equivalent(x, y));
+        match found {
+            Some((i, _)) => {
+                used[i] = true;
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Whether a collection holds an item equal to `item`.
+pub(crate) fn contains_item(c: &[Item<'_>], item: &Item<'_>) -> bool {
+    c.iter().any(|x| ops::equals(x, item) == Some(true))
+}
+
+/// `a | b`: the items of both without duplicates.
+pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
+    let mut out = Collection::with_capacity(a.len() + b.len());
+    for item in a.iter().chain(b) {
+        if !contains_item(&out, item) {
+            out.push(item.clone());
+        }
+    }
+    out
+}
+
+/// `item in collection`.
+fn membership<'a>(item: &[Item<'a>], collection: &[Item<'a>], pos: u32) -> Res<Collection<'a>> {
+    match singleton(item, pos, "in/contains")? {
+        None => Ok(Collection::new()),
+        Some(x) => Ok(Collection::boolean(contains_item(collection, x))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(src: &str) -> Result<Collection<'static>, Error> {
+        let expr = Box::leak(Box::new(Expression::compile(src)?));
+        let ctx = Box::leak(Box::new(Context::empty()));
+        expr.evaluate(ctx)
+    }
+
+    fn boolean(src: &str) -> Option<bool> {
+        let r = run(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        match &r[..] {
+            [] => None,
+            [Item::Boolean(b)] => Some(*b),
+            other => panic!("{src}: not a Boolean: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_propagates() {
+        assert_eq!(boolean("{} = 1"), None);
+        assert_eq!(boolean("1 != {}"), None);
+        assert_eq!(boolean("({} + 1).empty()"), Some(true));
+        assert_eq!(boolean("{} < 1"), None);
+        assert_eq!(boolean("{} ~ {}"), Some(true));
+        assert_eq!(boolean("1 ~ {}"), Some(false));
+        assert_eq!(boolean("{}.not()"), None);
+    }
+
+    #[test]
+    fn three_valued_logic() {
+        let table = [
+            ("true and {}", None),
+            ("false and {}", Some(false)),
+            ("{} and false", Some(false)),
+            ("{} or true", Some(true)),
+            ("false or {}", None),
+            ("true xor {}", None),
+            ("{} implies true", Some(true)),
+            ("false implies {}", Some(true)),
+            ("true implies {}", None),
+            ("{} implies false", None),
+        ];
+        for (src, expected) in table {
+            assert_eq!(boolean(src), expected, "{src}");
+        }
+    }
+
+    #[test]
+    fn singleton_rules() {
+        assert!(matches!(run("(1 | 2) + 1"), Err(Error::Execution { .. })));
+        assert!(matches!(run("(1 | 2) < 3"), Err(Error::Execution { .. })));
+        assert!(matches!(run("(1 | 2).not()"), Err(Error::Execution { .. })));
+        assert!(matches!(run("-true"), Err(Error::Execution { .. })));
+        assert_eq!(boolean("(1).not()"), Some(false));
+        assert_eq!(boolean("1 < 'a'.length()"), Some(false));
+        assert!(matches!(run("1 < 'a'"), Err(Error::Execution { .. })));
+    }
+
+    #[test]
+    fn date_precision_comparison() {
+        assert_eq!(boolean("@2018-03 < @2018-03-01"), None);
+        assert_eq!(boolean("@2018-03 < @2018-04-01"), Some(true));
+        assert_eq!(boolean("@2012-04-15 = @2012-04-15T10:00:00"), None);
+        assert_eq!(
+            boolean("@2012-04-15T15:30:31 = @2012-04-15T15:30:31.0"),
+            Some(true)
+        );
+        assert_eq!(boolean("@T10:30 > @T10:30:00"), None);
+        assert_eq!(boolean("@2012-04-15 ~ @2012-04-15T10:00:00"), Some(false));
+    }
+
+    #[test]
+    fn execution_errors_have_positions() {
+        let Err(Error::Execution { line, col, .. }) = run("1 +\n (1 | 2)") else {
+            panic!("expected an execution error")
+        };
+        assert_eq!((line, col), (1, 3));
+    }
+}

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod definitions;
 pub mod fhirpath;
 pub mod model;
+pub mod validate;

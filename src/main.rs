@@ -20,6 +20,21 @@ struct Cli {
 enum Command {
     /// Start the gateway (until the REST server lands: load the definitions, report, exit).
     Serve,
+    /// Validate FHIR JSON files against the R4 definitions and profiles.
+    Validate {
+        /// Definitions to load first (StructureDefinition, ValueSet, CodeSystem, or a Bundle).
+        #[arg(long = "load", value_name = "FILE")]
+        loads: Vec<PathBuf>,
+        /// Profile (canonical URL) to check every input against.
+        #[arg(long = "profile", value_name = "URL")]
+        profiles: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: imagio_gateway::validate::cli::Format,
+        /// The files to validate.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Work with the embedded FHIR R4 definitions.
     Definitions {
         #[command(subcommand)]
@@ -93,6 +108,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         },
+        Command::Validate {
+            loads,
+            profiles,
+            format,
+            files,
+        } => imagio_gateway::validate::cli::run(&loads, &profiles, &files, format),
         Command::Fhirpath { expression, input } => {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }

@@ -30,6 +30,10 @@ pub enum Kind {
     CodeSystem,
     /// SearchParameters.
     SearchParameter,
+    /// ConceptMaps (none embedded; loaded with mappings and study terminology).
+    ConceptMap,
+    /// Questionnaires (none embedded; loaded to validate QuestionnaireResponses).
+    Questionnaire,
 }
 
 impl Kind {
@@ -40,15 +44,19 @@ impl Kind {
             "ValueSet" => Some(Kind::ValueSet),
             "CodeSystem" => Some(Kind::CodeSystem),
             "SearchParameter" => Some(Kind::SearchParameter),
+            "ConceptMap" => Some(Kind::ConceptMap),
+            "Questionnaire" => Some(Kind::Questionnaire),
             _ => None,
         }
     }
 
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 6] = [
         Kind::StructureDefinition,
         Kind::ValueSet,
         Kind::CodeSystem,
         Kind::SearchParameter,
+        Kind::ConceptMap,
+        Kind::Questionnaire,
     ];
 
     fn text(self) -> &'static str {
@@ -59,6 +67,7 @@ impl Kind {
             Kind::ValueSet => include_str!("../../definitions/r4/valuesets.tsv"),
             Kind::CodeSystem => include_str!("../../definitions/r4/codesystems.tsv"),
             Kind::SearchParameter => include_str!("../../definitions/r4/searchparameters.tsv"),
+            Kind::ConceptMap | Kind::Questionnaire => "",
         }
     }
 
@@ -89,12 +98,8 @@ impl Packed {
 }
 
 fn packed(kind: Kind) -> &'static Packed {
-    static FILES: [OnceLock<Packed>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
+    static FILES: [OnceLock<Packed>; Kind::ALL.len()] =
+        [const { OnceLock::new() }; Kind::ALL.len()];
     FILES[kind.slot()].get_or_init(|| Packed::index(kind.text()))
 }
 

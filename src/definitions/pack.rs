@@ -403,7 +403,34 @@ fn strip_concepts(concepts: &Value) -> Value {
             .flatten()
             .map(|c| {
                 let mut o = pick(c, &["code", "display"]);
-                if let (Some(obj), Some(sub)) = (o.as_object_mut(), c.get("concept")) {
+                let Some(obj) = o.as_object_mut() else {
+                    return o;
+                };
+                // Properties that change membership: abstract and deprecated codes, and
+                // extra parents of v3 hierarchies.
+                let props: Vec<Value> = c
+                    .get("property")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| {
+                        matches!(
+                            str_of(p, "code"),
+                            "notSelectable"
+                                | "abstract"
+                                | "status"
+                                | "deprecated"
+                                | "parent"
+                                | "child"
+                                | "subsumedBy"
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                if !props.is_empty() {
+                    obj.insert("property".into(), Value::Array(props));
+                }
+                if let Some(sub) = c.get("concept") {
                     obj.insert("concept".into(), strip_concepts(sub));
                 }
                 o

@@ -3,6 +3,343 @@
 //! store ──> serve). It reads conformance resources from a
 //! [`Registry`](crate::definitions::Registry) and reports problems; it never changes data.
 //!
+//! An invalid resource is data, not an error: [`Validator::validate`] returns the list of
+//! [`Issue`]s (empty when the resource conforms). Profiles that cannot be resolved are
+//! reported as errors, never passed silently.
+//!
+//! - [`issue`]: what validation reports, and its rendering as an OperationOutcome.
+//! - [`snapshot`]: snapshot generation for profiles that carry only a differential.
+//! - [`profile`]: a snapshot compiled into a tree for checking.
+//! - `check` and `slicing`: the walk of an instance against a profile.
+//! - [`pattern`]: `fixed[x]` and `pattern[x]` comparison.
+//! - [`primitive`]: lexical rules of primitive types.
 //! - [`terminology`]: ValueSet expansion and code membership for bindings and Codings.
 
+mod check;
+pub mod cli;
+pub mod issue;
+pub mod pattern;
+pub mod primitive;
+pub mod profile;
+mod slicing;
+pub mod snapshot;
 pub mod terminology;
+
+pub use issue::{has_errors, operation_outcome, Issue, IssueType, Severity};
+
+use crate::definitions::{core_url, Registry};
+use crate::fhirpath::Expression;
+use crate::model::{self, Element, ParseOptions};
+use check::Walk;
+use profile::Profile;
+use snapshot::{SnapshotError, Snapshots};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+use terminology::Terminology;
+
+/// Validator settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Severity of an extension whose definition the registry does not hold.
+    pub unknown_extension: Severity,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            unknown_extension: Severity::Warning,
+        }
+    }
+}
+
+/// Validates resources against the definitions of one [`Registry`]. Build one and share it:
+/// snapshots, compiled profiles, expansions and compiled invariants are cached inside.
+pub struct Validator {
+    registry: Arc<Registry>,
+    terminology: Terminology,
+    snapshots: Snapshots,
+    profiles: RwLock<HashMap<String, Arc<Profile>>>,
+    expressions: RwLock<HashMap<String, Arc<Expression>>>,
+    /// The profile checked for a resource type when a resource claims none.
+    defaults: HashMap<String, String>,
+    /// Settings.
+    pub options: Options,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("defaults", &self.defaults)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Validator {
+    /// A validator over `registry`, with default options.
+    pub fn new(registry: Registry) -> Validator {
+        let registry = Arc::new(registry);
+        Validator {
+            terminology: Terminology::new(registry.clone()),
+            registry,
+            snapshots: Snapshots::default(),
+            profiles: RwLock::new(HashMap::new()),
+            expressions: RwLock::new(HashMap::new()),
+            defaults: HashMap::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// Sets the profile checked for resources of `resource_type` that claim no profile.
+    pub fn set_default_profile(&mut self, resource_type: &str, url: &str) {
+        self.defaults
+            .insert(resource_type.to_string(), url.to_string());
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The terminology service.
+    pub fn terminology(&self) -> &Terminology {
+        &self.terminology
+    }
+
+    /// The compiled profile for a StructureDefinition URL.
+    ///
+    /// # Errors
+    /// When the profile, its base or a type it needs is unknown, or its snapshot cannot be
+    /// generated.
+    pub fn profile(&self, url: &str) -> Result<Arc<Profile>, SnapshotError> {
+        let url = url.split('|').next().unwrap_or(url);
+        if let Ok(cache) = self.profiles.read() {
+            if let Some(p) = cache.get(url) {
+                return Ok(p.clone());
+            }
+        }
+        let elements = self.snapshots.get(&self.registry, url)?;
+        let sd = self
+            .registry
+            .get(crate::definitions::Kind::StructureDefinition, url)
+            .ok_or_else(|| SnapshotError::UnknownProfile(url.to_string()))?;
+        let compiled = Arc::new(Profile::compile(&sd, &elements));
+        if let Ok(mut cache) = self.profiles.write() {
+            cache.insert(url.to_string(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    /// The compiled core definition of a type (`Patient`, `HumanName`).
+    pub fn core_profile(&self, type_name: &str) -> Option<Arc<Profile>> {
+        self.profile(&core_url(type_name)).ok()
+    }
+
+    /// A compiled FHIRPath expression, cached by its text.
+    ///
+    /// # Errors
+    /// When the expression does not compile.
+    pub fn expression(&self, src: &str) -> Result<Arc<Expression>, crate::fhirpath::Error> {
+        if let Ok(cache) = self.expressions.read() {
+            if let Some(e) = cache.get(src) {
+                return Ok(e.clone());
+            }
+        }
+        let e = Arc::new(Expression::compile(src)?);
+        if let Ok(mut cache) = self.expressions.write() {
+            cache.insert(src.to_string(), e.clone());
+        }
+        Ok(e)
+    }
+
+    /// Validates a parsed resource against its core definition, the profiles it claims in
+    /// `meta.profile`, the default profile for its type, and `profiles`. `source` is the
+    /// JSON it was parsed from, for `line:column` in the issues.
+    pub fn validate(
+        &self,
+        resource: &Element,
+        source: Option<&str>,
+        profiles: &[String],
+    ) -> Vec<Issue> {
+        let mut walk = Walk::new(self, source);
+        walk.location = resource.type_name().to_string();
+        self.resource_with(&mut walk, resource, profiles);
+        dedup(walk.issues)
+    }
+
+    /// Parses and validates JSON text: the parse problems (with `line:column`) followed by
+    /// the validation issues of what could be read.
+    pub fn validate_json(&self, text: &str, profiles: &[String]) -> Vec<Issue> {
+        let parsed = model::parse_with(text, &ParseOptions::default());
+        let mut issues: Vec<Issue> = parsed
+            .issues
+            .iter()
+            .map(|p| Issue {
+                severity: match p.kind {
+                    model::parse::IssueKind::Syntax => Severity::Fatal,
+                    model::parse::IssueKind::Structure => Severity::Error,
+                },
+                kind: match p.kind {
+                    model::parse::IssueKind::Syntax => IssueType::Invalid,
+                    model::parse::IssueKind::Structure => IssueType::Structure,
+                },
+                message: p.message.clone(),
+                location: p.location.clone(),
+                line: Some(p.line),
+                column: Some(p.column),
+                rule: None,
+            })
+            .collect();
+        if let Some(r) = &parsed.resource {
+            issues.extend(self.validate(r, Some(text), profiles));
+        }
+        issues
+    }
+
+    /// Checks a resource met during a walk (top level, contained, or a Bundle entry).
+    pub(crate) fn check_resource<'a>(
+        &self,
+        walk: &mut Walk<'_, 'a>,
+        e: &'a Element,
+        type_profiles: Option<&[String]>,
+    ) {
+        self.resource_with(walk, e, type_profiles.unwrap_or(&[]));
+    }
+
+    fn resource_with<'a>(&self, walk: &mut Walk<'_, 'a>, e: &'a Element, extra: &[String]) {
+        let type_name = e.type_name().to_string();
+        let mut urls: Vec<String> = extra.to_vec();
+        for m in e.values("meta") {
+            if let Some(meta) = m.as_element() {
+                for p in meta.values("profile") {
+                    if let Some(u) = p.as_primitive().and_then(model::Primitive::as_str) {
+                        urls.push(u.to_string());
+                    }
+                }
+            }
+        }
+        if urls.is_empty() {
+            if let Some(d) = self.defaults.get(&type_name) {
+                urls.push(d.clone());
+            }
+        }
+        urls.retain(|u| !u.is_empty());
+        urls.dedup();
+        let saved_entries = if type_name == "Bundle" {
+            let entries = bundle_entries(walk, e);
+            Some(std::mem::replace(&mut walk.bundle_entries, entries))
+        } else {
+            None
+        };
+        let mut checked = false;
+        for url in &urls {
+            match self.profile(url) {
+                Ok(p) if p.type_name == type_name => {
+                    walk.resource(e, &p);
+                    checked = true;
+                }
+                Ok(p) => walk.report(
+                    Severity::Error,
+                    IssueType::Structure,
+                    e.pos,
+                    format!("profile {url} is for {}, not {type_name}", p.type_name),
+                    None,
+                ),
+                Err(err) => walk.report(
+                    Severity::Error,
+                    IssueType::NotSupported,
+                    e.pos,
+                    format!("profile {url} cannot be checked: {err}"),
+                    None,
+                ),
+            }
+        }
+        if !checked {
+            match self.core_profile(&type_name) {
+                Some(core) => walk.resource(e, &core),
+                None => walk.report(
+                    Severity::Fatal,
+                    IssueType::NotSupported,
+                    e.pos,
+                    format!("no definition for resource type {type_name}"),
+                    None,
+                ),
+            }
+        }
+        if let Some(saved) = saved_entries {
+            walk.bundle_entries = saved;
+        }
+    }
+}
+
+/// The entries of a Bundle for reference resolution, checking `fullUrl` against each
+/// resource's type and id on the way.
+fn bundle_entries<'a>(walk: &mut Walk<'_, 'a>, bundle: &'a Element) -> Vec<(String, &'a Element)> {
+    let mut out = Vec::new();
+    let base = walk.location.len();
+    for (i, entry) in bundle.values("entry").iter().enumerate() {
+        let Some(entry) = entry.as_element() else {
+            continue;
+        };
+        let Some(res) = entry
+            .values("resource")
+            .first()
+            .and_then(model::Value::as_element)
+        else {
+            continue;
+        };
+        let full = entry.str("fullUrl").unwrap_or_default().to_string();
+        // Only a RESTful fullUrl (`.../Type/id`) says which resource it is.
+        let restful = full
+            .rsplit('/')
+            .nth(1)
+            .is_some_and(crate::model::schema::is_resource_type);
+        if let (Some(id), true) = (res.id(), restful) {
+            let tail = format!("{}/{id}", res.type_name());
+            if !full.ends_with(&tail) {
+                let _ = write!(walk.location, ".entry[{i}].fullUrl");
+                walk.report(
+                    Severity::Error,
+                    IssueType::Invalid,
+                    entry.pos,
+                    format!("fullUrl {full} does not match the resource {tail}"),
+                    None,
+                );
+                walk.location.truncate(base);
+            }
+        }
+        // The same fullUrl twice is an error unless the entries are different versions.
+        let version = |r: &Element| -> Option<String> {
+            r.values("meta")
+                .first()
+                .and_then(model::Value::as_element)
+                .and_then(|m| m.str("versionId"))
+                .map(str::to_string)
+        };
+        if !full.is_empty()
+            && out
+                .iter()
+                .any(|(f, r): &(String, &Element)| *f == full && version(r) == version(res))
+        {
+            let _ = write!(walk.location, ".entry[{i}]");
+            walk.report(
+                Severity::Error,
+                IssueType::Invalid,
+                entry.pos,
+                format!("duplicate fullUrl {full} in the Bundle"),
+                None,
+            );
+            walk.location.truncate(base);
+        }
+        out.push((full, res));
+    }
+    out
+}
+
+/// Drops repeated issues (a profile and the core definition may report the same problem).
+fn dedup(mut issues: Vec<Issue>) -> Vec<Issue> {
+    let mut seen = std::collections::HashSet::new();
+    issues.retain(|i| seen.insert((i.severity, i.location.clone(), i.message.clone())));
+    issues
+}

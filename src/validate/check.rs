@@ -1,0 +1,783 @@
+//! The walk: one resource against one compiled profile, element by element, collecting
+//! [`Issue`]s. Cardinality, types, fixed and pattern values, bindings, invariants, primitive
+//! formats, extensions, slices and references are checked here; the rules for choosing
+//! profiles live in [`super::Validator`].
+
+use super::issue::{Issue, IssueType, Severity};
+use super::primitive;
+use super::profile::{Constraint, Node, Profile, TypeRef};
+use super::slicing;
+use super::terminology::Membership;
+use super::Validator;
+use crate::fhirpath::value::Item;
+use crate::fhirpath::Context;
+use crate::model::json::line_col;
+use crate::model::schema::TypeKind;
+use crate::model::{Element, Primitive, Scalar, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// The state of one validation: where we are, in which resources, and what was found.
+pub(crate) struct Walk<'v, 'a> {
+    pub validator: &'v Validator,
+    /// The submitted JSON, for `line:column`.
+    pub source: Option<&'a str>,
+    /// The FHIRPath location of the element being checked.
+    pub location: String,
+    /// The resources enclosing the current element, innermost last.
+    pub resources: Vec<&'a Element>,
+    /// The findings.
+    pub issues: Vec<Issue>,
+    /// `%rootResource` for each enclosing resource: the container of a contained resource,
+    /// otherwise the resource itself (a Bundle entry is its own root).
+    pub roots: Vec<&'a Element>,
+    /// Where in `location` the path inside each enclosing resource starts.
+    pub resource_starts: Vec<usize>,
+    /// Entries of the Bundle being checked (fullUrl, resource), for reference resolution.
+    pub bundle_entries: Vec<(String, &'a Element)>,
+}
+
+impl<'v, 'a> Walk<'v, 'a> {
+    pub fn new(validator: &'v Validator, source: Option<&'a str>) -> Self {
+        Walk {
+            validator,
+            source,
+            location: String::new(),
+            resources: Vec::new(),
+            resource_starts: Vec::new(),
+            roots: Vec::new(),
+            issues: Vec::new(),
+            bundle_entries: Vec::new(),
+        }
+    }
+
+    /// Records an issue at the current location and the given byte offset.
+    pub fn report(
+        &mut self,
+        severity: Severity,
+        kind: IssueType,
+        pos: u32,
+        message: String,
+        rule: Option<&str>,
+    ) {
+        let (line, column) = match self.source {
+            Some(src) if pos > 0 || !src.is_empty() => {
+                let (l, c) = line_col(src, pos as usize);
+                (Some(l), Some(c))
+            }
+            _ => (None, None),
+        };
+        self.issues.push(Issue {
+            severity,
+            kind,
+            message,
+            location: self.location.clone(),
+            line,
+            column,
+            rule: rule.map(str::to_string),
+        });
+    }
+
+    /// Checks a resource against one profile (or its core definition).
+    pub fn resource(&mut self, el: &'a Element, profile: &Arc<Profile>) {
+        let contained = self.location.ends_with(']')
+            && self
+                .location
+                .rsplit('.')
+                .next()
+                .is_some_and(|s| s.starts_with("contained["));
+        let root = match (contained, self.resources.last()) {
+            (true, Some(&container)) => container,
+            _ => el,
+        };
+        self.resources.push(el);
+        self.roots.push(root);
+        self.resource_starts.push(self.location.len());
+        self.typed(el, profile, &[]);
+        self.resource_starts.pop();
+        self.roots.pop();
+        self.resources.pop();
+    }
+
+    /// Checks the children of `el` against `node` of `profile`.
+    pub fn element(&mut self, el: &'a Element, profile: &Arc<Profile>, node: usize) {
+        let children = profile.children_of(node);
+        if children.is_empty() {
+            // The profile does not describe the inside of this type: its base definition does.
+            let type_name = el.info.name.to_string();
+            if profile.nodes.len() > 1 && node == 0 {
+                return;
+            }
+            match self.validator.core_profile(&type_name) {
+                Some(core) if !Arc::ptr_eq(&core, profile) => self.element(el, &core, 0),
+                _ => {}
+            }
+            return;
+        }
+        let base_len = self.location.len();
+        for &c in children {
+            let n = &profile.nodes[c];
+            let prop = el.get(&n.name);
+            let values: &'a [Value] = match prop {
+                Some(p) => &p.values,
+                None => &[],
+            };
+            let _ = write!(self.location, ".{}", n.name);
+            if let (true, Some(p)) = (n.choice, prop) {
+                let _ = write!(self.location, ".ofType({})", el.element_type(p).code);
+            }
+            if let Some(p) = prop {
+                if n.choice && !n.types.is_empty() {
+                    let taken = el.element_type(p);
+                    if !n.types.iter().any(|t| t.code == *taken.code) {
+                        let allowed: Vec<&str> = n.types.iter().map(|t| t.code.as_str()).collect();
+                        let pos = values.first().map_or(el.pos, Value::pos);
+                        self.report(
+                            Severity::Error,
+                            IssueType::Structure,
+                            pos,
+                            format!(
+                                "type {} is not allowed for {} (allowed: {})",
+                                taken.code,
+                                n.path,
+                                allowed.join(", ")
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+            self.cardinality(n, values.len(), values.first().map_or(el.pos, Value::pos));
+            if n.slicing.is_some() && !n.slices.is_empty() {
+                slicing::check(self, el, values, profile, c);
+            } else {
+                let repeats = self.repeats(el, n);
+                for (i, v) in values.iter().enumerate() {
+                    let len = self.location.len();
+                    if repeats {
+                        let _ = write!(self.location, "[{i}]");
+                    }
+                    self.value(v, profile, c);
+                    self.location.truncate(len);
+                }
+            }
+            self.location.truncate(base_len);
+        }
+    }
+
+    /// Whether an element repeats in JSON (so locations carry an index).
+    pub fn repeats(&self, el: &Element, n: &Node) -> bool {
+        el.info.element(&n.name).is_some_and(|(_, info)| info.array)
+    }
+
+    /// Min/max of an element given how many values it has.
+    pub fn cardinality(&mut self, n: &Node, count: usize, pos: u32) {
+        let count32 = u32::try_from(count).unwrap_or(u32::MAX);
+        if count32 < n.min {
+            let what = match &n.slice_name {
+                Some(s) => format!("slice '{s}' of {}", n.path),
+                None => n.path.clone(),
+            };
+            self.report(
+                Severity::Error,
+                IssueType::Required,
+                pos,
+                format!(
+                    "{what}: minimum required = {}, but only found {count}",
+                    n.min
+                ),
+                None,
+            );
+        }
+        if let Some(max) = n.max {
+            if count32 > max {
+                let what = match &n.slice_name {
+                    Some(s) => format!("slice '{s}' of {}", n.path),
+                    None => n.path.clone(),
+                };
+                let message = if max == 0 {
+                    format!("{what} is not allowed (max = 0), but found {count}")
+                } else {
+                    format!("{what}: maximum allowed = {max}, but found {count}")
+                };
+                self.report(Severity::Error, IssueType::Required, pos, message, None);
+            }
+        }
+    }
+
+    /// Checks one value against `node` of `profile`.
+    pub fn value(&mut self, v: &'a Value, profile: &Arc<Profile>, node: usize) {
+        let n = &profile.nodes[node];
+        let info = v.info();
+        let type_ref = self.type_ref(n, v);
+        // Choice elements had their type checked with the property (see `element`).
+        if type_ref.is_none() && !n.choice && !n.types.is_empty() && info.kind != TypeKind::Backbone
+        {
+            let allowed: Vec<&str> = n.types.iter().map(|t| t.code.as_str()).collect();
+            self.report(
+                Severity::Error,
+                IssueType::Structure,
+                v.pos(),
+                format!(
+                    "type {} is not allowed here (allowed: {})",
+                    info.fhir_type_name(),
+                    allowed.join(", ")
+                ),
+                None,
+            );
+        }
+        if let Some(fixed) = &n.fixed {
+            if !super::pattern::equals(v, fixed) {
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    v.pos(),
+                    format!("value must be exactly {fixed}"),
+                    None,
+                );
+            }
+        }
+        if let Some(pattern) = &n.pattern {
+            if !super::pattern::matches(v, pattern) {
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    v.pos(),
+                    format!("value does not match the required pattern {pattern}"),
+                    None,
+                );
+            }
+        }
+        if let Value::Primitive(p) = v {
+            self.primitive(p, n);
+        }
+        if n.min_value.is_some() || n.max_value.is_some() {
+            self.bounds(v, n);
+        }
+        if let Value::Element(e) = v {
+            if e.info.is_a("Attachment") {
+                self.attachment(e);
+            }
+        }
+        if let Some(b) = &n.binding {
+            let strength = b.strength.clone();
+            let vs = b.value_set.clone();
+            self.binding(v, &strength, &vs);
+        }
+        self.invariants(v, n);
+        match v {
+            Value::Element(e) if e.info.kind == TypeKind::Resource => {
+                self.validator
+                    .check_resource(self, e, type_ref.map(|t| &t.profiles[..]));
+            }
+            Value::Element(e) => {
+                if matches!(&*e.info.name, "Reference") {
+                    self.reference(e, type_ref);
+                }
+                let has_children = !profile.children_of(node).is_empty();
+                let type_profiles = type_ref.map(|t| t.profiles.as_slice()).unwrap_or(&[]);
+                let done = &n.constraints;
+                if has_children {
+                    self.element(e, profile, node);
+                } else if &*e.info.name == "Extension" {
+                    self.extension(e, type_profiles, done);
+                } else if !type_profiles.is_empty() {
+                    for url in type_profiles {
+                        match self.validator.profile(url) {
+                            Ok(p) => self.typed(e, &p, done),
+                            Err(err) => self.report(
+                                Severity::Error,
+                                IssueType::NotSupported,
+                                e.pos,
+                                format!("profile {url} cannot be used: {err}"),
+                                None,
+                            ),
+                        }
+                    }
+                } else if let Some(core) = self.validator.core_profile(e.info.fhir_type_name()) {
+                    if e.info.kind != TypeKind::Backbone {
+                        self.typed(e, &core, done);
+                    }
+                }
+            }
+            Value::Primitive(p) => {
+                let base = self.location.len();
+                for (i, ext) in p.extensions().iter().enumerate() {
+                    let _ = write!(self.location, ".extension[{i}]");
+                    self.extension(ext, &[], &[]);
+                    self.location.truncate(base);
+                }
+            }
+        }
+    }
+
+    /// The type reference of `n` that `v` takes, if any.
+    fn type_ref<'n>(&self, n: &'n Node, v: &Value) -> Option<&'n TypeRef> {
+        let info = v.info();
+        n.types.iter().find(|t| {
+            t.code == *info.name
+                || info.is_a(&t.code)
+                || (t.code == "Resource" && info.kind == TypeKind::Resource)
+                || (info.kind == TypeKind::Backbone
+                    && (t.code == "BackboneElement" || t.code == "Element"))
+        })
+    }
+
+    fn primitive(&mut self, p: &Primitive, n: &Node) {
+        let Some(value) = &p.value else { return };
+        // Resource.id is typed `string` in R4's definitions but must be a valid `id`.
+        let resource_id = n.path.matches('.').count() == 1
+            && n.path.ends_with(".id")
+            && crate::model::schema::is_resource_type(n.path.split('.').next().unwrap_or_default());
+        let code = if resource_id { "id" } else { &*p.info.name };
+        let text = match value {
+            Scalar::String(s) | Scalar::Number(s) => &**s,
+            Scalar::Bool(_) => return,
+        };
+        if let Some(problem) = primitive::check(code, text) {
+            self.report(Severity::Error, IssueType::Value, p.pos, problem, None);
+        }
+        if let Some(max) = n.max_length {
+            let len = text.chars().count() as u64;
+            if len > max {
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    p.pos,
+                    format!("value is {len} characters long, more than the maximum of {max}"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// `minValue[x]` / `maxValue[x]` on numbers, dates, times and quantities.
+    fn bounds(&mut self, v: &Value, n: &Node) {
+        for (limit, is_min) in [(&n.min_value, true), (&n.max_value, false)] {
+            let Some(limit) = limit else { continue };
+            let Some(ord) = super::pattern::compare_to(v, limit) else {
+                continue;
+            };
+            let bad = if is_min { ord.is_lt() } else { ord.is_gt() };
+            if bad {
+                let which = if is_min { "minimum" } else { "maximum" };
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    v.pos(),
+                    format!("value is beyond the {which} allowed value {limit}"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// An Attachment's stated `size` must match its inline `data`.
+    fn attachment(&mut self, e: &Element) {
+        let (Some(data), Some(size)) = (e.str("data"), e.str("size")) else {
+            return;
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            return;
+        };
+        let chars: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        let pad = chars.iter().rev().take_while(|&&b| b == b'=').count() as u64;
+        let actual = (chars.len() as u64 / 4) * 3 - pad.min(2);
+        if actual != size {
+            self.report(
+                Severity::Error,
+                IssueType::Value,
+                e.pos,
+                format!("stated attachment size {size} does not match the size of its data ({actual} bytes)"),
+                None,
+            );
+        }
+    }
+
+    /// Evaluates the element definition's invariants on `v`.
+    fn invariants(&mut self, v: &'a Value, n: &Node) {
+        if n.constraints.is_empty() {
+            return;
+        }
+        let item = Item::from_value(v);
+        for c in &n.constraints {
+            self.invariant(item.clone(), v.pos(), c);
+        }
+    }
+
+    /// Checks an element against a type's (or type profile's) definition: the root
+    /// invariants first (except those already evaluated from the element's own definition,
+    /// `done`), then the children.
+    pub fn typed(&mut self, el: &'a Element, profile: &Arc<Profile>, done: &[Constraint]) {
+        if let Some(root) = profile.nodes.first() {
+            for c in &root.constraints {
+                if !done.iter().any(|d| d.key == c.key) {
+                    self.invariant(Item::Element(el), el.pos, c);
+                }
+            }
+        }
+        self.element(el, profile, 0);
+    }
+
+    fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
+        let expr = match self.validator.expression(&c.expression) {
+            Ok(e) => e,
+            Err(err) => {
+                self.report(
+                    Severity::Warning,
+                    IssueType::Processing,
+                    pos,
+                    format!("invariant {} cannot be evaluated: {err}", c.key),
+                    Some(&c.key),
+                );
+                return;
+            }
+        };
+        let (Some(&resource), Some(&root)) = (self.resources.last(), self.roots.last()) else {
+            return;
+        };
+        let ctx = Context::new(resource)
+            .with_root_resource(root)
+            .with_focus(focus);
+        // A constraint fails when it evaluates to false; an empty result (the expression
+        // could not be decided, e.g. dates of different precision) does not fail it.
+        match expr.evaluate_predicate(&ctx) {
+            Ok(Some(false)) => {
+                let severity = Severity::from_code(&c.severity);
+                self.report(
+                    severity,
+                    IssueType::Invariant,
+                    pos,
+                    format!("constraint failed: {} ({})", c.human, c.key),
+                    Some(&c.key),
+                );
+            }
+            Ok(_) => {}
+            Err(err) => self.report(
+                Severity::Warning,
+                IssueType::Processing,
+                pos,
+                format!("invariant {} could not be evaluated: {err}", c.key),
+                Some(&c.key),
+            ),
+        }
+    }
+
+    /// Checks a coded value against a binding.
+    fn binding(&mut self, v: &'a Value, strength: &str, value_set: &str) {
+        let severity = match strength {
+            "required" => Severity::Error,
+            "extensible" => Severity::Warning,
+            _ => return,
+        };
+        let codes = coded(v);
+        if codes.is_empty() {
+            return;
+        }
+        let tx = self.validator.terminology();
+        let mut member = false;
+        let mut unverifiable: Option<String> = None;
+        let mut not_member: Option<String> = None;
+        for (system, code, display) in &codes {
+            match tx.validate_code(value_set, system.as_deref(), code, display.as_deref()) {
+                Ok(Membership::Member) => member = true,
+                Ok(Membership::NotMember { reason }) => {
+                    not_member.get_or_insert(reason);
+                }
+                Ok(Membership::Unverifiable { reason }) => {
+                    unverifiable.get_or_insert(reason);
+                }
+                Err(err) => {
+                    self.report(
+                        Severity::Warning,
+                        IssueType::NotSupported,
+                        v.pos(),
+                        format!("binding to {value_set} cannot be checked: {err}"),
+                        None,
+                    );
+                    return;
+                }
+            }
+        }
+        if member {
+            return;
+        }
+        if let Some(reason) = unverifiable {
+            self.report(
+                Severity::Information,
+                IssueType::NotSupported,
+                v.pos(),
+                format!("code cannot be verified against {value_set}: {reason}"),
+                None,
+            );
+            return;
+        }
+        let what: Vec<String> = codes
+            .iter()
+            .map(|(s, c, _)| match s {
+                Some(s) => format!("{s}#{c}"),
+                None => c.clone(),
+            })
+            .collect();
+        let reason = not_member.unwrap_or_default();
+        self.report(
+            severity,
+            IssueType::CodeInvalid,
+            v.pos(),
+            format!(
+                "{} is not in the {strength} value set {value_set} ({reason})",
+                what.join(", ")
+            ),
+            None,
+        );
+    }
+
+    /// An extension: its definition, found by URL, decides what it may hold.
+    fn extension(&mut self, e: &'a Element, profiles: &[String], done: &[Constraint]) {
+        let url = e.str("url").unwrap_or_default().to_string();
+        let urls: Vec<String> = if profiles.is_empty() {
+            vec![url.clone()]
+        } else {
+            profiles.to_vec()
+        };
+        for u in urls {
+            if self
+                .validator
+                .registry()
+                .get(crate::definitions::Kind::StructureDefinition, &u)
+                .is_none()
+            {
+                let severity = self.validator.options.unknown_extension;
+                self.report(
+                    severity,
+                    IssueType::Extension,
+                    e.pos,
+                    format!("unknown extension {u}"),
+                    None,
+                );
+                // Still check the structure against the base Extension definition.
+                if let Some(core) = self.validator.core_profile("Extension") {
+                    self.typed(e, &core, done);
+                }
+                continue;
+            }
+            match self.validator.profile(&u) {
+                Ok(p) => {
+                    self.extension_context(e, &p);
+                    self.typed(e, &p, done);
+                }
+                Err(err) => self.report(
+                    Severity::Error,
+                    IssueType::NotSupported,
+                    e.pos,
+                    format!("extension definition {u} cannot be used: {err}"),
+                    None,
+                ),
+            }
+        }
+    }
+
+    /// Checks where an extension is used against its definition's `context`.
+    fn extension_context(&mut self, e: &Element, p: &Profile) {
+        if p.contexts.is_empty() {
+            return;
+        }
+        let Some(host) = self.extension_host() else {
+            return;
+        };
+        let ok = p.contexts.iter().any(|(kind, expr)| {
+            kind != "element"
+                || expr == "Element"
+                || expr == "Resource"
+                || (expr == "DomainResource" && !host.contains('.'))
+                || host == *expr
+                || host.starts_with(&format!("{expr}."))
+                || host_type_matches(&host, expr)
+                || !context_type_known(expr)
+        });
+        if !ok {
+            let allowed: Vec<&str> = p.contexts.iter().map(|(_, e)| e.as_str()).collect();
+            self.report(
+                Severity::Error,
+                IssueType::Extension,
+                e.pos,
+                format!(
+                    "extension {} is not allowed on {host} (allowed contexts: {})",
+                    p.url,
+                    allowed.join(", ")
+                ),
+                None,
+            );
+        }
+    }
+
+    /// The path of the element the current extension sits on (`Patient`, `Patient.name`):
+    /// the current resource's type plus the location since that resource, without indexes.
+    fn extension_host(&self) -> Option<String> {
+        let start = *self.resource_starts.last()?;
+        let rt = self.resources.last()?.type_name();
+        let loc = self.location.get(start..)?;
+        let cut = loc
+            .rfind(".extension")
+            .or_else(|| loc.rfind(".modifierExtension"))?;
+        let mut host = rt.to_string();
+        let mut depth = 0;
+        for ch in loc[..cut].chars() {
+            match ch {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                _ if depth == 0 => host.push(ch),
+                _ => {}
+            }
+        }
+        Some(host)
+    }
+
+    /// Reference checks: target type against `targetProfile`, and resolution inside a Bundle.
+    fn reference(&mut self, r: &'a Element, type_ref: Option<&TypeRef>) {
+        let Some(reference) = r.str("reference") else {
+            return;
+        };
+        if reference.starts_with('#') {
+            return;
+        }
+        let target_type = reference_type(reference);
+        if let (Some(t), Some(tr)) = (target_type, type_ref) {
+            if !tr.target_profiles.is_empty() {
+                let ok = tr.target_profiles.iter().any(|p| {
+                    let tail = p.rsplit('/').next().unwrap_or(p);
+                    tail == t
+                        || tail == "Resource"
+                        || !p.starts_with("http://hl7.org/fhir/StructureDefinition/")
+                });
+                if !ok {
+                    let allowed: Vec<&str> = tr
+                        .target_profiles
+                        .iter()
+                        .map(|p| p.rsplit('/').next().unwrap_or(p))
+                        .collect();
+                    self.report(
+                        Severity::Error,
+                        IssueType::Structure,
+                        r.pos,
+                        format!(
+                            "reference to {t} is not allowed here (allowed: {})",
+                            allowed.join(", ")
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        if !self.bundle_entries.is_empty() && !reference.contains('?') {
+            let unversioned = reference.split("/_history/").next().unwrap_or(reference);
+            let resolved = self.bundle_entries.iter().any(|(full, res)| {
+                full == unversioned
+                    || full.ends_with(&format!("/{unversioned}"))
+                    || (target_type.is_some()
+                        && res.id().is_some_and(|id| {
+                            unversioned
+                                .strip_suffix(id)
+                                .and_then(|s| s.strip_suffix('/'))
+                                .is_some_and(|s| s.ends_with(res.type_name()))
+                        }))
+            });
+            let absolute = reference.starts_with("http://") || reference.starts_with("https://");
+            if !resolved && !absolute {
+                self.report(
+                    Severity::Warning,
+                    IssueType::NotFound,
+                    r.pos,
+                    format!("reference {reference} does not resolve to an entry of the Bundle"),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Whether an element path (`Patient.contact.name.family`) is the context `expr` names,
+/// where `expr` starts with a data type (`HumanName.family`, `HumanName`): the host must
+/// end with the rest of the context path, at an element of that type.
+fn host_type_matches(host: &str, expr: &str) -> bool {
+    let (ty, rest) = match expr.split_once('.') {
+        Some((t, r)) => (t, Some(r)),
+        None => (expr, None),
+    };
+    let prefix = match rest {
+        Some(r) => match host.strip_suffix(r).and_then(|h| h.strip_suffix('.')) {
+            Some(p) => p,
+            None => return false,
+        },
+        None => host,
+    };
+    element_type_at(prefix).is_some_and(|info| info.is_a(ty))
+}
+
+/// Whether the first segment of a context expression is an R4 type; contexts naming types
+/// of later FHIR versions (`CanonicalResource`) cannot be judged here and are accepted.
+fn context_type_known(expr: &str) -> bool {
+    let first = expr.split('.').next().unwrap_or(expr);
+    crate::model::schema::type_info(first).is_some()
+}
+
+/// The type of the element at a path such as `Patient.contact.name`.
+fn element_type_at(path: &str) -> Option<&'static crate::model::schema::TypeInfo> {
+    let mut segs = path.split('.');
+    let mut info = crate::model::schema::type_info(segs.next()?)?;
+    for seg in segs {
+        let (_, el) = info.element(seg)?;
+        info = el.types.first()?.info()?;
+    }
+    Some(info)
+}
+
+/// The resource type named by a relative or absolute literal reference
+/// (`Patient/1`, `http://x/fhir/Patient/1/_history/2`).
+fn reference_type(reference: &str) -> Option<&str> {
+    let parts: Vec<&str> = reference.split('/').collect();
+    let n = parts.len();
+    let candidates = [n.checked_sub(2), n.checked_sub(4)];
+    candidates.into_iter().flatten().find_map(|i| {
+        let t = parts[i];
+        crate::model::schema::is_resource_type(t).then_some(t)
+    })
+}
+
+/// The (system, code, display) triples a coded value carries: `code`, `Coding`,
+/// `CodeableConcept`, `Quantity` (its unit code), `string` and `uri`.
+fn coded(v: &Value) -> Vec<(Option<String>, String, Option<String>)> {
+    let mut out = Vec::new();
+    match v {
+        Value::Primitive(p) => {
+            if let Some(s) = p.as_str() {
+                out.push((None, s.to_string(), None));
+            }
+        }
+        Value::Element(e) => match e.info.fhir_type_name() {
+            "Coding" => out.extend(coding(e)),
+            "CodeableConcept" => {
+                for c in e.values("coding") {
+                    if let Some(c) = c.as_element() {
+                        out.extend(coding(c));
+                    }
+                }
+            }
+            _ if e.info.is_a("Quantity") => {
+                if let Some(code) = e.str("code") {
+                    out.push((e.str("system").map(str::to_string), code.to_string(), None));
+                }
+            }
+            _ => {}
+        },
+    }
+    out
+}
+
+fn coding(c: &Element) -> Option<(Option<String>, String, Option<String>)> {
+    Some((
+        c.str("system").map(str::to_string),
+        c.str("code")?.to_string(),
+        c.str("display").map(str::to_string),
+    ))
+}

@@ -1,0 +1,341 @@
+//! A snapshot compiled for checking: the element definitions of one StructureDefinition as a
+//! tree of [`Node`]s (children and slices by index), with cardinalities parsed, constraints
+//! ready to evaluate and fixed/pattern values kept as JSON.
+
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// A type an element may take, with its profiles.
+#[derive(Debug, Clone)]
+pub struct TypeRef {
+    /// The type code (`Quantity`, `string`, `Reference`, `Extension`).
+    pub code: String,
+    /// Profiles the value must conform to (`type.profile`).
+    pub profiles: Vec<String>,
+    /// Allowed reference targets (`type.targetProfile`).
+    pub target_profiles: Vec<String>,
+}
+
+/// A terminology binding.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// `required`, `extensible`, `preferred` or `example`.
+    pub strength: String,
+    /// The ValueSet's canonical URL.
+    pub value_set: String,
+}
+
+/// An invariant.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    /// Its key (`ele-1`).
+    pub key: String,
+    /// `error` or `warning`.
+    pub severity: String,
+    /// Its description.
+    pub human: String,
+    /// The FHIRPath expression.
+    pub expression: String,
+}
+
+/// How to tell slices apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discriminator {
+    /// `value`, `pattern`, `type`, `profile` or `exists`.
+    pub kind: String,
+    /// FHIRPath-like path from the sliced element (`code`, `url`, `$this`).
+    pub path: String,
+}
+
+/// Slicing of an element.
+#[derive(Debug, Clone)]
+pub struct Slicing {
+    /// The discriminators.
+    pub discriminators: Vec<Discriminator>,
+    /// Whether slices must appear in order.
+    pub ordered: bool,
+    /// `closed`, `open` or `openAtEnd`.
+    pub rules: String,
+}
+
+/// One element definition in the compiled tree.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Element id (`Observation.component:systolic.code`).
+    pub id: String,
+    /// Element path (`Observation.component.code`).
+    pub path: String,
+    /// Last path segment without `[x]` (`value`), or the type name for the root.
+    pub name: String,
+    /// Whether this is a choice element.
+    pub choice: bool,
+    /// Slice name, for a slice.
+    pub slice_name: Option<String>,
+    /// Minimum cardinality.
+    pub min: u32,
+    /// Maximum cardinality (`None` = `*`).
+    pub max: Option<u32>,
+    /// Allowed types.
+    pub types: Vec<TypeRef>,
+    /// `fixed[x]`.
+    pub fixed: Option<Value>,
+    /// `pattern[x]`.
+    pub pattern: Option<Value>,
+    /// The binding.
+    pub binding: Option<Binding>,
+    /// The invariants.
+    pub constraints: Vec<Constraint>,
+    /// Maximum string length.
+    pub max_length: Option<u64>,
+    /// `minValue[x]`, as JSON.
+    pub min_value: Option<Value>,
+    /// `maxValue[x]`, as JSON.
+    pub max_value: Option<Value>,
+    /// Slicing, when this element is sliced.
+    pub slicing: Option<Slicing>,
+    /// Children (not slices), by index.
+    pub children: Vec<usize>,
+    /// Slices of this element, by index.
+    pub slices: Vec<usize>,
+    /// For `contentReference`: the node whose children apply.
+    pub content_reference: Option<usize>,
+    /// `mustSupport`.
+    pub must_support: bool,
+}
+
+/// A compiled StructureDefinition.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Canonical URL.
+    pub url: String,
+    /// The type it constrains (`Observation`, `Extension`).
+    pub type_name: String,
+    /// The nodes; `nodes[0]` is the root.
+    pub nodes: Vec<Node>,
+    /// `context` of an extension definition: where it may be used.
+    pub contexts: Vec<(String, String)>,
+}
+
+impl Profile {
+    /// Compiles snapshot elements. `sd` is the StructureDefinition (for url, type, context).
+    pub fn compile(sd: &Value, elements: &[Value]) -> Profile {
+        let mut nodes: Vec<Node> = Vec::with_capacity(elements.len());
+        let mut by_id: HashMap<String, usize> = HashMap::new();
+        let mut by_path: HashMap<String, usize> = HashMap::new();
+        let mut pending_refs: Vec<(usize, String)> = Vec::new();
+        for e in elements {
+            let id = str_at(e, "id").to_string();
+            let path = str_at(e, "path").to_string();
+            let idx = nodes.len();
+            let last = path.rsplit('.').next().unwrap_or(&path);
+            let (name, choice) = match last.strip_suffix("[x]") {
+                Some(n) => (n.to_string(), true),
+                None => (last.to_string(), false),
+            };
+            let slice_name = e
+                .get("sliceName")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let node = Node {
+                id: id.clone(),
+                path: path.clone(),
+                name,
+                choice,
+                slice_name: slice_name.clone(),
+                min: e.get("min").and_then(Value::as_u64).map_or(0, |m| m as u32),
+                max: match e.get("max").and_then(Value::as_str) {
+                    Some("*") | None => None,
+                    Some(n) => n.parse().ok(),
+                },
+                types: e
+                    .get("type")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|t| TypeRef {
+                        code: type_code(t),
+                        profiles: strings(t.get("profile")),
+                        target_profiles: strings(t.get("targetProfile")),
+                    })
+                    .collect(),
+                fixed: prefixed(e, "fixed"),
+                pattern: prefixed(e, "pattern"),
+                binding: e.get("binding").and_then(|b| {
+                    Some(Binding {
+                        strength: b.get("strength")?.as_str()?.to_string(),
+                        value_set: b.get("valueSet")?.as_str()?.to_string(),
+                    })
+                }),
+                constraints: e
+                    .get("constraint")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        Some(Constraint {
+                            key: c.get("key")?.as_str()?.to_string(),
+                            severity: str_at(c, "severity").to_string(),
+                            human: str_at(c, "human").to_string(),
+                            expression: c.get("expression")?.as_str()?.to_string(),
+                        })
+                    })
+                    .collect(),
+                max_length: e.get("maxLength").and_then(Value::as_u64),
+                min_value: prefixed(e, "minValue"),
+                max_value: prefixed(e, "maxValue"),
+                slicing: e.get("slicing").map(|s| Slicing {
+                    discriminators: s
+                        .get("discriminator")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|d| Discriminator {
+                            kind: str_at(d, "type").to_string(),
+                            path: str_at(d, "path").to_string(),
+                        })
+                        .collect(),
+                    ordered: s.get("ordered").and_then(Value::as_bool).unwrap_or(false),
+                    rules: s
+                        .get("rules")
+                        .and_then(Value::as_str)
+                        .unwrap_or("open")
+                        .to_string(),
+                }),
+                children: Vec::new(),
+                slices: Vec::new(),
+                content_reference: None,
+                must_support: e
+                    .get("mustSupport")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            };
+            if let Some(cr) = e.get("contentReference").and_then(Value::as_str) {
+                pending_refs.push((idx, cr.trim_start_matches('#').to_string()));
+            }
+            nodes.push(node);
+            // Attach to the parent: a slice to its sliced element, others to the parent id.
+            if idx > 0 {
+                let (parent_key, is_slice) = parent_of(&id, slice_name.as_deref());
+                if let Some(&p) = by_id.get(parent_key) {
+                    if is_slice {
+                        nodes[p].slices.push(idx);
+                    } else {
+                        nodes[p].children.push(idx);
+                    }
+                }
+            }
+            by_id.insert(id, idx);
+            by_path.entry(path).or_insert(idx);
+        }
+        for (idx, target) in pending_refs {
+            nodes[idx].content_reference = by_path.get(&target).copied();
+        }
+        if let Some(root) = nodes.first_mut() {
+            root.name = str_at(sd, "type").to_string();
+        }
+        Profile {
+            url: str_at(sd, "url").to_string(),
+            type_name: str_at(sd, "type").to_string(),
+            nodes,
+            contexts: sd
+                .get("context")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        str_at(c, "type").to_string(),
+                        str_at(c, "expression").to_string(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The children that apply to a node (its own, or those of its content reference).
+    pub fn children_of(&self, node: usize) -> &[usize] {
+        let n = &self.nodes[node];
+        match n.content_reference {
+            Some(r) if n.children.is_empty() => &self.nodes[r].children,
+            _ => &n.children,
+        }
+    }
+}
+
+/// For element id `A.b:s` (a slice) the sliced element `A.b`; otherwise the parent id.
+fn parent_of<'a>(id: &'a str, slice_name: Option<&str>) -> (&'a str, bool) {
+    let last_dot = id.rfind('.');
+    let last_seg = last_dot.map_or(id, |i| &id[i + 1..]);
+    if let (Some(name), Some(colon)) = (slice_name, last_seg.rfind(':')) {
+        if &last_seg[colon + 1..] == name {
+            let cut = id.len() - (last_seg.len() - colon);
+            return (&id[..cut], true);
+        }
+    }
+    (last_dot.map_or("", |i| &id[..i]), false)
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The type code, with FHIRPath system types turned into their FHIR primitive.
+fn type_code(t: &Value) -> String {
+    let code = str_at(t, "code");
+    match code.strip_prefix("http://hl7.org/fhirpath/System.") {
+        Some(sys) => t
+            .pointer("/extension/0/valueUrl")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| sys.to_lowercase()),
+        None => code.to_string(),
+    }
+}
+
+/// The value of the first property named `prefix` + a type (`fixedUri`, `patternCoding`).
+fn prefixed(e: &Value, prefix: &str) -> Option<Value> {
+    e.as_object()?.iter().find_map(|(k, v)| {
+        let rest = k.strip_prefix(prefix)?;
+        rest.starts_with(|c: char| c.is_ascii_uppercase())
+            .then(|| v.clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tree_with_slices_and_content_references() {
+        let sd = json!({"url": "u", "type": "Observation"});
+        let els = vec![
+            json!({"id": "Observation", "path": "Observation", "min": 0, "max": "*"}),
+            json!({"id": "Observation.component", "path": "Observation.component", "min": 0, "max": "*",
+                   "slicing": {"discriminator": [{"type": "pattern", "path": "code"}], "rules": "closed"}}),
+            json!({"id": "Observation.component.code", "path": "Observation.component.code", "min": 1, "max": "1"}),
+            json!({"id": "Observation.component:sys", "path": "Observation.component", "sliceName": "sys", "min": 1, "max": "1"}),
+            json!({"id": "Observation.component:sys.code", "path": "Observation.component.code", "min": 1, "max": "1",
+                   "patternCodeableConcept": {"text": "x"}}),
+            json!({"id": "Observation.value[x]", "path": "Observation.value[x]", "min": 0, "max": "1",
+                   "type": [{"code": "Quantity"}, {"code": "string"}]}),
+        ];
+        let p = Profile::compile(&sd, &els);
+        assert_eq!(p.nodes[0].children, vec![1, 5]);
+        assert_eq!(p.nodes[1].children, vec![2]);
+        assert_eq!(p.nodes[1].slices, vec![3]);
+        assert_eq!(p.nodes[3].children, vec![4]);
+        assert!(p.nodes[4].pattern.is_some());
+        assert_eq!(p.nodes[1].slicing.as_ref().unwrap().rules, "closed");
+        assert!(p.nodes[5].choice && p.nodes[5].name == "value");
+    }
+}

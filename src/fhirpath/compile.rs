@@ -522,12 +522,48 @@ impl Compiler<'_> {
                 }
             }
         }
-        Ok(NodeKind::Call {
+        Ok(fuse(NodeKind::Call {
             base,
             func,
             args: compiled,
             extra,
-        })
+        }))
+    }
+}
+
+/// Rewrites `x.where(c).exists()` as `x.exists(c)`, which the specification defines as the
+/// same thing and which can stop at the first match.
+fn fuse(kind: NodeKind) -> NodeKind {
+    match kind {
+        NodeKind::Call {
+            base: Some(base),
+            func: Func::Exists,
+            args,
+            extra,
+        } if args.is_empty() => match *base {
+            Node {
+                kind:
+                    NodeKind::Call {
+                        base: inner,
+                        func: Func::Where,
+                        args: criteria,
+                        ..
+                    },
+                ..
+            } => NodeKind::Call {
+                base: inner,
+                func: Func::Exists,
+                args: criteria,
+                extra,
+            },
+            other => NodeKind::Call {
+                base: Some(Box::new(other)),
+                func: Func::Exists,
+                args,
+                extra,
+            },
+        },
+        other => other,
     }
 }
 

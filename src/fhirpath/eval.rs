@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 
 use super::ast::BinaryOp;
 use super::check;
-use super::compile::{self, Const, Node, NodeKind, TypeTest, Var};
+use super::compile::{self, Const, Func, Node, NodeKind, TypeTest, Var};
 use super::error::{fail, Error, Res};
 use super::functions;
 use super::ops;
@@ -267,41 +267,56 @@ pub(crate) struct Scope<'a, 's> {
     pub total: Option<&'s [Item<'a>]>,
 }
 
-/// Evaluates a node.
+/// Evaluates a node into a new collection.
 pub(crate) fn eval<'a>(
     node: &'a Node,
     scope: Scope<'a, '_>,
     run: &Run<'a, '_>,
 ) -> Res<Collection<'a>> {
+    let mut out = Collection::new();
+    eval_into(node, scope, run, &mut out)?;
+    Ok(out)
+}
+
+/// Evaluates a node, appending its result to `out`. Results travel through caller-owned
+/// buffers rather than return values: collections are several words, and copying each
+/// step's result back up the call chain costs more than the step itself.
+pub(crate) fn eval_into<'a>(
+    node: &'a Node,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    out: &mut Collection<'a>,
+) -> Res<()> {
     let pos = node.pos;
     match &node.kind {
-        NodeKind::Empty => Ok(Collection::new()),
-        NodeKind::Const(c) => Ok(Collection::one(constant(c))),
-        NodeKind::This => Ok(scope.this.iter().cloned().collect()),
-        NodeKind::Index => Ok(scope
-            .index
-            .and_then(|i| i64::try_from(i).ok())
-            .map_or_else(Collection::new, |i| Collection::one(Item::Integer(i)))),
-        NodeKind::Total => Ok(scope.total.unwrap_or(&[]).iter().cloned().collect()),
-        NodeKind::Var(v) => variable(v, pos, run),
+        NodeKind::Empty => {}
+        NodeKind::Const(c) => out.push(constant(c)),
+        NodeKind::This => out.extend_from_slice(scope.this),
+        NodeKind::Index => {
+            if let Some(i) = scope.index.and_then(|i| i64::try_from(i).ok()) {
+                out.push(Item::Integer(i));
+            }
+        }
+        NodeKind::Total => out.extend_from_slice(scope.total.unwrap_or(&[])),
+        NodeKind::Var(v) => variable(v, pos, run, out)?,
         NodeKind::Member {
             base,
             name,
             type_filter,
-        } => match base {
-            Some(base) => {
-                let input = eval(base, scope, run)?;
-                navigate(&input, name, pos, run)
+        } => match (base, type_filter) {
+            (Some(base), _) => {
+                let mut input = Collection::new();
+                eval_into(base, scope, run, &mut input)?;
+                navigate_into(&input, name, pos, run, out)?;
             }
-            None => match type_filter {
-                Some(t) => Ok(scope
-                    .this
-                    .iter()
-                    .filter(|i| i.fhir_type().is_some_and(|info| is_type(info, t)))
-                    .cloned()
-                    .collect()),
-                None => navigate(scope.this, name, pos, run),
-            },
+            (None, Some(t)) => {
+                for item in scope.this {
+                    if item.fhir_type().is_some_and(|info| is_type(info, t)) {
+                        out.push(item.clone());
+                    }
+                }
+            }
+            (None, None) => navigate_into(scope.this, name, pos, run, out)?,
         },
         NodeKind::Call {
             base,
@@ -309,41 +324,58 @@ pub(crate) fn eval<'a>(
             args,
             extra,
         } => {
-            let input = match base {
-                Some(base) => eval(base, scope, run)?,
-                None => scope.this.iter().cloned().collect(),
-            };
-            functions::call(*func, input, args, extra, scope, run, pos)
+            let mut input = Collection::new();
+            match base.as_deref() {
+                // `children().count()` (in ele-1, on every element) counts without
+                // gathering the children.
+                Some(Node {
+                    kind:
+                        NodeKind::Call {
+                            base: inner,
+                            func: Func::Children,
+                            ..
+                        },
+                    ..
+                }) if *func == Func::Count => {
+                    match inner {
+                        Some(inner) => eval_into(inner, scope, run, &mut input)?,
+                        None => input.extend_from_slice(scope.this),
+                    }
+                    let n: usize = input.iter().map(functions::child_count).sum();
+                    out.push(Item::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+                    return Ok(());
+                }
+                Some(base) => eval_into(base, scope, run, &mut input)?,
+                None => input.extend_from_slice(scope.this),
+            }
+            functions::call(*func, input, args, extra, scope, run, pos, out)?;
         }
         NodeKind::Indexer { base, index } => {
             let input = eval(base, scope, run)?;
             let index = eval(index, scope, run)?;
-            let Some(i) = single_integer(&index, pos, "an index")? else {
-                return Ok(Collection::new());
-            };
-            Ok(usize::try_from(i)
-                .ok()
-                .and_then(|i| input.get(i))
-                .cloned()
-                .map_or_else(Collection::new, Collection::one))
+            if let Some(i) = single_integer(&index, pos, "an index")? {
+                if let Some(item) = usize::try_from(i).ok().and_then(|i| input.get(i)) {
+                    out.push(item.clone());
+                }
+            }
         }
         NodeKind::Unary { negate, operand } => {
             let value = eval(operand, scope, run)?;
-            unary(*negate, &value, pos)
+            out.extend(unary(*negate, &value, pos)?);
         }
-        NodeKind::Binary { op, lhs, rhs } => binary(*op, lhs, rhs, scope, run, pos),
+        NodeKind::Binary { op, lhs, rhs } => binary(*op, lhs, rhs, scope, run, pos, out)?,
         NodeKind::Is { operand, test } => {
             let value = eval(operand, scope, run)?;
-            match singleton(&value, pos, "is")? {
-                None => Ok(Collection::new()),
-                Some(item) => Ok(Collection::boolean(is_of_type(item, test, false))),
+            if let Some(item) = singleton(&value, pos, "is")? {
+                out.push(Item::Boolean(is_of_type(item, test, false)));
             }
         }
         NodeKind::As { operand, test } => {
             let value = eval(operand, scope, run)?;
-            cast(value, test, pos)
+            out.extend(cast(value, test, pos)?);
         }
     }
+    Ok(())
 }
 
 /// The item of a literal; strings and quantities borrow from the expression.
@@ -360,20 +392,18 @@ fn constant(c: &Const) -> Item<'_> {
     }
 }
 
-fn variable<'a>(v: &'a Var, pos: u32, run: &Run<'a, '_>) -> Res<Collection<'a>> {
-    let element = |e: Option<&'a Element>| {
-        e.map_or_else(Collection::new, |e| Collection::one(Item::Element(e)))
-    };
+fn variable<'a>(v: &'a Var, pos: u32, run: &Run<'a, '_>, out: &mut Collection<'a>) -> Res<()> {
     match v {
-        Var::Resource => Ok(element(run.ctx.resource())),
-        Var::RootResource => Ok(element(run.ctx.root_resource())),
-        Var::Context => Ok(run.ctx.focus.iter().cloned().collect()),
-        Var::Text(s) => Ok(Collection::one(Item::str(s))),
+        Var::Resource => out.extend(run.ctx.resource().map(Item::Element)),
+        Var::RootResource => out.extend(run.ctx.root_resource().map(Item::Element)),
+        Var::Context => out.extend(run.ctx.focus.iter().cloned()),
+        Var::Text(s) => out.push(Item::str(s)),
         Var::User(name) => match run.ctx.variables.iter().rev().find(|(n, _)| n == name) {
-            Some((_, value)) => Ok(value.clone()),
-            None => fail(pos, format!("undefined environment variable %{name}")),
+            Some((_, value)) => out.extend_from_slice(value),
+            None => return fail(pos, format!("undefined environment variable %{name}")),
         },
     }
+    Ok(())
 }
 
 /// Whether a FHIR type is `target` or derives from it.
@@ -391,9 +421,21 @@ pub(crate) fn navigate<'a>(
     run: &Run<'a, '_>,
 ) -> Res<Collection<'a>> {
     let mut out = Collection::new();
+    navigate_into(input, name, pos, run, &mut out)?;
+    Ok(out)
+}
+
+/// [`navigate`], appending to `out`.
+fn navigate_into<'a>(
+    input: &[Item<'a>],
+    name: &str,
+    pos: u32,
+    run: &Run<'a, '_>,
+    out: &mut Collection<'a>,
+) -> Res<()> {
     for item in input {
         match item {
-            Item::Element(e) => child_values(e, name, pos, run.strict(), &mut out)?,
+            Item::Element(e) => child_values(e, name, pos, run.strict(), out)?,
             Item::Primitive(p) => match name {
                 "extension" => out.extend(p.extensions().iter().map(Item::Element)),
                 "id" => {
@@ -411,10 +453,13 @@ pub(crate) fn navigate<'a>(
             _ => {}
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Appends the values of element `name` of `e`.
+///
+/// The present properties are scanned by name rather than looking the name up in the type:
+/// an element has few properties, most names differ in length, and no hashing is needed.
 fn child_values<'a>(
     e: &'a Element,
     name: &str,
@@ -423,39 +468,42 @@ fn child_values<'a>(
     out: &mut Collection<'a>,
 ) -> Res<()> {
     let info = e.info;
-    let (element, type_index) = match info.child(name) {
-        Some(c) => {
-            let choice = info
-                .elements
-                .get(usize::from(c.element))
-                .is_some_and(|d| d.choice);
-            if choice && strict {
-                return fail(
-                    pos,
-                    format!("'{name}' is not an element of {} (choice elements are named without their type)", info.fhir_type_name()),
-                );
-            }
-            (c.element, choice.then_some(c.type_index))
-        }
-        None => match info.element(name) {
-            Some((i, _)) => (u16::try_from(i).unwrap_or(u16::MAX), None),
-            None => {
-                if strict {
-                    return fail(
-                        pos,
-                        format!("'{name}' is not an element of {}", info.fhir_type_name()),
-                    );
-                }
-                return Ok(());
-            }
-        },
-    };
     for p in &e.props {
-        if p.element == element {
-            if type_index.is_none_or(|t| t == p.type_index) {
-                out.extend(p.values.iter().map(Item::from_value));
+        let Some(def) = info.elements.get(usize::from(p.element)) else {
+            continue;
+        };
+        let hit = &*def.name == name
+            || (def.choice
+                && !strict
+                && name.len() > def.name.len()
+                && name.starts_with(&*def.name)
+                && def.json_name(usize::from(p.type_index)) == name);
+        if hit {
+            for v in &p.values {
+                out.push(Item::from_value(v));
             }
-            break;
+            return Ok(());
+        }
+    }
+    if strict {
+        let choice_suffix = info
+            .child(name)
+            .and_then(|c| info.elements.get(usize::from(c.element)))
+            .is_some_and(|d| d.choice);
+        if choice_suffix {
+            return fail(
+                pos,
+                format!(
+                    "'{name}' is not an element of {} (choice elements are named without their type)",
+                    info.fhir_type_name()
+                ),
+            );
+        }
+        if info.element(name).is_none() {
+            return fail(
+                pos,
+                format!("'{name}' is not an element of {}", info.fhir_type_name()),
+            );
         }
     }
     Ok(())
@@ -579,83 +627,101 @@ fn binary<'a>(
     scope: Scope<'a, '_>,
     run: &Run<'a, '_>,
     pos: u32,
-) -> Res<Collection<'a>> {
-    match op {
-        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Implies => {
-            return logic(op, lhs, rhs, scope, run, pos)
-        }
-        _ => {}
+    out: &mut Collection<'a>,
+) -> Res<()> {
+    if matches!(
+        op,
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Implies
+    ) {
+        out.extend(logic(op, lhs, rhs, scope, run, pos)?.map(Item::Boolean));
+        return Ok(());
     }
-    let a = eval(lhs, scope, run)?;
-    let b = eval(rhs, scope, run)?;
-    match op {
-        BinaryOp::Eq => Ok(Collection::from_option(collection_equals(&a, &b))),
-        BinaryOp::Ne => Ok(Collection::from_option(
-            collection_equals(&a, &b).map(|e| !e),
-        )),
-        BinaryOp::Equiv => Ok(Collection::boolean(collection_equivalent(&a, &b))),
-        BinaryOp::NotEquiv => Ok(Collection::boolean(!collection_equivalent(&a, &b))),
+    let mut a = Collection::new();
+    eval_into(lhs, scope, run, &mut a)?;
+    let mut b = Collection::new();
+    eval_into(rhs, scope, run, &mut b)?;
+    let result = match op {
+        BinaryOp::Eq => collection_equals(&a, &b),
+        BinaryOp::Ne => collection_equals(&a, &b).map(|e| !e),
+        BinaryOp::Equiv => Some(collection_equivalent(&a, &b)),
+        BinaryOp::NotEquiv => Some(!collection_equivalent(&a, &b)),
         BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge => {
             let (Some(x), Some(y)) = (
                 singleton(&a, pos, op.symbol())?,
                 singleton(&b, pos, op.symbol())?,
             ) else {
-                return Ok(Collection::new());
+                return Ok(());
             };
             let ordering = match ops::compare(x, y) {
                 Ok(o) => o,
                 Err(m) => return fail(pos, m),
             };
-            Ok(Collection::from_option(ordering.map(|o| match op {
+            ordering.map(|o| match op {
                 BinaryOp::Lt => o == Ordering::Less,
                 BinaryOp::Gt => o == Ordering::Greater,
                 BinaryOp::Le => o != Ordering::Greater,
                 _ => o != Ordering::Less,
-            })))
+            })
         }
-        BinaryOp::Union => Ok(union(a, &b)),
-        BinaryOp::In => membership(&a, &b, pos),
-        BinaryOp::Contains => membership(&b, &a, pos),
-        BinaryOp::Concat => {
-            let mut s = String::new();
-            for side in [&a, &b] {
-                if let Some(item) = singleton(side, pos, "&")? {
-                    match item.as_str() {
-                        Some(text) => s.push_str(text),
-                        None => {
-                            return fail(
-                                pos,
-                                format!("& expects strings, found {}", item.output_type()),
-                            )
-                        }
+        BinaryOp::In => membership(&a, &b, pos)?,
+        BinaryOp::Contains => membership(&b, &a, pos)?,
+        BinaryOp::Union => {
+            out.extend(union(a, &b));
+            return Ok(());
+        }
+        _ => {
+            out.extend(value_operator(op, &a, &b, pos)?);
+            return Ok(());
+        }
+    };
+    out.extend(result.map(Item::Boolean));
+    Ok(())
+}
+
+/// `&` and the arithmetic operators.
+fn value_operator<'a>(
+    op: BinaryOp,
+    a: &[Item<'a>],
+    b: &[Item<'a>],
+    pos: u32,
+) -> Res<Option<Item<'a>>> {
+    if op == BinaryOp::Concat {
+        let mut s = String::new();
+        for side in [a, b] {
+            if let Some(item) = singleton(side, pos, "&")? {
+                match item.as_str() {
+                    Some(text) => s.push_str(text),
+                    None => {
+                        return fail(
+                            pos,
+                            format!("& expects strings, found {}", item.output_type()),
+                        )
                     }
                 }
             }
-            Ok(Collection::one(Item::String(super::value::Text::owned(s))))
         }
-        _ => {
-            let (Some(x), Some(y)) = (
-                singleton(&a, pos, op.symbol())?,
-                singleton(&b, pos, op.symbol())?,
-            ) else {
-                return Ok(Collection::new());
-            };
-            let (Some(p), Some(q)) = (x.to_system(), y.to_system()) else {
-                return fail(
-                    pos,
-                    format!(
-                        "operator '{}' is not defined for {} and {}",
-                        op.symbol(),
-                        x.output_type(),
-                        y.output_type()
-                    ),
-                );
-            };
-            match ops::arithmetic(op, &p, &q) {
-                Ok(r) => Ok(r.map_or_else(Collection::new, Collection::one)),
-                Err(m) => fail(pos, m),
-            }
-        }
+        return Ok(Some(Item::String(super::value::Text::owned(s))));
+    }
+    let (Some(x), Some(y)) = (
+        singleton(a, pos, op.symbol())?,
+        singleton(b, pos, op.symbol())?,
+    ) else {
+        return Ok(None);
+    };
+    let (Some(p), Some(q)) = (x.to_system(), y.to_system()) else {
+        return fail(
+            pos,
+            format!(
+                "operator '{}' is not defined for {} and {}",
+                op.symbol(),
+                x.output_type(),
+                y.output_type()
+            ),
+        );
+    };
+    match ops::arithmetic(op, &p, &q) {
+        Ok(r) => Ok(r),
+        Err(m) => fail(pos, m),
     }
 }
 
@@ -668,19 +734,23 @@ fn logic<'a>(
     scope: Scope<'a, '_>,
     run: &Run<'a, '_>,
     pos: u32,
-) -> Res<Collection<'a>> {
-    let a = truth(&eval(lhs, scope, run)?, pos, run)?;
+) -> Res<Option<bool>> {
+    let mut left = Collection::new();
+    eval_into(lhs, scope, run, &mut left)?;
+    let a = truth(&left, pos, run)?;
     let decided = match (op, a) {
         (BinaryOp::And, Some(false)) => Some(false),
         (BinaryOp::Or, Some(true)) => Some(true),
         (BinaryOp::Implies, Some(false)) => Some(true),
         _ => None,
     };
-    if let Some(d) = decided {
-        return Ok(Collection::boolean(d));
+    if decided.is_some() {
+        return Ok(decided);
     }
-    let b = truth(&eval(rhs, scope, run)?, pos, run)?;
-    let r = match op {
+    let mut right = Collection::new();
+    eval_into(rhs, scope, run, &mut right)?;
+    let b = truth(&right, pos, run)?;
+    Ok(match op {
         BinaryOp::And => match (a, b) {
             (_, Some(false)) => Some(false),
             (Some(true), Some(true)) => Some(true),
@@ -697,8 +767,7 @@ fn logic<'a>(
             (Some(true), Some(false)) => Some(false),
             _ => None,
         },
-    };
-    Ok(Collection::from_option(r))
+    })
 }
 
 /// `=` on collections: empty if either is empty, else pairwise in order.
@@ -759,11 +828,8 @@ pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
 }
 
 /// `item in collection`.
-fn membership<'a>(item: &[Item<'a>], collection: &[Item<'a>], pos: u32) -> Res<Collection<'a>> {
-    match singleton(item, pos, "in/contains")? {
-        None => Ok(Collection::new()),
-        Some(x) => Ok(Collection::boolean(contains_item(collection, x))),
-    }
+fn membership(item: &[Item<'_>], collection: &[Item<'_>], pos: u32) -> Res<Option<bool>> {
+    Ok(singleton(item, pos, "in/contains")?.map(|x| contains_item(collection, x)))
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use super::compile::{build_regex, Extra, Func, Node};
 use super::error::{fail, Res};
 use super::eval::{
-    cast, contains_item, eval, is_of_type, navigate, single_integer, singleton, truth, union, Run,
-    Scope,
+    cast, contains_item, eval, eval_into, is_of_type, navigate, single_integer, singleton, truth,
+    union, Run, Scope,
 };
 use super::ops;
 use super::quantity::Quantity;
@@ -32,8 +32,56 @@ use crate::model::{Element, Value};
 /// that keeps making new values would otherwise never end).
 const MAX_ITEMS: usize = 1_000_000;
 
-/// Calls a function on its input.
+/// Calls a function on its input, appending the result to `out`.
+///
+/// The functions met on every path (`where`, `exists`, `ofType`, `empty`, `count`, `first`)
+/// write straight into `out`; the others build their result and hand it over.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn call<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    extra: &'a Extra,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+    out: &mut Collection<'a>,
+) -> Res<()> {
+    match (func, extra) {
+        (Func::Where, _) => {
+            for (i, item) in input.into_iter().enumerate() {
+                if matches_criteria(&args[0], &item, i, scope, run)? {
+                    out.push(item);
+                }
+            }
+        }
+        (Func::Exists, _) if args.is_empty() => out.push(Item::Boolean(!input.is_empty())),
+        (Func::Empty, _) => out.push(Item::Boolean(input.is_empty())),
+        (Func::Count, _) => out.push(Item::Integer(
+            i64::try_from(input.len()).unwrap_or(i64::MAX),
+        )),
+        (Func::OfType, Extra::Type(test)) => {
+            for item in input {
+                if is_of_type(&item, test, true) {
+                    out.push(item);
+                }
+            }
+        }
+        (Func::First, _) => out.extend(input.into_iter().next()),
+        _ => {
+            let result = call_general(func, input, args, extra, scope, run, pos)?;
+            if out.is_empty() {
+                *out = result;
+            } else {
+                out.extend(result);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The functions [`call`] has no fast path for.
+fn call_general<'a>(
     func: Func,
     input: Collection<'a>,
     args: &'a [Node],
@@ -125,16 +173,17 @@ pub(crate) fn call<'a>(
         Func::Select => {
             let mut out = Collection::new();
             for (i, item) in input.iter().enumerate() {
-                out.extend(eval(&args[0], item_scope(item, i, scope), run)?);
+                eval_into(&args[0], item_scope(item, i, scope), run, &mut out)?;
             }
             out
         }
         Func::Repeat => repeat(&args[0], input, scope, run, pos)?,
         Func::OfType => match extra {
-            Extra::Type(test) => input
-                .into_iter()
-                .filter(|i| is_of_type(i, test, true))
-                .collect(),
+            Extra::Type(test) => {
+                let mut out = input;
+                out.retain(|i| is_of_type(i, test, true));
+                out
+            }
             _ => Collection::new(),
         },
 
@@ -347,7 +396,14 @@ pub(crate) fn call<'a>(
             _ => Collection::new(),
         },
         Func::As => match extra {
-            Extra::Type(test) => cast(input, test, pos)?,
+            Extra::Type(test) if run.strict() => cast(input, test, pos)?,
+            // Outside strict mode the function form filters, as FHIR R4 itself uses it: dom-3,
+            // on every DomainResource, applies `as(canonical)` to `descendants()`.
+            Extra::Type(test) => {
+                let mut out = input;
+                out.retain(|i| is_of_type(i, test, true));
+                out
+            }
             _ => Collection::new(),
         },
         Func::Type => input.iter().map(|i| Item::Type(i.type_name())).collect(),
@@ -462,7 +518,8 @@ fn matches_criteria<'a>(
     scope: Scope<'a, '_>,
     run: &Run<'a, '_>,
 ) -> Res<bool> {
-    let result = eval(criteria, item_scope(item, index, scope), run)?;
+    let mut result = Collection::new();
+    eval_into(criteria, item_scope(item, index, scope), run, &mut result)?;
     Ok(truth(&result, criteria.pos, run)? == Some(true))
 }
 
@@ -902,6 +959,15 @@ pub(crate) fn children<'a>(item: &Item<'a>, out: &mut Collection<'a>) {
         }
         Item::Primitive(p) => out.extend(p.extensions().iter().map(Item::Element)),
         _ => {}
+    }
+}
+
+/// The number of child nodes of an item ([`children`] without gathering them).
+pub(crate) fn child_count(item: &Item<'_>) -> usize {
+    match item {
+        Item::Element(e) => e.props.iter().map(|p| p.values.len()).sum(),
+        Item::Primitive(p) => p.extensions().len(),
+        _ => 0,
     }
 }
 

@@ -412,10 +412,43 @@ fn string_primitive<'b>(info: &TypeInfo, s: &'b str) -> SystemValue<'b> {
 
 /// Parses a JSON number exactly (`1.50` keeps its scale); exponents are accepted.
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
+    if let Some(d) = parse_plain_decimal(text) {
+        return Some(d);
+    }
     Decimal::from_str_exact(text)
         .or_else(|_| Decimal::from_scientific(text))
         .or_else(|_| Decimal::from_str(text))
         .ok()
+}
+
+/// The common case of [`parse_decimal`], on the hot path of every comparison with a FHIR
+/// decimal: `-?digits(.digits)?` with at most 19 characters, so the digits fit a `u64`.
+fn parse_plain_decimal(text: &str) -> Option<Decimal> {
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let (mut mantissa, mut scale, mut dot) = (0u64, 0u32, false);
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                scale += u32::from(dot);
+            }
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+    }
+    if dot && scale == 0 || digits[0] == b'.' {
+        return None;
+    }
+    let mut d = Decimal::from_i128_with_scale(i128::from(mantissa), scale);
+    d.set_sign_negative(negative && mantissa != 0);
+    Some(d)
 }
 
 /// Whether a FHIR type is `Quantity` or one of its profiles (`Age`, `Duration`, ...).
@@ -484,6 +517,14 @@ impl<'a> Collection<'a> {
     #[inline]
     pub fn push(&mut self, item: Item<'a>) {
         self.0.push(item);
+    }
+
+    /// Appends clones of the items of a slice.
+    #[inline]
+    pub fn extend_from_slice(&mut self, items: &[Item<'a>]) {
+        for item in items {
+            self.0.push(item.clone());
+        }
     }
 
     /// Appends all items of an iterator.
@@ -565,6 +606,31 @@ mod tests {
 
     #[test]
     fn decimals_keep_their_scale() {
+        for text in [
+            "0",
+            "-0.0",
+            "1.50",
+            "185",
+            "-12.345",
+            "123456789.12345678",
+            "0.00000001",
+        ] {
+            let fast = parse_plain_decimal(text).map(|d| d.to_string());
+            let exact = Decimal::from_str_exact(text).ok().map(|d| d.to_string());
+            assert_eq!(fast, exact, "{text}");
+        }
+        for text in [
+            "1.",
+            ".5",
+            "1e3",
+            "--1",
+            "",
+            "-",
+            "1.2.3",
+            "12345678901234567890",
+        ] {
+            assert!(parse_plain_decimal(text).is_none(), "{text}");
+        }
         assert_eq!(
             parse_decimal("1.50").map(|d| d.to_string()).as_deref(),
             Some("1.50")

@@ -34,6 +34,9 @@ pub enum Kind {
     ConceptMap,
     /// Questionnaires (none embedded; loaded to validate QuestionnaireResponses).
     Questionnaire,
+    /// ImplementationGuides (none embedded): their `global` profiles apply to every
+    /// resource of a type.
+    ImplementationGuide,
 }
 
 impl Kind {
@@ -46,17 +49,19 @@ impl Kind {
             "SearchParameter" => Some(Kind::SearchParameter),
             "ConceptMap" => Some(Kind::ConceptMap),
             "Questionnaire" => Some(Kind::Questionnaire),
+            "ImplementationGuide" => Some(Kind::ImplementationGuide),
             _ => None,
         }
     }
 
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::StructureDefinition,
         Kind::ValueSet,
         Kind::CodeSystem,
         Kind::SearchParameter,
         Kind::ConceptMap,
         Kind::Questionnaire,
+        Kind::ImplementationGuide,
     ];
 
     fn text(self) -> &'static str {
@@ -67,7 +72,7 @@ impl Kind {
             Kind::ValueSet => include_str!("../../definitions/r4/valuesets.tsv"),
             Kind::CodeSystem => include_str!("../../definitions/r4/codesystems.tsv"),
             Kind::SearchParameter => include_str!("../../definitions/r4/searchparameters.tsv"),
-            Kind::ConceptMap | Kind::Questionnaire => "",
+            Kind::ConceptMap | Kind::Questionnaire | Kind::ImplementationGuide => "",
         }
     }
 

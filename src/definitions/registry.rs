@@ -14,7 +14,7 @@ pub enum RegistryError {
     #[error("not a FHIR resource (no resourceType)")]
     NotAResource,
     /// The resource type is not a kind of definition the registry keeps.
-    #[error("{0} is not a kind of definition the gateway loads (StructureDefinition, ValueSet, CodeSystem, SearchParameter, ConceptMap, Questionnaire, or a Bundle of them)")]
+    #[error("{0} is not a kind of definition the gateway loads (StructureDefinition, ValueSet, CodeSystem, SearchParameter, ConceptMap, Questionnaire, ImplementationGuide, or a Bundle of them)")]
     UnsupportedType(String),
     /// The resource has no canonical `url`.
     #[error("{0} has no url")]

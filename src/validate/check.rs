@@ -17,6 +17,9 @@ use crate::model::{Element, Primitive, Scalar, Value};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+/// FHIR limits primitive string values to 1 MB.
+const MAX_STRING_BYTES: usize = 1024 * 1024;
+
 /// The state of one validation: where we are, in which resources, and what was found.
 pub(crate) struct Walk<'v, 'a> {
     pub validator: &'v Validator,
@@ -31,6 +34,11 @@ pub(crate) struct Walk<'v, 'a> {
     /// `%rootResource` for each enclosing resource: the container of a contained resource,
     /// otherwise the resource itself (a Bundle entry is its own root).
     pub roots: Vec<&'a Element>,
+    /// The types of the elements being walked, innermost last (for extension contexts).
+    pub types: Vec<&'static crate::model::schema::TypeInfo>,
+    /// The definition paths of the elements being walked, innermost last (for extension
+    /// contexts: a nested `Questionnaire.item` is defined by `Questionnaire.item`).
+    pub def_paths: Vec<String>,
     /// Where in `location` the path inside each enclosing resource starts.
     pub resource_starts: Vec<usize>,
     /// Entries of the Bundle being checked (fullUrl, resource), for reference resolution.
@@ -46,6 +54,8 @@ impl<'v, 'a> Walk<'v, 'a> {
             resources: Vec::new(),
             resource_starts: Vec::new(),
             roots: Vec::new(),
+            types: Vec::new(),
+            def_paths: Vec::new(),
             issues: Vec::new(),
             bundle_entries: Vec::new(),
         }
@@ -101,8 +111,27 @@ impl<'v, 'a> Walk<'v, 'a> {
 
     /// Checks the children of `el` against `node` of `profile`.
     pub fn element(&mut self, el: &'a Element, profile: &Arc<Profile>, node: usize) {
+        self.types.push(el.info);
+        self.def_paths.push(profile.nodes[node].path.clone());
+        self.children(el, profile, node);
+        self.def_paths.pop();
+        self.types.pop();
+    }
+
+    fn children(&mut self, el: &'a Element, profile: &Arc<Profile>, node: usize) {
         let children = profile.children_of(node);
         if children.is_empty() {
+            // `contentReference`: the children are those of the referenced element as the
+            // base definition has them (a profile's constraints on that element do not
+            // repeat at each level of recursion).
+            if let Some(target) = &profile.nodes[node].content_reference {
+                let base = self.validator.core_profile(&profile.type_name);
+                if let Some((core, idx)) = base.and_then(|c| c.node_by_path(target).map(|i| (c, i)))
+                {
+                    self.element(el, &core, idx);
+                }
+                return;
+            }
             // The profile does not describe the inside of this type: its base definition does.
             let type_name = el.info.name.to_string();
             if profile.nodes.len() > 1 && node == 0 {
@@ -163,6 +192,37 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
             self.location.truncate(base_len);
         }
+    }
+
+    /// A walk at the same place that records its own issues, to try a profile silently.
+    pub fn fork(&self) -> Walk<'v, 'a> {
+        Walk {
+            validator: self.validator,
+            source: None,
+            location: self.location.clone(),
+            resources: self.resources.clone(),
+            resource_starts: self.resource_starts.clone(),
+            roots: self.roots.clone(),
+            types: self.types.clone(),
+            def_paths: self.def_paths.clone(),
+            issues: Vec::new(),
+            bundle_entries: self.bundle_entries.clone(),
+        }
+    }
+
+    /// The first of `urls` for which `run` reports no error, tried silently.
+    pub fn first_conforming(
+        &self,
+        urls: &[String],
+        run: impl Fn(&mut Walk<'v, 'a>, &str),
+    ) -> Option<String> {
+        urls.iter()
+            .find(|url| {
+                let mut probe = self.fork();
+                run(&mut probe, url);
+                !super::issue::has_errors(&probe.issues)
+            })
+            .cloned()
     }
 
     /// Whether an element repeats in JSON (so locations carry an index).
@@ -267,14 +327,27 @@ impl<'v, 'a> Walk<'v, 'a> {
         self.invariants(v, n);
         match v {
             Value::Element(e) if e.info.kind == TypeKind::Resource => {
-                self.validator
-                    .check_resource(self, e, type_ref.map(|t| &t.profiles[..]));
+                let profiles = type_ref.map(|t| &t.profiles[..]).unwrap_or(&[]);
+                let validator = self.validator;
+                // Several type profiles: conforming to any one of them suffices.
+                let chosen = if profiles.len() > 1 {
+                    self.first_conforming(profiles, |w, url| {
+                        validator.check_resource(w, e, Some(&[url.to_string()]));
+                    })
+                } else {
+                    None
+                };
+                match chosen {
+                    Some(u) => validator.check_resource(self, e, Some(std::slice::from_ref(&u))),
+                    None => validator.check_resource(self, e, Some(profiles)),
+                }
             }
             Value::Element(e) => {
                 if matches!(&*e.info.name, "Reference") {
                     self.reference(e, type_ref);
                 }
-                let has_children = !profile.children_of(node).is_empty();
+                let has_children =
+                    !profile.children_of(node).is_empty() || n.content_reference.is_some();
                 let type_profiles = type_ref.map(|t| t.profiles.as_slice()).unwrap_or(&[]);
                 let done = &n.constraints;
                 if has_children {
@@ -282,7 +355,17 @@ impl<'v, 'a> Walk<'v, 'a> {
                 } else if &*e.info.name == "Extension" {
                     self.extension(e, type_profiles, done);
                 } else if !type_profiles.is_empty() {
-                    for url in type_profiles {
+                    // Several type profiles: conforming to any one of them suffices.
+                    let chosen = self.first_conforming(type_profiles, |w, url| {
+                        if let Ok(p) = w.validator.profile(url) {
+                            w.typed(e, &p, done);
+                        }
+                    });
+                    let urls = match &chosen {
+                        Some(u) => std::slice::from_ref(u),
+                        None => type_profiles,
+                    };
+                    for url in urls {
                         match self.validator.profile(url) {
                             Ok(p) => self.typed(e, &p, done),
                             Err(err) => self.report(
@@ -302,11 +385,15 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
             Value::Primitive(p) => {
                 let base = self.location.len();
+                self.types.push(p.info);
+                self.def_paths.push(n.path.clone());
                 for (i, ext) in p.extensions().iter().enumerate() {
                     let _ = write!(self.location, ".extension[{i}]");
                     self.extension(ext, &[], &[]);
                     self.location.truncate(base);
                 }
+                self.def_paths.pop();
+                self.types.pop();
             }
         }
     }
@@ -334,6 +421,28 @@ impl<'v, 'a> Walk<'v, 'a> {
             Scalar::String(s) | Scalar::Number(s) => &**s,
             Scalar::Bool(_) => return,
         };
+        if text.len() > MAX_STRING_BYTES {
+            self.report(
+                Severity::Error,
+                IssueType::Value,
+                p.pos,
+                format!(
+                    "value is longer than the permitted maximum of {MAX_STRING_BYTES} bytes (1 MB)"
+                ),
+                None,
+            );
+        }
+        if code == "xhtml" {
+            for problem in super::xhtml::check(text) {
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    p.pos,
+                    problem,
+                    Some("txt-1"),
+                );
+            }
+        }
         if let Some(problem) = primitive::check(code, text) {
             self.report(Severity::Error, IssueType::Value, p.pos, problem, None);
         }
@@ -540,7 +649,20 @@ impl<'v, 'a> Walk<'v, 'a> {
         } else {
             profiles.to_vec()
         };
+        let in_modifier = self
+            .location
+            .rsplit('.')
+            .next()
+            .is_some_and(|seg| seg.starts_with("modifierExtension"));
         for u in urls {
+            // A relative url names a part of a complex extension: its parent's definition
+            // (when known) describes it, so it is not looked up on its own.
+            if !u.contains(':') {
+                if let Some(core) = self.validator.core_profile("Extension") {
+                    self.typed(e, &core, done);
+                }
+                continue;
+            }
             if self
                 .validator
                 .registry()
@@ -563,6 +685,21 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
             match self.validator.profile(&u) {
                 Ok(p) => {
+                    let is_modifier = p.nodes.first().is_some_and(|r| r.is_modifier);
+                    if is_modifier != in_modifier {
+                        let (wrong, right) = if is_modifier {
+                            ("an extension", "a modifierExtension")
+                        } else {
+                            ("a modifierExtension", "an extension")
+                        };
+                        self.report(
+                            Severity::Error,
+                            IssueType::Structure,
+                            e.pos,
+                            format!("{u} must not be used as {wrong} (it is {right})"),
+                            None,
+                        );
+                    }
                     self.extension_context(e, &p);
                     self.typed(e, &p, done);
                 }
@@ -591,8 +728,8 @@ impl<'v, 'a> Walk<'v, 'a> {
                 || expr == "Resource"
                 || (expr == "DomainResource" && !host.contains('.'))
                 || host == *expr
-                || host.starts_with(&format!("{expr}."))
-                || host_type_matches(&host, expr)
+                || self.def_paths.last().is_some_and(|d| d == expr)
+                || self.host_type_matches(&host, expr)
                 || !context_type_known(expr)
         });
         if !ok {
@@ -611,6 +748,30 @@ impl<'v, 'a> Walk<'v, 'a> {
         }
     }
 
+    /// Whether the element an extension sits on is what a context naming a data type
+    /// describes: `HumanName` (any element of that type) or `HumanName.family` (that
+    /// element of an element of that type). `types` holds the types of the elements
+    /// enclosing the extension, the host last.
+    fn host_type_matches(&self, host: &str, expr: &str) -> bool {
+        let (ty, rest) = match expr.split_once('.') {
+            Some((t, r)) => (t, Some(r)),
+            None => (expr, None),
+        };
+        match rest {
+            None => self.types.last().is_some_and(|t| t.is_a(ty)),
+            Some(r) => {
+                let tail_ok = host.strip_suffix(r).is_some_and(|h| h.ends_with('.'));
+                let levels = r.split('.').count();
+                let holder = self
+                    .types
+                    .len()
+                    .checked_sub(1 + levels)
+                    .and_then(|i| self.types.get(i));
+                tail_ok && holder.is_some_and(|t| t.is_a(ty))
+            }
+        }
+    }
+
     /// The path of the element the current extension sits on (`Patient`, `Patient.name`):
     /// the current resource's type plus the location since that resource, without indexes.
     fn extension_host(&self) -> Option<String> {
@@ -622,7 +783,8 @@ impl<'v, 'a> Walk<'v, 'a> {
             .or_else(|| loc.rfind(".modifierExtension"))?;
         let mut host = rt.to_string();
         let mut depth = 0;
-        for ch in loc[..cut].chars() {
+        let trimmed = strip_of_type(&loc[..cut]);
+        for ch in trimmed.chars() {
             match ch {
                 '[' => depth += 1,
                 ']' => depth -= 1,
@@ -645,10 +807,9 @@ impl<'v, 'a> Walk<'v, 'a> {
         if let (Some(t), Some(tr)) = (target_type, type_ref) {
             if !tr.target_profiles.is_empty() {
                 let ok = tr.target_profiles.iter().any(|p| {
-                    let tail = p.rsplit('/').next().unwrap_or(p);
-                    tail == t
-                        || tail == "Resource"
-                        || !p.starts_with("http://hl7.org/fhir/StructureDefinition/")
+                    self.validator
+                        .profile_type(p)
+                        .is_none_or(|pt| pt == t || pt == "Resource")
                 });
                 if !ok {
                     let allowed: Vec<&str> = tr
@@ -696,22 +857,17 @@ impl<'v, 'a> Walk<'v, 'a> {
     }
 }
 
-/// Whether an element path (`Patient.contact.name.family`) is the context `expr` names,
-/// where `expr` starts with a data type (`HumanName.family`, `HumanName`): the host must
-/// end with the rest of the context path, at an element of that type.
-fn host_type_matches(host: &str, expr: &str) -> bool {
-    let (ty, rest) = match expr.split_once('.') {
-        Some((t, r)) => (t, Some(r)),
-        None => (expr, None),
-    };
-    let prefix = match rest {
-        Some(r) => match host.strip_suffix(r).and_then(|h| h.strip_suffix('.')) {
-            Some(p) => p,
-            None => return false,
-        },
-        None => host,
-    };
-    element_type_at(prefix).is_some_and(|info| info.is_a(ty))
+/// A location without its `.ofType(T)` steps (`Observation.value.ofType(Quantity).code`
+/// becomes `Observation.value.code`).
+fn strip_of_type(loc: &str) -> String {
+    let mut out = String::with_capacity(loc.len());
+    let mut rest = loc;
+    while let Some(i) = rest.find(".ofType(") {
+        out.push_str(&rest[..i]);
+        rest = rest[i..].find(')').map_or("", |j| &rest[i + j + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether the first segment of a context expression is an R4 type; contexts naming types
@@ -719,17 +875,6 @@ fn host_type_matches(host: &str, expr: &str) -> bool {
 fn context_type_known(expr: &str) -> bool {
     let first = expr.split('.').next().unwrap_or(expr);
     crate::model::schema::type_info(first).is_some()
-}
-
-/// The type of the element at a path such as `Patient.contact.name`.
-fn element_type_at(path: &str) -> Option<&'static crate::model::schema::TypeInfo> {
-    let mut segs = path.split('.');
-    let mut info = crate::model::schema::type_info(segs.next()?)?;
-    for seg in segs {
-        let (_, el) = info.element(seg)?;
-        info = el.types.first()?.info()?;
-    }
-    Some(info)
 }
 
 /// The resource type named by a relative or absolute literal reference

@@ -21,9 +21,11 @@ pub mod issue;
 pub mod pattern;
 pub mod primitive;
 pub mod profile;
+mod questionnaire;
 mod slicing;
 pub mod snapshot;
 pub mod terminology;
+pub mod xhtml;
 
 pub use issue::{has_errors, operation_outcome, Issue, IssueType, Severity};
 
@@ -63,6 +65,8 @@ pub struct Validator {
     expressions: RwLock<HashMap<String, Arc<Expression>>>,
     /// The profile checked for a resource type when a resource claims none.
     defaults: HashMap<String, String>,
+    /// Profiles every resource of a type must meet (ImplementationGuide `global`).
+    globals: HashMap<String, Vec<String>>,
     /// Settings.
     pub options: Options,
 }
@@ -80,7 +84,27 @@ impl Validator {
     /// A validator over `registry`, with default options.
     pub fn new(registry: Registry) -> Validator {
         let registry = Arc::new(registry);
+        let mut globals: HashMap<String, Vec<String>> = HashMap::new();
+        for ig in registry.loaded(crate::definitions::Kind::ImplementationGuide) {
+            for g in ig
+                .get("global")
+                .and_then(|g| g.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(t), Some(p)) = (
+                    g.get("type").and_then(|v| v.as_str()),
+                    g.get("profile").and_then(|v| v.as_str()),
+                ) {
+                    globals
+                        .entry(t.to_string())
+                        .or_default()
+                        .push(p.to_string());
+                }
+            }
+        }
         Validator {
+            globals,
             terminology: Terminology::new(registry.clone()),
             registry,
             snapshots: Snapshots::default(),
@@ -129,6 +153,14 @@ impl Validator {
             cache.insert(url.to_string(), compiled.clone());
         }
         Ok(compiled)
+    }
+
+    /// The type a profile constrains (`Observation` for the vital-signs profile); `None`
+    /// when the registry does not hold it.
+    pub fn profile_type(&self, url: &str) -> Option<String> {
+        self.registry
+            .get(crate::definitions::Kind::StructureDefinition, url)
+            .and_then(|sd| sd.get("type").and_then(|t| t.as_str()).map(str::to_string))
     }
 
     /// The compiled core definition of a type (`Patient`, `HumanName`).
@@ -197,6 +229,32 @@ impl Validator {
         issues
     }
 
+    /// A SearchParameter derived from another must keep its type.
+    fn search_parameter(&self, walk: &mut Walk<'_, '_>, sp: &Element) {
+        let (Some(from), Some(ty)) = (sp.str("derivedFrom"), sp.str("type")) else {
+            return;
+        };
+        let base = self
+            .registry
+            .get(crate::definitions::Kind::SearchParameter, from);
+        let Some(base_type) = base
+            .as_ref()
+            .and_then(|b| b.get("type"))
+            .and_then(|t| t.as_str())
+        else {
+            return;
+        };
+        if base_type != ty {
+            walk.report(
+                Severity::Error,
+                IssueType::BusinessRule,
+                sp.pos,
+                format!("the type {ty} differs from the type {base_type} of the SearchParameter it derives from ({from})"),
+                None,
+            );
+        }
+    }
+
     /// Checks a resource met during a walk (top level, contained, or a Bundle entry).
     pub(crate) fn check_resource<'a>(
         &self,
@@ -224,9 +282,19 @@ impl Validator {
                 urls.push(d.clone());
             }
         }
+        if let Some(g) = self.globals.get(&type_name) {
+            urls.extend(g.iter().cloned());
+        }
         urls.retain(|u| !u.is_empty());
         urls.dedup();
+        if type_name == "StructureDefinition" {
+            structure_definition(self, walk, e);
+        }
+        if type_name == "SearchParameter" {
+            self.search_parameter(walk, e);
+        }
         let saved_entries = if type_name == "Bundle" {
+            bundle_links(walk, e);
             let entries = bundle_entries(walk, e);
             Some(std::mem::replace(&mut walk.bundle_entries, entries))
         } else {
@@ -266,6 +334,9 @@ impl Validator {
                     None,
                 ),
             }
+        }
+        if type_name == "QuestionnaireResponse" {
+            questionnaire::check(walk, e);
         }
         if let Some(saved) = saved_entries {
             walk.bundle_entries = saved;
@@ -309,6 +380,17 @@ fn bundle_entries<'a>(walk: &mut Walk<'_, 'a>, bundle: &'a Element) -> Vec<(Stri
                 walk.location.truncate(base);
             }
         }
+        if !full.is_empty() && !is_absolute_url(&full) {
+            let _ = write!(walk.location, ".entry[{i}]");
+            walk.report(
+                Severity::Error,
+                IssueType::Invalid,
+                entry.pos,
+                format!("fullUrl must be an absolute URL (not '{full}')"),
+                None,
+            );
+            walk.location.truncate(base);
+        }
         // The same fullUrl twice is an error unless the entries are different versions.
         let version = |r: &Element| -> Option<String> {
             r.values("meta")
@@ -335,6 +417,69 @@ fn bundle_entries<'a>(walk: &mut Walk<'_, 'a>, bundle: &'a Element) -> Vec<(Stri
         out.push((full, res));
     }
     out
+}
+
+/// Whether a URL has a scheme (`http:`, `urn:`), as an absolute URL does.
+fn is_absolute_url(url: &str) -> bool {
+    url.split_once(':').is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
+/// Each link relation may occur once in a Bundle.
+fn bundle_links(walk: &mut Walk<'_, '_>, bundle: &Element) {
+    let mut seen: Vec<&str> = Vec::new();
+    let base = walk.location.len();
+    for (i, link) in bundle.values("link").iter().enumerate() {
+        let Some(rel) = link.as_element().and_then(|l| l.str("relation")) else {
+            continue;
+        };
+        if seen.contains(&rel) {
+            let _ = write!(walk.location, ".link[{i}]");
+            walk.report(
+                Severity::Error,
+                IssueType::Invalid,
+                link.pos(),
+                format!("the link relation '{rel}' can only occur once"),
+                None,
+            );
+            walk.location.truncate(base);
+        }
+        seen.push(rel);
+    }
+}
+
+/// A StructureDefinition being validated must yield a snapshot: its differential has to
+/// fit its base.
+fn structure_definition(validator: &Validator, walk: &mut Walk<'_, '_>, sd: &Element) {
+    if sd.get("differential").is_none() || sd.get("snapshot").is_some() {
+        return;
+    }
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&model::to_json(sd)) else {
+        return;
+    };
+    let url = json
+        .get("url")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("urn:imagio:validating")
+        .to_string();
+    let mut registry = (*validator.registry).clone();
+    if registry.add(json).is_err() {
+        return;
+    }
+    if let Err(e) = Snapshots::default().get(&registry, &url) {
+        walk.report(
+            Severity::Error,
+            IssueType::Structure,
+            sd.pos,
+            format!("snapshot cannot be generated: {e}"),
+            None,
+        );
+    }
 }
 
 /// Drops repeated issues (a profile and the core definition may report the same problem).

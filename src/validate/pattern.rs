@@ -46,14 +46,20 @@ pub fn compare_to(v: &Value, limit: &Json) -> Option<std::cmp::Ordering> {
             }
         }
         (Value::Element(e), Json::Object(q)) if e.info.is_a("Quantity") => {
-            if e.str("code").or(e.str("unit"))
-                != q.get("code").or(q.get("unit")).and_then(Json::as_str)
-            {
-                return None;
-            }
-            let a = Decimal::from_str(e.str("value")?).ok()?;
-            let b = Decimal::from_str(&q.get("value")?.to_string()).ok()?;
-            Some(a.cmp(&b))
+            // Compared after UCUM conversion where the units are commensurable.
+            use crate::fhirpath::quantity::Quantity;
+            let unit_a = e.str("code").or(e.str("unit")).unwrap_or("1");
+            let unit_b = q
+                .get("code")
+                .or(q.get("unit"))
+                .and_then(Json::as_str)
+                .unwrap_or("1");
+            let a = Quantity::new(Decimal::from_str(e.str("value")?).ok()?, unit_a);
+            let b = Quantity::new(
+                Decimal::from_str(&q.get("value")?.to_string()).ok()?,
+                unit_b,
+            );
+            a.compare(&b)
         }
         _ => None,
     }

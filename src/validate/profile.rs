@@ -97,10 +97,13 @@ pub struct Node {
     pub children: Vec<usize>,
     /// Slices of this element, by index.
     pub slices: Vec<usize>,
-    /// For `contentReference`: the node whose children apply.
-    pub content_reference: Option<usize>,
+    /// For `contentReference`: the path of the element (in the base definition of the
+    /// resource) whose children apply.
+    pub content_reference: Option<String>,
     /// `mustSupport`.
     pub must_support: bool,
+    /// `isModifier`: for an extension definition's root, that it is a modifier extension.
+    pub is_modifier: bool,
 }
 
 /// A compiled StructureDefinition.
@@ -121,8 +124,6 @@ impl Profile {
     pub fn compile(sd: &Value, elements: &[Value]) -> Profile {
         let mut nodes: Vec<Node> = Vec::with_capacity(elements.len());
         let mut by_id: HashMap<String, usize> = HashMap::new();
-        let mut by_path: HashMap<String, usize> = HashMap::new();
-        let mut pending_refs: Vec<(usize, String)> = Vec::new();
         for e in elements {
             let id = str_at(e, "id").to_string();
             let path = str_at(e, "path").to_string();
@@ -208,10 +209,16 @@ impl Profile {
                     .get("mustSupport")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                is_modifier: e
+                    .get("isModifier")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             };
-            if let Some(cr) = e.get("contentReference").and_then(Value::as_str) {
-                pending_refs.push((idx, cr.trim_start_matches('#').to_string()));
-            }
+            let mut node = node;
+            node.content_reference = e
+                .get("contentReference")
+                .and_then(Value::as_str)
+                .map(|cr| cr.trim_start_matches('#').to_string());
             nodes.push(node);
             // Attach to the parent: a slice to its sliced element, others to the parent id.
             if idx > 0 {
@@ -225,10 +232,6 @@ impl Profile {
                 }
             }
             by_id.insert(id, idx);
-            by_path.entry(path).or_insert(idx);
-        }
-        for (idx, target) in pending_refs {
-            nodes[idx].content_reference = by_path.get(&target).copied();
         }
         if let Some(root) = nodes.first_mut() {
             root.name = str_at(sd, "type").to_string();
@@ -252,13 +255,16 @@ impl Profile {
         }
     }
 
-    /// The children that apply to a node (its own, or those of its content reference).
+    /// The children of a node.
     pub fn children_of(&self, node: usize) -> &[usize] {
-        let n = &self.nodes[node];
-        match n.content_reference {
-            Some(r) if n.children.is_empty() => &self.nodes[r].children,
-            _ => &n.children,
-        }
+        &self.nodes[node].children
+    }
+
+    /// The first node (not a slice) with this path.
+    pub fn node_by_path(&self, path: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.path == path && n.slice_name.is_none())
     }
 }
 
@@ -336,6 +342,7 @@ mod tests {
         assert_eq!(p.nodes[3].children, vec![4]);
         assert!(p.nodes[4].pattern.is_some());
         assert_eq!(p.nodes[1].slicing.as_ref().unwrap().rules, "closed");
+        assert_eq!(p.node_by_path("Observation.component.code"), Some(2));
         assert!(p.nodes[5].choice && p.nodes[5].name == "value");
     }
 }

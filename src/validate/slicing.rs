@@ -116,9 +116,11 @@ fn meets(
                 })
                 .cloned()
                 .or_else(|| extension_url(profile, slice, &d.path));
-            match expected {
-                Some(e) => found.iter().any(|x| pattern::matches(x, &e)),
-                None => false,
+            match (expected, target) {
+                (Some(e), _) => found.iter().any(|x| pattern::matches(x, &e)),
+                // The slice does not constrain this path: it does not discriminate.
+                (None, Some(_)) => true,
+                (None, None) => false,
             }
         }
         "exists" => {

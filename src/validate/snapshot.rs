@@ -229,6 +229,14 @@ impl Generator<'_> {
         d: &Map<String, Value>,
     ) -> Result<(), SnapshotError> {
         let (idx, implied_type) = self.locate(elements, id)?;
+        if let Some(path) = d.get("path").and_then(Value::as_str) {
+            if !path_fits(path_of(&elements[idx]), path, &elements[idx]) {
+                return Err(SnapshotError::Unmatched {
+                    profile: self.profile.to_string(),
+                    id: format!("{id} (path {path})"),
+                });
+            }
+        }
         merge(&mut elements[idx], d);
         if let Some(code) = implied_type {
             if !d.contains_key("type") {
@@ -332,18 +340,24 @@ impl Generator<'_> {
         let parent_path = path_of(parent).to_string();
         let children: Vec<Map<String, Value>> =
             if let Some(cr) = parent.get("contentReference").and_then(Value::as_str) {
+                // The referenced element as the base definition has it, not as this
+                // profile has constrained it so far.
                 let target = cr.trim_start_matches('#');
-                let start = elements.iter().position(|e| path_of(e) == target);
-                let Some(start) = start else {
+                let root_type = target.split('.').next().unwrap_or(target);
+                let base = self.snapshots.get_inner(
+                    self.registry,
+                    &crate::definitions::core_url(root_type),
+                    self.stack,
+                )?;
+                let base: Elements = base.iter().filter_map(|e| e.as_object().cloned()).collect();
+                let Some(start) = base.iter().position(|e| path_of(e) == target) else {
                     return Err(self.unmatched(cr));
                 };
-                let end = subtree_end(elements, start, target);
-                elements[start + 1..end]
+                let end = subtree_end(&base, start, target);
+                base[start + 1..end]
                     .iter()
                     .filter(|e| !id_of(e).contains(':'))
                     .cloned()
-                    .collect::<Vec<_>>()
-                    .into_iter()
                     .map(|mut e| {
                         rebase(&mut e, target, parent_id, target, &parent_path);
                         e
@@ -380,6 +394,28 @@ impl Generator<'_> {
         elements.splice(idx + 1..idx + 1, children);
         Ok(())
     }
+}
+
+/// Whether a differential element's `path` names snapshot element `target`: the same path,
+/// or for a choice element the type-named form (`Observation.valueQuantity` for
+/// `Observation.value[x]` when Quantity is one of its types).
+fn path_fits(target: &str, path: &str, element: &Map<String, Value>) -> bool {
+    if target == path {
+        return true;
+    }
+    let Some(stem) = target.strip_suffix("[x]") else {
+        return false;
+    };
+    let Some(type_name) = path.strip_prefix(stem) else {
+        return false;
+    };
+    element
+        .get("type")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("code").and_then(Value::as_str))
+        .any(|code| crate::model::schema::capitalize(code) == type_name)
 }
 
 fn parent_id_of(id: &str) -> Option<&str> {

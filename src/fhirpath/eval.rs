@@ -350,6 +350,21 @@ pub(crate) fn eval_into<'a>(
             }
             functions::call(*func, input, args, extra, scope, run, pos, out)?;
         }
+        _ => eval_rare(node, scope, run, out)?,
+    }
+    Ok(())
+}
+
+/// The nodes met less often than paths, calls and operators, kept out of [`eval_into`] so
+/// that its stack frame, paid at every level of nesting, stays small.
+fn eval_rare<'a>(
+    node: &'a Node,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    out: &mut Collection<'a>,
+) -> Res<()> {
+    let pos = node.pos;
+    match &node.kind {
         NodeKind::Indexer { base, index } => {
             let input = eval(base, scope, run)?;
             let index = eval(index, scope, run)?;
@@ -374,6 +389,7 @@ pub(crate) fn eval_into<'a>(
             let value = eval(operand, scope, run)?;
             out.extend(cast(value, test, pos)?);
         }
+        _ => {}
     }
     Ok(())
 }
@@ -911,5 +927,199 @@ mod tests {
             panic!("expected an execution error")
         };
         assert_eq!((line, col), (1, 3));
+    }
+
+    const BUNDLE: &str = r##"{"resourceType":"Bundle","type":"collection","entry":[
+        {"fullUrl":"urn:uuid:p1","resource":{"resourceType":"Patient","id":"p1",
+          "contained":[{"resourceType":"Organization","id":"org","name":"Acme"}],
+          "managingOrganization":{"reference":"#org"},
+          "name":[{"use":"official","family":"Chalmers","given":["Peter","James"]},{"use":"usual","given":["Jim"]}],
+          "birthDate":"1974-12-25","deceasedBoolean":false}},
+        {"fullUrl":"urn:uuid:o1","resource":{"resourceType":"Observation","id":"o1","status":"final",
+          "code":{"text":"weight"},"subject":{"reference":"Patient/p1"},
+          "valueQuantity":{"value":185,"unit":"lbs","system":"http://unitsofmeasure.org","code":"[lb_av]"}}}]}"##;
+
+    /// Evaluates on the bundle's first (`Patient`) or second (`Observation`) entry, with the
+    /// bundle as `%rootResource`, and renders the result as `type:value` strings.
+    fn on_entry(entry: usize, src: &str, strict: bool) -> Result<Vec<String>, Error> {
+        let bundle = crate::model::parse(BUNDLE).unwrap();
+        let resource = bundle.values("entry")[entry]
+            .as_element()
+            .unwrap()
+            .values("resource")[0]
+            .as_element()
+            .unwrap();
+        let expr = Expression::compile(src)?;
+        let ctx = Context::new(resource)
+            .with_root_resource(&bundle)
+            .strict(strict);
+        let result = expr.evaluate(&ctx)?;
+        Ok(result
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    i.output_type(),
+                    i.to_string_value().unwrap_or_else(|| "{..}".into())
+                )
+            })
+            .collect())
+    }
+
+    #[test]
+    fn nodes_keep_their_fhir_type() {
+        assert_eq!(
+            on_entry(0, "birthDate", false).unwrap(),
+            ["date:1974-12-25"]
+        );
+        assert_eq!(on_entry(0, "deceased", false).unwrap(), ["boolean:false"]);
+        assert_eq!(
+            on_entry(0, "name.use", false).unwrap(),
+            ["code:official", "code:usual"]
+        );
+        assert_eq!(
+            on_entry(0, "birthDate + 1 day", false).unwrap(),
+            ["date:1974-12-26"]
+        );
+        assert_eq!(
+            on_entry(1, "value", false).unwrap(),
+            ["Quantity:185 '[lb_av]'"]
+        );
+        assert_eq!(
+            on_entry(1, "value.type().name", false).unwrap(),
+            ["string:Quantity"]
+        );
+    }
+
+    #[test]
+    fn choice_names_lenient_and_strict() {
+        assert_eq!(
+            on_entry(1, "valueQuantity.unit", false).unwrap(),
+            ["string:lbs"]
+        );
+        assert!(matches!(
+            on_entry(1, "valueQuantity.unit", true),
+            Err(Error::Execution { .. })
+        ));
+        assert!(matches!(
+            on_entry(1, "value.nosuch", true),
+            Err(Error::Execution { .. })
+        ));
+        assert_eq!(
+            on_entry(1, "value.nosuch", false).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            on_entry(1, "value > 80 'kg'", false).unwrap(),
+            ["boolean:true"]
+        );
+    }
+
+    #[test]
+    fn iteration_variables() {
+        assert_eq!(
+            on_entry(0, "name.given.select($this & $index.toString())", false).unwrap(),
+            ["string:Peter0", "string:James1", "string:Jim2"]
+        );
+        assert_eq!(
+            on_entry(
+                0,
+                "name.select(given.aggregate($total + $this.length(), 0))",
+                false
+            )
+            .unwrap(),
+            ["integer:10", "integer:3"]
+        );
+        assert_eq!(
+            on_entry(
+                0,
+                "name.where(use = 'usual').iif($this.given = 'Jim', 'yes', 'no')",
+                false
+            )
+            .unwrap(),
+            ["string:yes"]
+        );
+    }
+
+    #[test]
+    fn references_resolve_in_resource_and_bundle() {
+        assert_eq!(
+            on_entry(0, "managingOrganization.resolve().name", false).unwrap(),
+            ["string:Acme"]
+        );
+        assert_eq!(
+            on_entry(1, "subject.resolve().birthDate", false).unwrap(),
+            ["date:1974-12-25"]
+        );
+        assert_eq!(
+            on_entry(1, "subject.resolve() is Patient", false).unwrap(),
+            ["boolean:true"]
+        );
+    }
+
+    #[test]
+    fn types_and_reflection() {
+        assert_eq!(
+            on_entry(0, "Patient.is(DomainResource)", false).unwrap(),
+            ["boolean:true"]
+        );
+        assert_eq!(
+            on_entry(0, "name.first() is HumanName", false).unwrap(),
+            ["boolean:true"]
+        );
+        assert_eq!(
+            on_entry(0, "name.use.first().is(string)", false).unwrap(),
+            ["boolean:true"]
+        );
+        assert_eq!(
+            on_entry(0, "name.use.ofType(string)", false).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            on_entry(0, "1.type().namespace", false).unwrap(),
+            ["string:System"]
+        );
+        assert_eq!(
+            on_entry(
+                0,
+                "conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')",
+                false
+            )
+            .unwrap(),
+            ["boolean:true"]
+        );
+    }
+
+    #[test]
+    fn now_is_fixed_within_an_evaluation() {
+        assert_eq!(run("now() = now()").unwrap()[0].as_bool(), Some(true));
+        let fixed = DateTime::parse_literal("2020-02-29T12:00:00Z").unwrap();
+        let expr = Expression::compile("today() + 1 year").unwrap();
+        let ctx = Context::empty().with_now(fixed);
+        let r = expr.evaluate(&ctx).unwrap();
+        assert_eq!(r[0].to_string_value().as_deref(), Some("2021-02-28"));
+    }
+
+    #[test]
+    fn variables() {
+        let expr = Expression::compile("%limit + 1 | %ucum").unwrap();
+        let ctx = Context::empty().with_variable("limit", Collection::one(Item::Integer(4)));
+        let r = expr.evaluate(&ctx).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].as_integer(), Some(5));
+        let nope = Expression::compile("%nope").unwrap();
+        let undefined = nope.evaluate(&Context::empty()).map(|r| r.len());
+        assert!(matches!(undefined, Err(Error::Execution { .. })));
+    }
+
+    #[test]
+    fn deep_expressions_do_not_overflow_the_stack() {
+        let sum = format!("1{}", " + 1".repeat(200));
+        assert_eq!(run(&sum).unwrap()[0].as_integer(), Some(201));
+        let mut nested = String::from("true");
+        for _ in 0..120 {
+            nested = format!("(1 | 2).where({nested}).exists()");
+        }
+        assert_eq!(boolean(&nested), Some(true));
     }
 }

@@ -55,7 +55,19 @@ pub(crate) fn call<'a>(
                 }
             }
         }
-        (Func::Exists, _) if args.is_empty() => out.push(Item::Boolean(!input.is_empty())),
+        (Func::Exists, _) => match args.first() {
+            None => out.push(Item::Boolean(!input.is_empty())),
+            Some(criteria) => {
+                let mut any = false;
+                for (i, item) in input.iter().enumerate() {
+                    if matches_criteria(criteria, item, i, scope, run)? {
+                        any = true;
+                        break;
+                    }
+                }
+                out.push(Item::Boolean(any));
+            }
+        },
         (Func::Empty, _) => out.push(Item::Boolean(input.is_empty())),
         (Func::Count, _) => out.push(Item::Integer(
             i64::try_from(input.len()).unwrap_or(i64::MAX),
@@ -80,12 +92,119 @@ pub(crate) fn call<'a>(
     Ok(())
 }
 
-/// The functions [`call`] has no fast path for.
+/// The functions [`call`] has no fast path for, by family. Each family is its own function
+/// so that no single stack frame holds the locals of all of them: nested expressions recurse
+/// through here, and unoptimised builds keep every local of a function in its frame.
 fn call_general<'a>(
     func: Func,
     input: Collection<'a>,
     args: &'a [Node],
     extra: &'a Extra,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    match func {
+        Func::Empty
+        | Func::Exists
+        | Func::All
+        | Func::AllTrue
+        | Func::AnyTrue
+        | Func::AllFalse
+        | Func::AnyFalse
+        | Func::SubsetOf
+        | Func::SupersetOf
+        | Func::Count
+        | Func::Distinct
+        | Func::IsDistinct => existence(func, input, args, scope, run, pos),
+        Func::Where | Func::Select | Func::Repeat | Func::OfType => {
+            filtering(func, input, args, extra, scope, run, pos)
+        }
+        Func::Single
+        | Func::First
+        | Func::Last
+        | Func::Tail
+        | Func::Skip
+        | Func::Take
+        | Func::Intersect
+        | Func::Exclude
+        | Func::Union
+        | Func::Combine => subsetting(func, input, args, scope, run, pos),
+        Func::Iif
+        | Func::ToBoolean
+        | Func::ConvertsToBoolean
+        | Func::ToInteger
+        | Func::ConvertsToInteger
+        | Func::ToDecimal
+        | Func::ConvertsToDecimal
+        | Func::ToString
+        | Func::ConvertsToString
+        | Func::ToDate
+        | Func::ConvertsToDate
+        | Func::ToDateTime
+        | Func::ConvertsToDateTime
+        | Func::ToTime
+        | Func::ConvertsToTime
+        | Func::ToQuantity
+        | Func::ConvertsToQuantity => conversion(func, input, args, scope, run, pos),
+        Func::IndexOf
+        | Func::Substring
+        | Func::StartsWith
+        | Func::EndsWith
+        | Func::Contains
+        | Func::Upper
+        | Func::Lower
+        | Func::Replace
+        | Func::Matches
+        | Func::MatchesFull
+        | Func::ReplaceMatches
+        | Func::Length
+        | Func::ToChars
+        | Func::Trim
+        | Func::Split
+        | Func::Encode
+        | Func::Decode
+        | Func::Escape
+        | Func::Unescape
+        | Func::Join => strings(func, input, args, extra, scope, run, pos),
+        Func::Abs
+        | Func::Ceiling
+        | Func::Exp
+        | Func::Floor
+        | Func::Ln
+        | Func::Log
+        | Func::Power
+        | Func::Round
+        | Func::Sqrt
+        | Func::Truncate => math_functions(func, input, args, scope, run, pos),
+        Func::Children | Func::Descendants => tree(func, input, pos),
+        Func::Trace | Func::Now | Func::Today | Func::TimeOfDay => {
+            utility(func, input, args, scope, run, pos)
+        }
+        Func::Is | Func::As | Func::Type | Func::Not | Func::Aggregate | Func::Sort => {
+            types(func, input, args, extra, scope, run, pos)
+        }
+        Func::Extension
+        | Func::HasValue
+        | Func::GetValue
+        | Func::Resolve
+        | Func::ConformsTo
+        | Func::MemberOf
+        | Func::Subsumes
+        | Func::SubsumedBy
+        | Func::HtmlChecks
+        | Func::LowBoundary
+        | Func::HighBoundary
+        | Func::Precision
+        | Func::Comparable => fhir(func, input, args, scope, run, pos),
+    }
+}
+
+/// Existence functions.
+fn existence<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
     scope: Scope<'a, '_>,
     run: &Run<'a, '_>,
     pos: u32,
@@ -98,7 +217,6 @@ fn call_general<'a>(
     };
     let name = func.name();
     Ok(match func {
-        // Existence.
         Func::Empty => Collection::boolean(input.is_empty()),
         Func::Exists => match args.first() {
             None => Collection::boolean(!input.is_empty()),
@@ -159,8 +277,21 @@ fn call_general<'a>(
             let n = input.len();
             Collection::boolean(union(input, &[]).len() == n)
         }
+        _ => Collection::new(),
+    })
+}
 
-        // Filtering and projection.
+/// Filtering and projection functions.
+fn filtering<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    extra: &'a Extra,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    Ok(match func {
         Func::Where => {
             let mut out = Collection::new();
             for (i, item) in input.iter().enumerate() {
@@ -186,8 +317,27 @@ fn call_general<'a>(
             }
             _ => Collection::new(),
         },
+        _ => Collection::new(),
+    })
+}
 
-        // Subsetting.
+/// Subsetting functions.
+fn subsetting<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Single => {
             if input.len() > 1 {
                 return fail(pos, format!("single() found {} items", input.len()));
@@ -237,8 +387,27 @@ fn call_general<'a>(
             out.extend(arg(0)?);
             out
         }
+        _ => Collection::new(),
+    })
+}
 
-        // Conditional and conversion.
+/// Conditional and conversion functions.
+fn conversion<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Iif => iif(input, args, scope, run, pos)?,
         Func::ToBoolean
         | Func::ConvertsToBoolean
@@ -270,8 +439,28 @@ fn call_general<'a>(
             };
             convert(func, item, unit.as_deref())
         }
+        _ => Collection::new(),
+    })
+}
 
-        // Strings.
+/// Strings functions.
+fn strings<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    extra: &'a Extra,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::IndexOf
         | Func::Substring
         | Func::StartsWith
@@ -327,8 +516,27 @@ fn call_general<'a>(
             }
             Collection::one(Item::String(Text::owned(parts.join(sep))))
         }
+        _ => Collection::new(),
+    })
+}
 
-        // Math.
+/// Math functions.
+fn math_functions<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Abs
         | Func::Ceiling
         | Func::Exp
@@ -350,8 +558,13 @@ fn call_general<'a>(
             };
             math(func, item, operand, pos)?
         }
+        _ => Collection::new(),
+    })
+}
 
-        // Tree navigation.
+/// Tree navigation functions.
+fn tree<'a>(func: Func, input: Collection<'a>, pos: u32) -> Res<Collection<'a>> {
+    Ok(match func {
         Func::Children => {
             let mut out = Collection::new();
             for item in &input {
@@ -360,8 +573,27 @@ fn call_general<'a>(
             out
         }
         Func::Descendants => descendants(&input, pos)?,
+        _ => Collection::new(),
+    })
+}
 
-        // Utility.
+/// Utility functions.
+fn utility<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Trace => {
             let label = arg(0)?;
             let label = string_input(&label, pos, name)?.unwrap_or("");
@@ -389,8 +621,28 @@ fn call_general<'a>(
             .now()
             .and_then(|n| n.time())
             .map_or_else(Collection::new, |t| Collection::one(Item::Time(t))),
+        _ => Collection::new(),
+    })
+}
 
-        // Types.
+/// Types functions.
+fn types<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    extra: &'a Extra,
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Is => match (singleton(&input, pos, name)?, extra) {
             (Some(item), Extra::Type(test)) => Collection::boolean(is_of_type(item, test, false)),
             _ => Collection::new(),
@@ -421,8 +673,27 @@ fn call_general<'a>(
             total
         }
         Func::Sort => sort(input, args, extra, scope, run, pos)?,
+        _ => Collection::new(),
+    })
+}
 
-        // FHIR additions.
+/// FHIR additions functions.
+fn fhir<'a>(
+    func: Func,
+    input: Collection<'a>,
+    args: &'a [Node],
+    scope: Scope<'a, '_>,
+    run: &Run<'a, '_>,
+    pos: u32,
+) -> Res<Collection<'a>> {
+    let arg = |i: usize| -> Res<Collection<'a>> {
+        match args.get(i) {
+            Some(node) => eval(node, scope, run),
+            None => Ok(Collection::new()),
+        }
+    };
+    let name = func.name();
+    Ok(match func {
         Func::Extension => {
             let url = arg(0)?;
             let Some(url) = string_input(&url, pos, name)? else {
@@ -498,6 +769,7 @@ fn call_general<'a>(
                 _ => return fail(pos, "comparable() expects two quantities"),
             }
         }
+        _ => Collection::new(),
     })
 }
 

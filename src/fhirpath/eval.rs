@@ -5,7 +5,7 @@
 //! `$total`) and returns a [`Collection`]; items reference the element tree and the
 //! expression, so a path step copies no data. Operators apply the collection rules of the
 //! specification here (empty in, empty out; singleton operands; three-valued logic) and
-//! delegate the per-item work to [`super::ops`]; functions live in [`super::functions`].
+//! delegate the per-item work to the `ops` module; functions live in `functions`.
 
 use std::cell::OnceCell;
 use std::cmp::Ordering;

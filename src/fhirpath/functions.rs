@@ -92,9 +92,10 @@ pub(crate) fn call<'a>(
     Ok(())
 }
 
-/// The functions [`call`] has no fast path for, by family. Each family is its own function
-/// so that no single stack frame holds the locals of all of them: nested expressions recurse
-/// through here, and unoptimised builds keep every local of a function in its frame.
+/// Every function, by family ([`call`] short-cuts the hottest ones before coming here).
+/// Each family is its own function so that no single stack frame holds the locals of all of
+/// them: nested expressions recurse through here, and unoptimised builds keep every local of
+/// a function in its frame.
 fn call_general<'a>(
     func: Func,
     input: Collection<'a>,

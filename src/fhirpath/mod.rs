@@ -3,11 +3,11 @@
 //!
 //! - [`lexer`], [`parser`], [`ast`]: text to syntax tree, errors with positions.
 //! - [`compile`](Expression::compile): syntax tree to the compiled form (functions resolved,
-//!   literals converted, types resolved); [`check`] adds the strict-mode checks.
-//! - [`eval`]: [`Expression`], [`Context`] and the evaluator; [`functions`] and [`ops`] hold
+//!   literals converted, types resolved); `check` adds the strict-mode checks.
+//! - [`eval`]: [`Expression`], [`Context`] and the evaluator; `functions` and `ops` hold
 //!   the functions and operators, [`value`] the items and collections they work on.
 //! - [`temporal`] and [`quantity`]: the `Date`/`DateTime`/`Time` and `Quantity` types.
-//! - [`cli`]: the `fhirpath` subcommand; [`bench`]: its benchmark.
+//! - [`cli`]: the `fhirpath` subcommand; [`bench`](mod@bench): its benchmark.
 
 pub mod ast;
 pub mod bench;

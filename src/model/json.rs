@@ -46,6 +46,7 @@ pub struct Cursor<'a> {
     src: &'a [u8],
     text: &'a str,
     pos: usize,
+    comments: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -56,7 +57,15 @@ impl<'a> Cursor<'a> {
             src: text.as_bytes(),
             text,
             pos,
+            comments: false,
         }
+    }
+
+    /// Also accepts `//` and `/* */` comments where white space may stand. FHIR JSON has no
+    /// comments; this is for hand-written files whose authors ask for it.
+    pub fn allow_comments(mut self) -> Self {
+        self.comments = true;
+        self
     }
 
     /// The current byte offset.
@@ -89,8 +98,25 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
-            self.pos += 1;
+        loop {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+                self.pos += 1;
+            }
+            if !self.comments || self.src.get(self.pos) != Some(&b'/') {
+                return;
+            }
+            let rest = &self.text[self.pos..];
+            let skip = if rest.starts_with("//") {
+                rest.find('\n').unwrap_or(rest.len())
+            } else if let Some(body) = rest.strip_prefix("/*") {
+                match body.find("*/") {
+                    Some(end) => end + 4,
+                    None => return,
+                }
+            } else {
+                return;
+            };
+            self.pos += skip;
         }
     }
 
@@ -663,6 +689,19 @@ mod tests {
             panic!()
         };
         assert_eq!(s, "\u{1F600}é");
+    }
+
+    #[test]
+    fn comments_only_when_allowed() {
+        let text = "// a comment\n{\"a\": /* inline */ 1}";
+        assert!(Json::parse(text, 4).is_err());
+        let mut c = Cursor::new(text).allow_comments();
+        assert!(c.begin_object().is_ok());
+        assert_eq!(
+            c.next_key(true).unwrap().map(|(k, _)| k.into_owned()),
+            Some("a".to_string())
+        );
+        assert_eq!(c.number(), Ok("1"));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct ParseOptions<'a> {
     pub max_depth: usize,
     /// The resource type the caller expects (the type in a REST URL, say).
     pub resource_type: Option<&'a str>,
+    /// Accept `//` and `/* */` comments (not FHIR JSON; off by default).
+    pub allow_comments: bool,
 }
 
 impl Default for ParseOptions<'_> {
@@ -31,6 +33,7 @@ impl Default for ParseOptions<'_> {
         ParseOptions {
             max_depth: 128,
             resource_type: None,
+            allow_comments: false,
         }
     }
 }
@@ -139,7 +142,11 @@ pub fn parse_with(text: &str, options: &ParseOptions<'_>) -> Parsed {
         };
     }
     let mut p = Parser {
-        c: Cursor::new(text),
+        c: if options.allow_comments {
+            Cursor::new(text).allow_comments()
+        } else {
+            Cursor::new(text)
+        },
         text,
         issues: Vec::new(),
         path: Vec::new(),

@@ -320,9 +320,12 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
         }
         if let Some(b) = &n.binding {
-            let strength = b.strength.clone();
-            let vs = b.value_set.clone();
-            self.binding(v, &strength, &vs);
+            if !b.value_set.is_empty() {
+                self.binding(v, &b.strength, &b.value_set);
+            }
+            for extra in &b.additional {
+                self.binding(v, &extra.strength, &extra.value_set);
+            }
         }
         self.invariants(v, n);
         match v {
@@ -431,6 +434,17 @@ impl<'v, 'a> Walk<'v, 'a> {
                 ),
                 None,
             );
+        }
+        if code == "markdown" && self.validator.options.no_html_in_markdown {
+            if let Some(at) = html_tag_at(text) {
+                self.report(
+                    Severity::Error,
+                    IssueType::Value,
+                    p.pos,
+                    format!("the markdown contains what looks like an HTML tag at character {at}"),
+                    None,
+                );
+            }
         }
         if code == "xhtml" {
             for problem in super::xhtml::check(text) {
@@ -597,6 +611,8 @@ impl<'v, 'a> Walk<'v, 'a> {
                     unverifiable.get_or_insert(reason);
                 }
                 Err(err) => {
+                    // Reported, never passed silently; not an error, as the fault is in
+                    // the profile's references rather than in the instance.
                     self.report(
                         Severity::Warning,
                         IssueType::NotSupported,
@@ -806,12 +822,25 @@ impl<'v, 'a> Walk<'v, 'a> {
         let target_type = reference_type(reference);
         if let (Some(t), Some(tr)) = (target_type, type_ref) {
             if !tr.target_profiles.is_empty() {
-                let ok = tr.target_profiles.iter().any(|p| {
-                    self.validator
-                        .profile_type(p)
-                        .is_none_or(|pt| pt == t || pt == "Resource")
-                });
-                if !ok {
+                // Target profiles are resolved, never assumed: an unknown one is an error.
+                let types: Vec<Option<String>> = tr
+                    .target_profiles
+                    .iter()
+                    .map(|p| self.validator.profile_type(p))
+                    .collect();
+                for (p, ty) in tr.target_profiles.iter().zip(&types) {
+                    if ty.is_none() {
+                        self.report(
+                            Severity::Error,
+                            IssueType::NotSupported,
+                            r.pos,
+                            format!("unable to resolve the target profile {p}"),
+                            None,
+                        );
+                    }
+                }
+                let ok = types.iter().flatten().any(|pt| pt == t || pt == "Resource");
+                if !ok && types.iter().all(Option::is_some) {
                     let allowed: Vec<&str> = tr
                         .target_profiles
                         .iter()
@@ -855,6 +884,14 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
         }
     }
+}
+
+/// Where a markdown text has `<` followed by a letter or `/` (the start of an HTML tag).
+fn html_tag_at(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    bytes
+        .windows(2)
+        .position(|w| w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/'))
 }
 
 /// A location without its `.ofType(T)` steps (`Observation.value.ofType(Quantity).code`

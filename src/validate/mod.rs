@@ -45,12 +45,19 @@ use terminology::Terminology;
 pub struct Options {
     /// Severity of an extension whose definition the registry does not hold.
     pub unknown_extension: Severity,
+    /// Accept comments in the JSON given to [`Validator::validate_json`].
+    pub allow_comments: bool,
+    /// Report what looks like an HTML tag inside a `markdown` value as an error (it would
+    /// be escaped, or worse, rendered, by whoever displays it).
+    pub no_html_in_markdown: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             unknown_extension: Severity::Warning,
+            allow_comments: false,
+            no_html_in_markdown: false,
         }
     }
 }
@@ -203,7 +210,11 @@ impl Validator {
     /// Parses and validates JSON text: the parse problems (with `line:column`) followed by
     /// the validation issues of what could be read.
     pub fn validate_json(&self, text: &str, profiles: &[String]) -> Vec<Issue> {
-        let parsed = model::parse_with(text, &ParseOptions::default());
+        let options = ParseOptions {
+            allow_comments: self.options.allow_comments,
+            ..ParseOptions::default()
+        };
+        let parsed = model::parse_with(text, &options);
         let mut issues: Vec<Issue> = parsed
             .issues
             .iter()

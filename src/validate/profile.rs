@@ -21,8 +21,49 @@ pub struct TypeRef {
 pub struct Binding {
     /// `required`, `extensible`, `preferred` or `example`.
     pub strength: String,
-    /// The ValueSet's canonical URL.
+    /// The ValueSet's canonical URL (empty when the binding names none).
     pub value_set: String,
+    /// Additional bindings that are checked too (purpose `required` or `extensible`).
+    pub additional: Vec<Binding>,
+}
+
+/// The additional bindings of a binding (the R5 `additional` element, carried in R4 by
+/// its cross-version extension or the tools extension), for purposes that are checked.
+fn additional_bindings(b: &Value) -> Vec<Binding> {
+    b.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|x| {
+            let url = str_at(x, "url");
+            url.ends_with("ElementDefinition.binding.additional")
+                || url == "http://hl7.org/fhir/tools/StructureDefinition/additional-binding"
+        })
+        .filter_map(|x| {
+            let parts = x.get("extension")?.as_array()?;
+            let part = |name: &str| {
+                parts
+                    .iter()
+                    .find(|p| str_at(p, "url") == name)
+                    .and_then(|p| {
+                        p.as_object()?
+                            .iter()
+                            .find(|(k, _)| k.starts_with("value"))
+                            .and_then(|(_, v)| v.as_str())
+                    })
+            };
+            let strength = match part("purpose")? {
+                "required" => "required",
+                "extensible" => "extensible",
+                _ => return None,
+            };
+            Some(Binding {
+                strength: strength.to_string(),
+                value_set: part("valueSet")?.to_string(),
+                additional: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 /// An invariant.
@@ -161,11 +202,10 @@ impl Profile {
                     .collect(),
                 fixed: prefixed(e, "fixed"),
                 pattern: prefixed(e, "pattern"),
-                binding: e.get("binding").and_then(|b| {
-                    Some(Binding {
-                        strength: b.get("strength")?.as_str()?.to_string(),
-                        value_set: b.get("valueSet")?.as_str()?.to_string(),
-                    })
+                binding: e.get("binding").map(|b| Binding {
+                    strength: str_at(b, "strength").to_string(),
+                    value_set: str_at(b, "valueSet").to_string(),
+                    additional: additional_bindings(b),
                 }),
                 constraints: e
                     .get("constraint")

@@ -402,7 +402,7 @@ fn constant(c: &Const) -> Item<'_> {
         Const::Decimal(d) => Item::Decimal(*d),
         Const::String(s) => Item::str(s),
         Const::Date(d) => Item::Date(*d),
-        Const::DateTime(d) => Item::DateTime(*d),
+        Const::DateTime(d) => Item::DateTime(Shared::Borrowed(d)),
         Const::Time(t) => Item::Time(*t),
         Const::Quantity(q) => Item::Quantity(Shared::Borrowed(q)),
     }

@@ -614,7 +614,7 @@ fn utility<'a>(
         }
         Func::Now => run
             .now()
-            .map_or_else(Collection::new, |n| Collection::one(Item::DateTime(n))),
+            .map_or_else(Collection::new, |n| Collection::one(Item::date_time(n))),
         Func::Today => run
             .now()
             .map_or_else(Collection::new, |n| Collection::one(Item::Date(n.date()))),
@@ -659,7 +659,10 @@ fn types<'a>(
             }
             _ => Collection::new(),
         },
-        Func::Type => input.iter().map(|i| Item::Type(i.type_name())).collect(),
+        Func::Type => input
+            .iter()
+            .map(|i| Item::Type(Rc::new(i.type_name())))
+            .collect(),
         Func::Not => Collection::from_option(truth(&input, pos, run)?.map(|b| !b)),
         Func::Aggregate => {
             let mut total = arg(1)?;
@@ -1373,9 +1376,9 @@ fn convert<'a>(func: Func, item: &Item<'a>, unit: Option<&str>) -> Collection<'a
             _ => None,
         },
         Func::ToDateTime | Func::ConvertsToDateTime => match &value {
-            V::DateTime(d) => Some(Item::DateTime(*d)),
-            V::Date(d) => Some(Item::DateTime(DateTime::from(*d))),
-            V::String(s) => DateTime::parse_literal(s).ok().map(Item::DateTime),
+            V::DateTime(d) => Some(Item::date_time(*d)),
+            V::Date(d) => Some(Item::date_time(DateTime::from(*d))),
+            V::String(s) => DateTime::parse_literal(s).ok().map(Item::date_time),
             _ => None,
         },
         Func::ToTime | Func::ConvertsToTime => match &value {
@@ -1654,7 +1657,7 @@ fn date_boundary<'a>(
         let abs = offset.unsigned_abs();
         text.push_str(&format!("{sign}{:02}:{:02}", abs / 60, abs % 60));
     }
-    DateTime::parse_literal(&text).ok().map(Item::DateTime)
+    DateTime::parse_literal(&text).ok().map(Item::date_time)
 }
 
 fn time_boundary<'a>(t: &Time, precision: i64, high: bool) -> Option<Item<'a>> {

@@ -291,8 +291,8 @@ fn temporal_arithmetic<'a>(
     Ok(match (value, subtract) {
         (SystemValue::Date(d), false) => Item::Date(d.add(q).map_err(e)?),
         (SystemValue::Date(d), true) => Item::Date(d.subtract(q).map_err(e)?),
-        (SystemValue::DateTime(d), false) => Item::DateTime(d.add(q).map_err(e)?),
-        (SystemValue::DateTime(d), true) => Item::DateTime(d.subtract(q).map_err(e)?),
+        (SystemValue::DateTime(d), false) => Item::date_time(d.add(q).map_err(e)?),
+        (SystemValue::DateTime(d), true) => Item::date_time(d.subtract(q).map_err(e)?),
         (SystemValue::Time(t), false) => Item::Time(t.add(q).map_err(e)?),
         (SystemValue::Time(t), true) => Item::Time(t.subtract(q).map_err(e)?),
         _ => return Err("not a date/time value".into()),

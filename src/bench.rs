@@ -16,6 +16,10 @@ pub enum Suite {
     All,
     /// FHIR JSON parse + serialize throughput against serde_json::Value.
     Parse,
+    /// FHIRPath evaluations per second of compiled expressions.
+    Fhirpath,
+    /// Profile validation: throughput, latency, memory.
+    Validate,
 }
 
 /// Runs a suite and prints its figures; `data` is the folder of FHIR JSON files to use.
@@ -37,6 +41,16 @@ pub fn run(suite: Suite, data: Option<&Path>) -> ExitCode {
     };
     if matches!(suite, Suite::All | Suite::Parse) {
         parse(&inputs);
+    }
+    if matches!(suite, Suite::All | Suite::Fhirpath | Suite::Validate) {
+        let trees: Vec<model::Element> =
+            inputs.iter().filter_map(|t| model::parse(t).ok()).collect();
+        if matches!(suite, Suite::All | Suite::Fhirpath) {
+            crate::fhirpath::bench::bench(&trees);
+        }
+        if matches!(suite, Suite::All | Suite::Validate) {
+            crate::validate::bench::bench(&trees);
+        }
     }
     ExitCode::SUCCESS
 }

@@ -343,7 +343,7 @@ fn build(name: &str) -> Option<TypeInfo> {
             .and_then(Value::as_str)
             .is_some_and(|p| p.starts_with(path) && p.as_bytes().get(path.len()) == Some(&b'.'));
         let inline_name = format!("{name}.{rest}");
-        let info = element_info(
+        let mut info = element_info(
             el,
             path,
             rest,
@@ -352,6 +352,13 @@ fn build(name: &str) -> Option<TypeInfo> {
             sd_name,
             root_path,
         );
+        // R4 types `Resource.id` as a plain string in its definitions, but its text (and
+        // every FHIRPath engine) makes it an `id`.
+        if kind == TypeKind::Resource && rest == "id" {
+            if let Some(t) = info.types.first_mut() {
+                t.code = "id".into();
+            }
+        }
         if matches!(kind, TypeKind::Primitive(_)) && rest == "value" {
             continue;
         }

@@ -17,6 +17,27 @@ use crate::model::{Element, Primitive, Scalar, Value};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+/// Appends `[i]` to a location without the formatting machinery (this runs for every
+/// repeating element of every resource).
+pub(crate) fn push_index(s: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push('[');
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+    s.push(']');
+}
+
 /// FHIR limits primitive string values to 1 MB.
 const MAX_STRING_BYTES: usize = 1024 * 1024;
 
@@ -38,7 +59,7 @@ pub(crate) struct Walk<'v, 'a> {
     pub types: Vec<&'static crate::model::schema::TypeInfo>,
     /// The definition paths of the elements being walked, innermost last (for extension
     /// contexts: a nested `Questionnaire.item` is defined by `Questionnaire.item`).
-    pub def_paths: Vec<String>,
+    pub def_paths: Vec<(Arc<Profile>, usize)>,
     /// Where in `location` the path inside each enclosing resource starts.
     pub resource_starts: Vec<usize>,
     /// Entries of the Bundle being checked (fullUrl, resource), for reference resolution.
@@ -112,7 +133,7 @@ impl<'v, 'a> Walk<'v, 'a> {
     /// Checks the children of `el` against `node` of `profile`.
     pub fn element(&mut self, el: &'a Element, profile: &Arc<Profile>, node: usize) {
         self.types.push(el.info);
-        self.def_paths.push(profile.nodes[node].path.clone());
+        self.def_paths.push((profile.clone(), node));
         self.children(el, profile, node);
         self.def_paths.pop();
         self.types.pop();
@@ -151,7 +172,8 @@ impl<'v, 'a> Walk<'v, 'a> {
                 Some(p) => &p.values,
                 None => &[],
             };
-            let _ = write!(self.location, ".{}", n.name);
+            self.location.push('.');
+            self.location.push_str(&n.name);
             if let (true, Some(p)) = (n.choice, prop) {
                 let _ = write!(self.location, ".ofType({})", el.element_type(p).code);
             }
@@ -184,7 +206,7 @@ impl<'v, 'a> Walk<'v, 'a> {
                 for (i, v) in values.iter().enumerate() {
                     let len = self.location.len();
                     if repeats {
-                        let _ = write!(self.location, "[{i}]");
+                        push_index(&mut self.location, i);
                     }
                     self.value(v, profile, c);
                     self.location.truncate(len);
@@ -389,7 +411,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             Value::Primitive(p) => {
                 let base = self.location.len();
                 self.types.push(p.info);
-                self.def_paths.push(n.path.clone());
+                self.def_paths.push((profile.clone(), node));
                 for (i, ext) in p.extensions().iter().enumerate() {
                     let _ = write!(self.location, ".extension[{i}]");
                     self.extension(ext, &[], &[]);
@@ -415,11 +437,7 @@ impl<'v, 'a> Walk<'v, 'a> {
 
     fn primitive(&mut self, p: &Primitive, n: &Node) {
         let Some(value) = &p.value else { return };
-        // Resource.id is typed `string` in R4's definitions but must be a valid `id`.
-        let resource_id = n.path.matches('.').count() == 1
-            && n.path.ends_with(".id")
-            && crate::model::schema::is_resource_type(n.path.split('.').next().unwrap_or_default());
-        let code = if resource_id { "id" } else { &*p.info.name };
+        let code = &*p.info.name;
         let text = match value {
             Scalar::String(s) | Scalar::Number(s) => &**s,
             Scalar::Bool(_) => return,
@@ -543,8 +561,11 @@ impl<'v, 'a> Walk<'v, 'a> {
     }
 
     fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
-        let expr = match self.validator.expression(&c.expression) {
-            Ok(e) => e,
+        let compiled = c
+            .compiled
+            .get_or_init(|| self.validator.expression(&c.expression));
+        let expr = match compiled {
+            Ok(e) => e.clone(),
             Err(err) => {
                 self.report(
                     Severity::Warning,
@@ -744,7 +765,10 @@ impl<'v, 'a> Walk<'v, 'a> {
                 || expr == "Resource"
                 || (expr == "DomainResource" && !host.contains('.'))
                 || host == *expr
-                || self.def_paths.last().is_some_and(|d| d == expr)
+                || self
+                    .def_paths
+                    .last()
+                    .is_some_and(|(p, n)| p.nodes[*n].path == *expr)
                 || self.host_type_matches(&host, expr)
                 || !context_type_known(expr)
         });

@@ -15,6 +15,7 @@
 //! - [`primitive`]: lexical rules of primitive types.
 //! - [`terminology`]: ValueSet expansion and code membership for bindings and Codings.
 
+pub mod bench;
 mod check;
 pub mod cli;
 pub mod issue;
@@ -69,6 +70,8 @@ pub struct Validator {
     terminology: Terminology,
     snapshots: Snapshots,
     profiles: RwLock<HashMap<String, Arc<Profile>>>,
+    /// Core definitions by type name (the walk asks for them at every complex value).
+    core: RwLock<HashMap<String, Option<Arc<Profile>>, crate::model::schema::FastHash>>,
     expressions: RwLock<HashMap<String, Arc<Expression>>>,
     /// The profile checked for a resource type when a resource claims none.
     defaults: HashMap<String, String>,
@@ -116,6 +119,7 @@ impl Validator {
             registry,
             snapshots: Snapshots::default(),
             profiles: RwLock::new(HashMap::new()),
+            core: RwLock::new(HashMap::with_hasher(crate::model::schema::FastHash)),
             expressions: RwLock::new(HashMap::new()),
             defaults: HashMap::new(),
             options: Options::default(),
@@ -172,7 +176,16 @@ impl Validator {
 
     /// The compiled core definition of a type (`Patient`, `HumanName`).
     pub fn core_profile(&self, type_name: &str) -> Option<Arc<Profile>> {
-        self.profile(&core_url(type_name)).ok()
+        if let Ok(cache) = self.core.read() {
+            if let Some(p) = cache.get(type_name) {
+                return p.clone();
+            }
+        }
+        let p = self.profile(&core_url(type_name)).ok();
+        if let Ok(mut cache) = self.core.write() {
+            cache.insert(type_name.to_string(), p.clone());
+        }
+        p
     }
 
     /// A compiled FHIRPath expression, cached by its text.
@@ -235,7 +248,17 @@ impl Validator {
             })
             .collect();
         if let Some(r) = &parsed.resource {
-            issues.extend(self.validate(r, Some(text), profiles));
+            // Where parsing already refused a value, the walk would only report its absence
+            // again ("minimum required"): the parse issue says it better.
+            let refused: std::collections::HashSet<&str> =
+                parsed.issues.iter().map(|p| p.location.as_str()).collect();
+            issues.extend(
+                self.validate(r, Some(text), profiles)
+                    .into_iter()
+                    .filter(|i| {
+                        !(i.kind == IssueType::Required && refused.contains(i.location.as_str()))
+                    }),
+            );
         }
         issues
     }

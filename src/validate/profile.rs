@@ -77,6 +77,11 @@ pub struct Constraint {
     pub human: String,
     /// The FHIRPath expression.
     pub expression: String,
+    /// The compiled expression, made on first use (shared through the validator's cache of
+    /// expressions, so each distinct text is compiled once).
+    pub compiled: std::sync::OnceLock<
+        Result<std::sync::Arc<crate::fhirpath::Expression>, crate::fhirpath::Error>,
+    >,
 }
 
 /// How to tell slices apart.
@@ -218,6 +223,7 @@ impl Profile {
                             severity: str_at(c, "severity").to_string(),
                             human: str_at(c, "human").to_string(),
                             expression: c.get("expression")?.as_str()?.to_string(),
+                            compiled: std::sync::OnceLock::new(),
                         })
                     })
                     .collect(),

@@ -7,7 +7,6 @@ use super::issue::{IssueType, Severity};
 use super::pattern;
 use super::profile::{Discriminator, Node, Profile};
 use crate::model::{Element, Value};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Checks the values of sliced element `node` (a child of `el`).
@@ -27,7 +26,7 @@ pub(crate) fn check<'a>(
     for (i, v) in values.iter().enumerate() {
         let len = walk.location.len();
         if repeats {
-            let _ = write!(walk.location, "[{i}]");
+            super::check::push_index(&mut walk.location, i);
         }
         let matched = n.slices.iter().position(|&s| {
             slicing

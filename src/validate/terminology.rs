@@ -36,6 +36,7 @@
 //! expansion is a pair of hash lookups with borrowed keys.
 
 use crate::definitions::{Kind, Registry};
+use crate::model::schema::FastHash;
 use regex::Regex;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -131,7 +132,7 @@ pub struct OpenSystem {
 }
 
 /// Codes by system, then by code.
-type CodeMap = HashMap<Box<str>, HashMap<Box<str>, ExpansionEntry>>;
+type CodeMap = HashMap<Box<str>, HashMap<Box<str>, ExpansionEntry, FastHash>, FastHash>;
 
 /// The expanded content of a ValueSet: its codes with displays, and what is not enumerable.
 #[derive(Debug, Clone)]

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod definitions;
 pub mod fhirpath;
 pub mod model;
+pub mod profiles;
 pub mod validate;

@@ -12,6 +12,10 @@ use std::process::ExitCode;
     about = "A-IMAGIO study data gateway (FHIR R4)"
 )]
 struct Cli {
+    /// Folder of study definitions (the layout of `profiles/`) to use instead of the
+    /// embedded study profiles.
+    #[arg(long = "profiles", global = true, value_name = "DIR")]
+    profiles_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,7 +24,8 @@ struct Cli {
 enum Command {
     /// Start the gateway (until the REST server lands: load the definitions, report, exit).
     Serve,
-    /// Validate FHIR JSON files against the R4 definitions and profiles.
+    /// Validate FHIR JSON files against the R4 definitions and the study profiles; a resource
+    /// is checked against the profiles it claims in `meta.profile`.
     Validate {
         /// Definitions to load first (StructureDefinition, ValueSet, CodeSystem, or a Bundle).
         #[arg(long = "load", value_name = "FILE")]
@@ -34,6 +39,11 @@ enum Command {
         /// The files to validate.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Work with the study profiles (the A-IMAGIO canonical model).
+    Profiles {
+        #[command(subcommand)]
+        command: ProfilesCommand,
     },
     /// Work with the embedded FHIR R4 definitions.
     Definitions {
@@ -61,6 +71,19 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ProfilesCommand {
+    /// Render the data dictionary: one table per profile, the extensions and the code lists.
+    Doc {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: imagio_gateway::profiles::doc::Format,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DefinitionsCommand {
     /// Rebuild the compact pack (definitions/r4) from the official R4 definition bundles.
     Pack {
@@ -80,8 +103,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve => {
             imagio_gateway::definitions::report(&mut std::io::stdout());
-            ExitCode::SUCCESS
+            match imagio_gateway::profiles::report(
+                cli.profiles_dir.as_deref(),
+                &mut std::io::stdout(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
+        Command::Profiles { command } => match command {
+            ProfilesCommand::Doc { format, out } => imagio_gateway::profiles::doc::run(
+                cli.profiles_dir.as_deref(),
+                format,
+                out.as_deref(),
+            ),
+        },
         Command::Definitions { command } => match command {
             DefinitionsCommand::Pack { source, out } => {
                 match imagio_gateway::definitions::pack::pack(&source, &out) {
@@ -113,7 +152,15 @@ fn main() -> ExitCode {
             profiles,
             format,
             files,
-        } => imagio_gateway::validate::cli::run(&loads, &profiles, &files, format),
+        } => match imagio_gateway::profiles::study_registry(cli.profiles_dir.as_deref()) {
+            Ok(registry) => {
+                imagio_gateway::validate::cli::run(registry, &loads, &profiles, &files, format)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Fhirpath { expression, input } => {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }

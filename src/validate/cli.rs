@@ -19,11 +19,19 @@ pub enum Format {
     Text,
 }
 
-/// Runs the subcommand. `loads` are definition files (StructureDefinition, ValueSet,
-/// CodeSystem, or Bundles of them), `profiles` canonical URLs every input is checked
-/// against (besides the profiles it claims), `files` the inputs.
-pub fn run(loads: &[PathBuf], profiles: &[String], files: &[PathBuf], format: Format) -> ExitCode {
-    let mut registry = Registry::core();
+/// Runs the subcommand. `registry` holds the definitions to check against (the R4 core plus
+/// the study profiles, see [`crate::profiles::study_registry`]); `loads` are definition files
+/// added on top (StructureDefinition, ValueSet, CodeSystem, or Bundles of them), `profiles`
+/// canonical URLs every input is checked against (besides the profiles it claims), `files`
+/// the inputs.
+pub fn run(
+    registry: Registry,
+    loads: &[PathBuf],
+    profiles: &[String],
+    files: &[PathBuf],
+    format: Format,
+) -> ExitCode {
+    let mut registry = registry;
     for path in loads {
         if let Err(e) = load_into(&mut registry, path) {
             eprintln!("error: {}: {e}", path.display());

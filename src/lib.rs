@@ -5,4 +5,5 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod model;
 pub mod profiles;
+pub mod store;
 pub mod validate;

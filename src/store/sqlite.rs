@@ -1,0 +1,77 @@
+//! The SQLite back end: one file, in WAL mode, a pool of readers and a single writer
+//! connection whose transactions start with `BEGIN IMMEDIATE`, so write transactions run
+//! one after another and never meet `SQLITE_BUSY` half-way.
+
+use super::{Backend, Result, Store};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+/// The embedded SQLite migrations, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "resources",
+    include_str!("migrations/sqlite/0001_resources.sql"),
+)];
+
+/// The two pools of a SQLite store.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Readers (several connections; WAL lets them run beside the writer).
+    pub read: SqlitePool,
+    /// The one writer connection.
+    pub write: SqlitePool,
+}
+
+/// The migrations as a sqlx [`Migrator`] (what `sqlx::migrate!` would build, without the
+/// proc-macro and its second copy of the database drivers at compile time).
+pub(super) fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(
+            list.iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Opens the SQLite file at `path`, creating and migrating it as needed.
+///
+/// # Errors
+/// When the file cannot be opened or created, or the migrations fail.
+pub async fn open(path: &Path) -> Result<Store> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options.clone())
+        .await?;
+    migrator(MIGRATIONS).run(&write).await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok(Store {
+        backend: Backend::Sqlite(Pools { read, write }),
+    })
+}

@@ -5,5 +5,6 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod model;
 pub mod profiles;
+pub mod serve;
 pub mod store;
 pub mod validate;

@@ -22,8 +22,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the gateway (until the REST server lands: load the definitions, report, exit).
-    Serve,
+    /// Run the FHIR REST server until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Database: postgres://..., sqlite:PATH, or a SQLite file path.
+        #[arg(
+            long,
+            env = "IMAGIO_DATABASE_URL",
+            default_value = "imagio.sqlite",
+            value_name = "URL"
+        )]
+        database_url: String,
+        /// What writes are validated against.
+        #[arg(long, value_enum, default_value = "study")]
+        validation: imagio_gateway::serve::ValidationMode,
+        /// Largest request body accepted, in bytes.
+        #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+        max_body: usize,
+        /// Deepest JSON nesting accepted.
+        #[arg(long, default_value_t = 128, value_name = "LEVELS")]
+        max_depth: usize,
+    },
     /// Validate FHIR JSON files against the R4 definitions and the study profiles; a resource
     /// is checked against the profiles it claims in `meta.profile`.
     Validate {
@@ -101,19 +122,20 @@ enum DefinitionsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve => {
-            imagio_gateway::definitions::report(&mut std::io::stdout());
-            match imagio_gateway::profiles::report(
-                cli.profiles_dir.as_deref(),
-                &mut std::io::stdout(),
-            ) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Serve {
+            listen,
+            database_url,
+            validation,
+            max_body,
+            max_depth,
+        } => serve(imagio_gateway::serve::Config {
+            listen,
+            database_url,
+            validation,
+            profiles_dir: cli.profiles_dir,
+            max_body,
+            max_depth,
+        }),
         Command::Profiles { command } => match command {
             ProfilesCommand::Doc { format, out } => imagio_gateway::profiles::doc::run(
                 cli.profiles_dir.as_deref(),
@@ -165,5 +187,33 @@ fn main() -> ExitCode {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }
         Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
+    }
+}
+
+/// Sets up logging (`RUST_LOG`, default `info`) and the async runtime, and runs the server.
+fn serve(config: imagio_gateway::serve::Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(imagio_gateway::serve::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "serve failed");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }

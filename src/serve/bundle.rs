@@ -1,0 +1,703 @@
+//! `POST /fhir` with a `batch` or `transaction` Bundle (FHIR R4 http.html#transaction).
+//!
+//! A transaction is all or nothing: every entry is validated first (any error refuses the
+//! whole Bundle with every issue, located at `Bundle.entry[i].resource...`), then one store
+//! transaction runs the entries in FHIR's order — DELETE, POST, PUT, GET — after resolving
+//! the ids of conditional creates and updates, rewriting references to `fullUrl`s
+//! (`urn:uuid:...` included) and conditional references (`Patient?identifier=s|v`) to the
+//! resources' real ids. Any failure rolls everything back. A lost race runs it all again.
+//!
+//! A batch runs each entry on its own (same order) and reports each entry's outcome.
+
+use super::body::FhirBody;
+use super::error::ApiError;
+use super::rest::{base_url, fhir_response, prefer, Return};
+use super::write::{self, Checked, Criteria, Done, Op, WriteCtx};
+use super::{AppState, RequestId};
+use crate::model::json::{write_str, Json};
+use crate::validate::{Issue, Severity};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use std::collections::HashMap;
+
+/// One entry as planned: its position, what to do, and its `fullUrl`.
+#[derive(Debug, Clone)]
+struct Planned {
+    index: usize,
+    op: Op,
+    full_url: Option<String>,
+}
+
+/// `POST /fhir`.
+pub async fn bundle(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let ctx = WriteCtx::new(&rid, &method, &uri, None, &[]);
+            return write::reject(&state, &ctx, e).await.into_response();
+        }
+    };
+    let ctx = WriteCtx::new(&rid, &method, &uri, body.content_type.clone(), &body.bytes);
+    let result = process(&state, &ctx, &headers, body).await;
+    match result {
+        Ok(r) => r,
+        Err(e) => write::reject(&state, &ctx, e).await.into_response(),
+    }
+}
+
+async fn process(
+    state: &AppState,
+    ctx: &WriteCtx,
+    headers: &HeaderMap,
+    body: FhirBody,
+) -> Result<Response, ApiError> {
+    if let Some(e) = body.refused {
+        return Err(e);
+    }
+    let json = Json::parse(body.text()?, state.config().max_depth)?;
+    if json.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
+        return Err(ApiError::BadRequest(
+            "POST /fhir takes a Bundle of type batch or transaction".into(),
+        ));
+    }
+    let kind = json.get("type").and_then(Json::as_str).unwrap_or_default();
+    let base = base_url(headers, state);
+    let ret = prefer(headers);
+    match kind {
+        "transaction" => transaction(state, ctx, &json, &base, ret).await,
+        "batch" => batch(state, ctx, &json, &base, ret).await,
+        other => Err(ApiError::BadRequest(format!(
+            "POST /fhir takes a batch or transaction Bundle, not type {other:?}"
+        ))),
+    }
+}
+
+/// The parts of `entry.request.url`: type, id, version or query.
+struct Target {
+    res_type: String,
+    id: Option<String>,
+    version: Option<i64>,
+    query: Option<String>,
+}
+
+fn parse_url(url: &str) -> Result<Target, ApiError> {
+    if url.contains("://") {
+        return Err(ApiError::NotSupported(format!(
+            "entry request url {url:?}: give it relative to the base (Patient/123)"
+        )));
+    }
+    let url = url.trim_start_matches('/');
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (url, None),
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    let bad = || ApiError::BadRequest(format!("entry request url {url:?} is not understood"));
+    let res_type = (*parts.first().ok_or_else(bad)?).to_string();
+    if !write::is_concrete_type(&res_type) {
+        return Err(ApiError::UnknownType(res_type));
+    }
+    let (id, version) = match parts.as_slice() {
+        [_] => (None, None),
+        [_, id] => (Some((*id).to_string()), None),
+        [_, id, "_history", v] => (
+            Some((*id).to_string()),
+            Some(v.parse::<i64>().map_err(|_| bad())?),
+        ),
+        _ => return Err(bad()),
+    };
+    Ok(Target {
+        res_type,
+        id,
+        version,
+        query,
+    })
+}
+
+/// An entry as read from the Bundle, before validation.
+struct RawEntry {
+    method: String,
+    target: Target,
+    full_url: Option<String>,
+    resource: Option<Json>,
+    if_none_exist: Option<String>,
+    if_match: Option<i64>,
+}
+
+fn read_entry(i: usize, entry: &Json) -> Result<RawEntry, ApiError> {
+    let at = |m: String| ApiError::BadRequest(format!("Bundle.entry[{i}]: {m}"));
+    let request = entry
+        .get("request")
+        .ok_or_else(|| at("no request".into()))?;
+    let method = request
+        .get("method")
+        .and_then(Json::as_str)
+        .ok_or_else(|| at("no request.method".into()))?
+        .to_string();
+    let url = request
+        .get("url")
+        .and_then(Json::as_str)
+        .ok_or_else(|| at("no request.url".into()))?;
+    let target = parse_url(url).map_err(|e| match e {
+        ApiError::BadRequest(m) => at(m),
+        other => other,
+    })?;
+    let if_match = match request.get("ifMatch").and_then(Json::as_str) {
+        Some(v) => {
+            let inner = v.trim().trim_start_matches("W/").trim_matches('"');
+            Some(
+                inner
+                    .parse::<i64>()
+                    .map_err(|_| at(format!("ifMatch {v:?} is not a version ETag")))?,
+            )
+        }
+        None => None,
+    };
+    Ok(RawEntry {
+        method,
+        target,
+        full_url: entry
+            .get("fullUrl")
+            .and_then(Json::as_str)
+            .map(str::to_string),
+        resource: entry.get("resource").cloned(),
+        if_none_exist: request
+            .get("ifNoneExist")
+            .and_then(Json::as_str)
+            .map(str::to_string),
+        if_match,
+    })
+}
+
+/// Validates an entry's resource; issues are located inside the Bundle.
+async fn check_entry(
+    state: &AppState,
+    i: usize,
+    resource: Option<&Json>,
+    res_type: &str,
+) -> Result<Checked, ApiError> {
+    let Some(resource) = resource else {
+        return Err(ApiError::BadRequest(format!(
+            "Bundle.entry[{i}] has no resource"
+        )));
+    };
+    match write::check(state, &resource.to_text(), Some(res_type)).await {
+        Ok(c) => Ok(c),
+        Err(ApiError::Invalid(issues)) => Err(ApiError::Invalid(relocate(i, issues))),
+        Err(ApiError::BadRequest(m)) => {
+            Err(ApiError::BadRequest(format!("Bundle.entry[{i}]: {m}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves issue locations of an entry's resource under `Bundle.entry[i].resource`; their
+/// line and column referred to the entry alone, so they are dropped.
+fn relocate(i: usize, issues: Vec<Issue>) -> Vec<Issue> {
+    issues
+        .into_iter()
+        .map(|mut issue| {
+            let rest = issue
+                .location
+                .split_once('.')
+                .map_or("", |(_, r)| r)
+                .to_string();
+            issue.location = if rest.is_empty() {
+                format!("Bundle.entry[{i}].resource")
+            } else {
+                format!("Bundle.entry[{i}].resource.{rest}")
+            };
+            issue.line = None;
+            issue.column = None;
+            issue
+        })
+        .collect()
+}
+
+/// Turns an entry into an operation (validating its resource).
+async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, ApiError> {
+    let t = e.target;
+    let op = match (e.method.as_str(), &t.id, &t.query) {
+        ("POST", None, None) => Op::Create {
+            resource: check_entry(state, i, e.resource.as_ref(), &t.res_type).await?,
+            id: write::new_id(),
+            criteria: e.if_none_exist.as_deref().map(Criteria::parse).transpose()?,
+        },
+        ("PUT", Some(id), None) => {
+            let resource = check_entry(state, i, e.resource.as_ref(), &t.res_type).await?;
+            if resource.json.get("id").and_then(Json::as_str) != Some(id.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "Bundle.entry[{i}]: the resource's id must equal the id {id} in request.url"
+                )));
+            }
+            Op::Update {
+                resource,
+                id: id.clone(),
+                if_match: e.if_match,
+            }
+        }
+        ("PUT", None, Some(q)) => Op::ConditionalUpdate {
+            resource: check_entry(state, i, e.resource.as_ref(), &t.res_type).await?,
+            criteria: Criteria::parse(q)?,
+            if_match: e.if_match,
+            new_id: write::new_id(),
+        },
+        ("DELETE", Some(id), None) => Op::Delete {
+            res_type: t.res_type.clone(),
+            id: id.clone(),
+            if_match: e.if_match,
+        },
+        ("GET" | "HEAD", Some(id), None) => Op::Read {
+            res_type: t.res_type.clone(),
+            id: id.clone(),
+            version: t.version,
+        },
+        (m, _, _) => {
+            return Err(ApiError::NotSupported(format!(
+                "Bundle.entry[{i}]: {m} {} is not supported in a Bundle (search, conditional delete and PATCH are not offered)",
+                t.res_type
+            )))
+        }
+    };
+    Ok(Planned {
+        index: i,
+        op,
+        full_url: e.full_url,
+    })
+}
+
+/// FHIR's processing order of transaction entries.
+fn phase(op: &Op) -> u8 {
+    match op {
+        Op::Delete { .. } => 0,
+        Op::Create { .. } => 1,
+        Op::Update { .. } | Op::ConditionalUpdate { .. } => 2,
+        Op::Read { .. } => 3,
+    }
+}
+
+async fn transaction(
+    state: &AppState,
+    ctx: &WriteCtx,
+    bundle: &Json,
+    base: &str,
+    ret: Return,
+) -> Result<Response, ApiError> {
+    let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
+    let mut planned = Vec::with_capacity(entries.len());
+    let mut issues: Vec<Issue> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let raw = read_entry(i, entry)?;
+        match plan_entry(state, i, raw).await {
+            Ok(p) => planned.push(p),
+            Err(ApiError::Invalid(found)) => issues.extend(found),
+            Err(e) => return Err(e),
+        }
+    }
+    if issues.iter().any(|i| i.severity.is_error()) {
+        return Err(ApiError::Invalid(issues));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &planned {
+        if let Some(key) = touched(&p.op) {
+            if !seen.insert(key.clone()) {
+                return Err(ApiError::BadRequest(format!(
+                    "the transaction writes {key} more than once"
+                )));
+            }
+        }
+    }
+    planned.sort_by_key(|p| (phase(&p.op), p.index));
+    let mut attempt = 0;
+    let results = loop {
+        attempt += 1;
+        let run = async {
+            let mut tx = state.store().begin().await?;
+            let results = run_transaction(&mut tx, &planned).await?;
+            let versions = results
+                .iter()
+                .filter(|(_, d)| d.written)
+                .filter_map(|(_, d)| d.stored.as_ref().map(write::version_ref))
+                .collect();
+            tx.record(&ctx.submission(StatusCode::OK, None, versions))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(results)
+        }
+        .await;
+        match run {
+            Err(ApiError::Store(e)) if e.is_retryable() && attempt < 8 => continue,
+            Err(ApiError::Store(e)) if e.is_retryable() => {
+                return Err(ApiError::Conflict(
+                    "concurrent writes kept conflicting with this transaction; try again".into(),
+                ))
+            }
+            other => break other?,
+        }
+    };
+    let mut ordered: Vec<Option<Done>> = vec![None; entries.len()];
+    for (i, d) in results {
+        if let Some(slot) = ordered.get_mut(i) {
+            *slot = Some(d);
+        }
+    }
+    let items: Vec<Result<Done, ApiError>> = ordered
+        .into_iter()
+        .map(|d| d.ok_or_else(|| ApiError::Internal("entry without result".into())))
+        .collect();
+    Ok(response_bundle("transaction-response", &items, base, ret))
+}
+
+/// The `Type/id` an update or delete with an explicit id writes.
+fn touched(op: &Op) -> Option<String> {
+    match op {
+        Op::Update { resource, id, .. } => Some(format!("{}/{id}", resource.res_type)),
+        Op::Delete { res_type, id, .. } => Some(format!("{res_type}/{id}")),
+        _ => None,
+    }
+}
+
+/// Runs the planned entries (sorted in processing order) in `tx`; returns (entry index,
+/// result) pairs.
+async fn run_transaction(
+    tx: &mut crate::store::Tx,
+    planned: &[Planned],
+) -> Result<Vec<(usize, Done)>, ApiError> {
+    let mut results = Vec::with_capacity(planned.len());
+    // 1. DELETE.
+    for p in planned.iter().filter(|p| phase(&p.op) == 0) {
+        results.push((p.index, write::apply(tx, &p.op).await?));
+    }
+    // 2. Resolve the ids of creates and conditional updates; map fullUrls to them.
+    let mut map: HashMap<String, String> = HashMap::new();
+    let mut writes: Vec<(usize, Op)> = Vec::new();
+    for p in planned.iter().filter(|p| matches!(phase(&p.op), 1 | 2)) {
+        let (res_type, id, op) = match &p.op {
+            Op::Create {
+                resource,
+                id,
+                criteria,
+            } => {
+                let found = match criteria {
+                    Some(c) => c.matches(tx, &resource.res_type).await?,
+                    None => Vec::new(),
+                };
+                match found.as_slice() {
+                    [] => (resource.res_type.clone(), id.clone(), Some(p.op.clone())),
+                    [one] => {
+                        let existing = tx.read(&resource.res_type, one).await?;
+                        results.push((
+                            p.index,
+                            Done {
+                                status: StatusCode::OK,
+                                stored: existing,
+                                written: false,
+                                warnings: None,
+                            },
+                        ));
+                        (resource.res_type.clone(), one.clone(), None)
+                    }
+                    many => {
+                        return Err(ApiError::MultipleMatches(format!(
+                            "Bundle.entry[{}]: ifNoneExist matches {} resources",
+                            p.index,
+                            many.len()
+                        )))
+                    }
+                }
+            }
+            Op::Update { resource, id, .. } => {
+                (resource.res_type.clone(), id.clone(), Some(p.op.clone()))
+            }
+            Op::ConditionalUpdate {
+                resource,
+                criteria,
+                if_match,
+                new_id,
+            } => {
+                let found = criteria.matches(tx, &resource.res_type).await?;
+                let body_id = resource.json.get("id").and_then(Json::as_str);
+                let id = match found.as_slice() {
+                    [] => body_id.unwrap_or(new_id).to_string(),
+                    [one] => {
+                        if body_id.is_some_and(|b| b != one) {
+                            return Err(ApiError::BadRequest(format!(
+                                "Bundle.entry[{}]: the criteria match {}/{one} but the resource has id {}",
+                                p.index,
+                                resource.res_type,
+                                body_id.unwrap_or_default()
+                            )));
+                        }
+                        one.clone()
+                    }
+                    many => {
+                        return Err(ApiError::MultipleMatches(format!(
+                            "Bundle.entry[{}]: the criteria match {} resources",
+                            p.index,
+                            many.len()
+                        )))
+                    }
+                };
+                let op = Op::Update {
+                    resource: resource.clone(),
+                    id: id.clone(),
+                    if_match: *if_match,
+                };
+                (resource.res_type.clone(), id, Some(op))
+            }
+            _ => continue,
+        };
+        if let Some(full) = &p.full_url {
+            map.insert(full.clone(), format!("{res_type}/{id}"));
+        }
+        if let Some(op) = op {
+            writes.push((p.index, op));
+        }
+    }
+    // 3. Rewrite references, then write (creates first: `writes` keeps the order).
+    for (index, op) in writes {
+        let op = match op {
+            Op::Create { resource, id, .. } => Op::Create {
+                resource: rewrite(tx, index, resource, &map).await?,
+                id,
+                criteria: None,
+            },
+            Op::Update {
+                resource,
+                id,
+                if_match,
+            } => Op::Update {
+                resource: rewrite(tx, index, resource, &map).await?,
+                id,
+                if_match,
+            },
+            other => other,
+        };
+        results.push((index, write::apply(tx, &op).await?));
+    }
+    // 4. GET.
+    for p in planned.iter().filter(|p| phase(&p.op) == 3) {
+        results.push((p.index, write::apply(tx, &p.op).await?));
+    }
+    Ok(results)
+}
+
+/// Replaces, in a resource, references to `fullUrl`s of the Bundle by `Type/id`, and
+/// conditional references by the one resource they match.
+async fn rewrite(
+    tx: &mut crate::store::Tx,
+    index: usize,
+    mut resource: Checked,
+    map: &HashMap<String, String>,
+) -> Result<Checked, ApiError> {
+    let mut refs = Vec::new();
+    collect_references(&resource.json, &mut refs);
+    let mut resolved: HashMap<String, String> = HashMap::new();
+    for r in refs {
+        if resolved.contains_key(&r) {
+            continue;
+        }
+        if let Some(target) = map.get(&r) {
+            resolved.insert(r, target.clone());
+        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+            return Err(ApiError::BadRequest(format!(
+                "Bundle.entry[{index}]: the reference {r} names no entry of the Bundle"
+            )));
+        } else if let Some((t, q)) = r.split_once('?') {
+            if !write::is_concrete_type(t) {
+                continue;
+            }
+            let found = Criteria::parse(q)?.matches(tx, t).await?;
+            match found.as_slice() {
+                [one] => {
+                    resolved.insert(r.clone(), format!("{t}/{one}"));
+                }
+                [] => {
+                    return Err(ApiError::PreconditionFailed(format!(
+                        "Bundle.entry[{index}]: the conditional reference {r} matches no resource"
+                    )))
+                }
+                many => {
+                    return Err(ApiError::MultipleMatches(format!(
+                        "Bundle.entry[{index}]: the conditional reference {r} matches {} resources",
+                        many.len()
+                    )))
+                }
+            }
+        }
+    }
+    if !resolved.is_empty() {
+        replace_references(&mut resource.json, &resolved);
+    }
+    Ok(resource)
+}
+
+fn collect_references(json: &Json, out: &mut Vec<String>) {
+    match json {
+        Json::Object(members) => {
+            for (k, v) in members {
+                match (k.as_str(), v) {
+                    ("reference", Json::String(s)) => out.push(s.clone()),
+                    _ => collect_references(v, out),
+                }
+            }
+        }
+        Json::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
+        _ => {}
+    }
+}
+
+fn replace_references(json: &mut Json, resolved: &HashMap<String, String>) {
+    match json {
+        Json::Object(members) => {
+            for (k, v) in members.iter_mut() {
+                match v {
+                    Json::String(s) if k == "reference" => {
+                        if let Some(new) = resolved.get(s.as_str()) {
+                            *s = new.clone();
+                        }
+                    }
+                    _ => replace_references(v, resolved),
+                }
+            }
+        }
+        Json::Array(items) => items
+            .iter_mut()
+            .for_each(|v| replace_references(v, resolved)),
+        _ => {}
+    }
+}
+
+async fn batch(
+    state: &AppState,
+    ctx: &WriteCtx,
+    bundle: &Json,
+    base: &str,
+    ret: Return,
+) -> Result<Response, ApiError> {
+    let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
+    let mut planned: Vec<(usize, Result<Op, ApiError>)> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let op = match read_entry(i, entry) {
+            Ok(raw) => plan_entry(state, i, raw).await.map(|p| p.op),
+            Err(e) => Err(e),
+        };
+        planned.push((i, op));
+    }
+    planned.sort_by_key(|(i, op)| (op.as_ref().map_or(0, phase), *i));
+    let mut items: Vec<Option<Result<Done, ApiError>>> = (0..entries.len()).map(|_| None).collect();
+    let mut versions = Vec::new();
+    let mut problems = Vec::new();
+    for (i, op) in planned {
+        let result = match op {
+            Ok(op) => write::commit(state, &op, None).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(d) if d.written => versions.extend(d.stored.iter().map(write::version_ref)),
+            Ok(_) => {}
+            Err(e) => problems.push(Issue {
+                severity: Severity::Error,
+                kind: crate::validate::IssueType::Processing,
+                message: format!("entry {i}: {} {e}", e.status().as_u16()),
+                location: format!("Bundle.entry[{i}]"),
+                line: None,
+                column: None,
+                rule: None,
+            }),
+        }
+        if let Some(slot) = items.get_mut(i) {
+            *slot = Some(result);
+        }
+    }
+    let outcome = (!problems.is_empty()).then(|| crate::validate::operation_outcome(&problems));
+    if let Err(e) = state
+        .store()
+        .record(&ctx.submission(StatusCode::OK, outcome, versions))
+        .await
+    {
+        tracing::error!(error = %e, "could not record a batch in the ledger");
+    }
+    let items: Vec<Result<Done, ApiError>> = items
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::Internal("entry without result".into()))))
+        .collect();
+    Ok(response_bundle("batch-response", &items, base, ret))
+}
+
+fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default()
+    )
+}
+
+/// The response Bundle: one entry per request entry, in request order.
+fn response_bundle(
+    kind: &str,
+    items: &[Result<Done, ApiError>],
+    base: &str,
+    ret: Return,
+) -> Response {
+    let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":");
+    write_str(&mut out, kind);
+    out.push_str(",\"entry\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('{');
+        match item {
+            Ok(done) => {
+                if let Some(s) = done.stored.as_ref().filter(|s| !s.deleted) {
+                    out.push_str("\"fullUrl\":");
+                    write_str(&mut out, &format!("{base}/{}/{}", s.res_type, s.id));
+                    if ret == Return::Representation {
+                        if let Some(c) = &s.content {
+                            out.push_str(",\"resource\":");
+                            out.push_str(c);
+                        }
+                    }
+                    out.push(',');
+                }
+                out.push_str("\"response\":{\"status\":");
+                write_str(&mut out, &status_text(done.status));
+                if let Some(s) = &done.stored {
+                    if !s.deleted {
+                        out.push_str(",\"location\":");
+                        write_str(&mut out, &write::version_ref(s));
+                    }
+                    out.push_str(",\"etag\":");
+                    write_str(&mut out, &format!("W/\"{}\"", s.version_id));
+                    out.push_str(",\"lastModified\":");
+                    write_str(&mut out, &s.last_updated);
+                }
+                if let Some(w) = &done.warnings {
+                    out.push_str(",\"outcome\":");
+                    out.push_str(w);
+                }
+                out.push('}');
+            }
+            Err(e) => {
+                out.push_str("\"response\":{\"status\":");
+                write_str(&mut out, &status_text(e.status()));
+                out.push_str(",\"outcome\":");
+                out.push_str(&e.operation_outcome());
+                out.push('}');
+            }
+        }
+        out.push('}');
+    }
+    out.push_str("]}");
+    fhir_response(StatusCode::OK, out)
+}

@@ -1,0 +1,97 @@
+//! `GET /fhir/metadata`: the CapabilityStatement, generated from what the router really
+//! offers (the interactions of `rest`, `bundle` and `$validate`, every R4 resource type, and
+//! the study profiles in force), built once per process.
+
+use super::rest::fhir_response;
+use super::AppState;
+use crate::model::json::write_str;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use std::sync::OnceLock;
+
+/// The instance and type interactions every resource type supports.
+const INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+];
+
+/// The concrete R4 resource types, from the embedded definitions.
+fn resource_types() -> &'static [String] {
+    static TYPES: OnceLock<Vec<String>> = OnceLock::new();
+    TYPES.get_or_init(|| {
+        let mut out: Vec<String> =
+            crate::definitions::urls(crate::definitions::Kind::StructureDefinition)
+                .filter_map(|u| u.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
+                .filter(|n| super::write::is_concrete_type(n))
+                .map(str::to_string)
+                .collect();
+        out.sort();
+        out.dedup();
+        out
+    })
+}
+
+/// `GET /fhir/metadata`.
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    let doc = state.inner.capability.get_or_init(|| statement(&state));
+    fhir_response(StatusCode::OK, doc.clone())
+}
+
+fn statement(state: &AppState) -> String {
+    let mut out =
+        String::from("{\"resourceType\":\"CapabilityStatement\",\"status\":\"active\",\"date\":");
+    write_str(&mut out, &crate::store::time::now()[..10]);
+    out.push_str(",\"kind\":\"instance\",\"software\":{\"name\":\"imagio-gateway\",\"version\":");
+    write_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.push_str("},\"implementation\":{\"description\":\"A-IMAGIO study data gateway\"},");
+    out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],");
+    out.push_str("\"rest\":[{\"mode\":\"server\",\"documentation\":");
+    let validation = match state.config().validation {
+        super::ValidationMode::Base => "Writes are validated against the FHIR R4 base definitions.",
+        super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
+    };
+    write_str(&mut out, &format!("{validation} Conditional create and update match on identifier=[system|]value or _id. Search is not offered yet."));
+    out.push_str(",\"resource\":[");
+    for (i, t) in resource_types().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"type\":");
+        write_str(&mut out, t);
+        let profiles: Vec<&str> = state
+            .inner
+            .profiles
+            .iter()
+            .filter(|(pt, _)| pt == t)
+            .map(|(_, u)| u.as_str())
+            .collect();
+        if !profiles.is_empty() {
+            out.push_str(",\"supportedProfile\":[");
+            for (j, p) in profiles.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                write_str(&mut out, p);
+            }
+            out.push(']');
+        }
+        out.push_str(",\"interaction\":[");
+        for (j, code) in INTERACTIONS.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"code\":");
+            write_str(&mut out, code);
+            out.push('}');
+        }
+        out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"not-supported\",\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
+    }
+    out.push_str("],\"interaction\":[{\"code\":\"transaction\"},{\"code\":\"batch\"},{\"code\":\"history-system\"}]}]}");
+    out
+}

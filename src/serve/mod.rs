@@ -1,0 +1,341 @@
+//! The FHIR REST server (`imagio-gateway serve`): the `serve` stage of the pipeline
+//! (… ──> store ──> **serve**). Sites push to it and the sponsor reads from it.
+//!
+//! - [`error`]: [`ApiError`], the only place failures become OperationOutcomes.
+//! - `body`: the request body extractor (media type, size limit).
+//! - `rest`: the interactions on `/fhir` (read, vread, create, update, conditional create
+//!   and update, delete, history, `$validate`).
+//! - `bundle`: `batch` and `transaction` Bundles on `POST /fhir`.
+//! - `write`: what every write shares: checking and validating a resource, applying
+//!   operations in one store transaction with retries, the ledger entry.
+//! - `capability`: the CapabilityStatement on `/fhir/metadata`.
+//!
+//! Routes (the server's API boundary): `/health`, `/ready`, and under `/fhir`:
+//! `metadata`, `_history`, `{type}`, `{type}/_history`, `{type}/$validate`, `{type}/{id}`,
+//! `{type}/{id}/_history`, `{type}/{id}/_history/{vid}`, `{type}/{id}/$validate`, and
+//! `POST /fhir` for Bundles. The server keeps no state between requests beyond caches of
+//! immutable definitions: everything another replica needs is in the database.
+
+mod body;
+mod bundle;
+mod capability;
+pub mod error;
+mod rest;
+mod write;
+
+pub use error::ApiError;
+
+use crate::store::Store;
+use crate::validate::Validator;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::Instrument as _;
+
+/// Which definitions writes are validated against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValidationMode {
+    /// The R4 base definitions only (generic data, load tests).
+    Base,
+    /// The R4 base plus the study profiles: a resource is checked against the profiles it
+    /// claims in `meta.profile`, and, claiming none, against the study profile for its type
+    /// when the study has exactly one for that type.
+    Study,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `postgres://...`, `sqlite:PATH` or a SQLite file path.
+    pub database_url: String,
+    /// What writes are validated against.
+    pub validation: ValidationMode,
+    /// A folder of study definitions replacing the embedded ones.
+    pub profiles_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "imagio.sqlite".into(),
+            validation: ValidationMode::Study,
+            profiles_dir: None,
+            max_body: 64 * 1024 * 1024,
+            max_depth: 128,
+        }
+    }
+}
+
+/// What `serve` could not start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The study definitions.
+    #[error(transparent)]
+    Profiles(#[from] crate::profiles::ProfilesError),
+    /// Binding or serving.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every handler shares: built once in [`run`], cloned per request.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    validator: Validator,
+    config: Config,
+    /// The study profile URLs by resource type (empty in base mode), for the
+    /// CapabilityStatement.
+    profiles: Vec<(String, String)>,
+    /// The CapabilityStatement, made on first request.
+    capability: std::sync::OnceLock<String>,
+}
+
+impl AppState {
+    /// Builds the state: the validator for `config.validation` over `store`.
+    ///
+    /// # Errors
+    /// When the study definitions cannot be loaded.
+    pub fn new(store: Store, config: Config) -> Result<AppState, ServeError> {
+        let (validator, profiles) = match config.validation {
+            ValidationMode::Base => (
+                Validator::new(crate::definitions::Registry::core()),
+                Vec::new(),
+            ),
+            ValidationMode::Study => {
+                let registry = crate::profiles::study_registry(config.profiles_dir.as_deref())?;
+                let profiles = study_profiles(&registry);
+                let mut validator = Validator::new(registry);
+                let mut per_type: std::collections::HashMap<&str, Vec<&str>> =
+                    std::collections::HashMap::new();
+                for (t, url) in &profiles {
+                    per_type.entry(t).or_default().push(url);
+                }
+                for (t, urls) in per_type {
+                    if let [only] = urls.as_slice() {
+                        validator.set_default_profile(t, only);
+                    }
+                }
+                (validator, profiles)
+            }
+        };
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                store,
+                validator,
+                config,
+                profiles,
+                capability: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn validator(&self) -> &Validator {
+        &self.inner.validator
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// The (type, URL) of every resource profile among the loaded study definitions.
+fn study_profiles(registry: &crate::definitions::Registry) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = registry
+        .loaded(crate::definitions::Kind::StructureDefinition)
+        .filter(|sd| {
+            sd.get("kind").and_then(|k| k.as_str()) == Some("resource")
+                && sd.get("derivation").and_then(|k| k.as_str()) == Some("constraint")
+        })
+        .filter_map(|sd| {
+            Some((
+                sd.get("type")?.as_str()?.to_string(),
+                sd.get("url")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The request id of a request (taken from a sane `X-Request-Id`, or made up).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let fhir = Router::new()
+        .route("/", post(bundle::bundle))
+        .route("/metadata", get(capability::metadata))
+        .route("/_history", get(rest::history_system))
+        .route(
+            "/{type}",
+            post(rest::create)
+                .put(rest::conditional_update)
+                .get(rest::search),
+        )
+        .route("/{type}/_history", get(rest::history_type))
+        .route("/{type}/$validate", post(rest::validate_type))
+        .route(
+            "/{type}/{id}",
+            get(rest::read).put(rest::update).delete(rest::delete),
+        )
+        .route("/{type}/{id}/_history", get(rest::history_instance))
+        .route("/{type}/{id}/_history/{vid}", get(rest::vread))
+        .route("/{type}/{id}/$validate", post(rest::validate_instance));
+    Router::new()
+        .nest("/fhir", fhir)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; the FHIR API is under /fhir".into())
+}
+
+/// Liveness: the process answers.
+async fn health() -> Response {
+    (
+        [("content-type", "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+        .into_response()
+}
+
+/// Readiness: the database answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store().ping().await {
+        Ok(()) => (
+            [("content-type", "application/json")],
+            "{\"status\":\"ready\"}",
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "database not reachable");
+            ApiError::Unavailable(e.to_string()).into_response()
+        }
+    }
+}
+
+/// Gives every request an id (kept from a sane `X-Request-Id`), a tracing span carrying it,
+/// a log line when it ends, and the id back in the response; logs the detail of 5xx errors.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let _enter = span.enter();
+    let status = response.status();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(detail) = response.extensions().get::<error::ErrorDetail>() {
+        tracing::error!(status = status.as_u16(), millis, error = %detail.0, "request failed");
+    } else if status == StatusCode::SERVICE_UNAVAILABLE || status.is_server_error() {
+        tracing::error!(status = status.as_u16(), millis, "request failed");
+    } else {
+        tracing::info!(status = status.as_u16(), millis, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    response
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C, or SIGTERM on unix).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing requests in flight");
+}
+
+/// Opens the store, builds the state and serves on `listener` until `shutdown` resolves,
+/// then lets requests in flight finish and closes the database.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = state.store().clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    store.close().await;
+    Ok(())
+}
+
+/// `imagio-gateway serve`: opens (creating and migrating) the database, loads the
+/// definitions, listens, and serves until Ctrl-C or SIGTERM. Prints `listening on ADDR` on
+/// standard output once it accepts connections.
+///
+/// # Errors
+/// When the database, the definitions or the listening address fail.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let store = Store::open(&config.database_url).await?;
+    tracing::info!(database = store.kind(), "database open and migrated");
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let state = AppState::new(store, config)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, validation = ?state.config().validation, "listening");
+    println!("listening on {addr}");
+    serve_on(listener, state, shutdown_signal()).await
+}

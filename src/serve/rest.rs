@@ -1,0 +1,576 @@
+//! The instance and type interactions on `/fhir/{type}...` (FHIR R4 http.html): read,
+//! vread, create (and conditional create), update (and update-as-create, conditional
+//! update), delete, history, and `$validate`. Every write is recorded in the ledger,
+//! accepted or not.
+
+use super::body::FhirBody;
+use super::error::{ApiError, FHIR_JSON};
+use super::write::{self, Checked, Criteria, Done, Op, WriteCtx};
+use super::{AppState, RequestId};
+use crate::model::json::{write_str, Json};
+use crate::store::{time, Stored};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+/// What a client asked to get back after a write (`Prefer: return=...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// No body.
+    Minimal,
+    /// The resource as stored (the default).
+    Representation,
+    /// An OperationOutcome (the warnings, or "no issues").
+    Outcome,
+}
+
+/// The `return` preference of a request.
+pub fn prefer(headers: &HeaderMap) -> Return {
+    for v in headers.get_all("prefer") {
+        for part in v.to_str().unwrap_or_default().split([',', ';']) {
+            match part.trim() {
+                "return=minimal" => return Return::Minimal,
+                "return=OperationOutcome" => return Return::Outcome,
+                "return=representation" => return Return::Representation,
+                _ => {}
+            }
+        }
+    }
+    Return::Representation
+}
+
+/// The service base URL as the client reached it (`http://host/fhir`).
+pub fn base_url(headers: &HeaderMap, state: &AppState) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .map_or_else(|| state.config().listen.to_string(), str::to_string);
+    format!("http://{host}/fhir")
+}
+
+/// Refuses a type that is not a concrete R4 resource type (404, as for an unknown endpoint).
+fn known_type(t: &str) -> Result<(), ApiError> {
+    if write::is_concrete_type(t) {
+        Ok(())
+    } else {
+        Err(ApiError::UnknownType(t.to_string()))
+    }
+}
+
+/// Adds `ETag` and `Last-Modified` for a version.
+fn version_headers(response: &mut Response, s: &Stored) {
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", s.version_id)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(v) = time::http_date(&s.last_updated).and_then(|d| HeaderValue::from_str(&d).ok()) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+}
+
+/// A FHIR JSON response.
+pub fn fhir_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r
+}
+
+/// The response to a write: status, `ETag`, `Last-Modified`, `Location` (for created and
+/// updated versions), and the body `Prefer` asks for.
+fn write_response(done: &Done, ret: Return, base: &str) -> Response {
+    let body = match (ret, &done.stored) {
+        (Return::Minimal, _) => String::new(),
+        (Return::Outcome, _) => done
+            .warnings
+            .clone()
+            .unwrap_or_else(|| crate::validate::operation_outcome(&[])),
+        (Return::Representation, Some(s)) => s.content.clone().unwrap_or_default(),
+        (Return::Representation, None) => String::new(),
+    };
+    let mut response = if body.is_empty() {
+        done.status.into_response()
+    } else {
+        fhir_response(done.status, body)
+    };
+    if let Some(s) = &done.stored {
+        version_headers(&mut response, s);
+        if !s.deleted {
+            let location = format!("{base}/{}", write::version_ref(s));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+    }
+    response
+}
+
+/// `GET /fhir/{type}/{id}`.
+pub async fn read(
+    State(state): State<AppState>,
+    Path((res_type, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    let stored = state.store().read(&res_type, &id).await?;
+    stored_response(stored, &res_type, &id)
+}
+
+/// `GET /fhir/{type}/{id}/_history/{vid}`.
+pub async fn vread(
+    State(state): State<AppState>,
+    Path((res_type, id, vid)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    let Ok(version) = vid.parse::<i64>() else {
+        return Err(ApiError::NotFound(format!(
+            "{res_type}/{id} has no version {vid}"
+        )));
+    };
+    let stored = state.store().vread(&res_type, &id, version).await?;
+    match stored {
+        None => Err(ApiError::NotFound(format!(
+            "{res_type}/{id} has no version {vid}"
+        ))),
+        found => stored_response(found, &res_type, &id),
+    }
+}
+
+fn stored_response(stored: Option<Stored>, res_type: &str, id: &str) -> Result<Response, ApiError> {
+    match stored {
+        None => Err(ApiError::NotFound(format!("{res_type}/{id} is not known"))),
+        Some(s) if s.deleted => {
+            let mut r = ApiError::Gone(format!(
+                "{res_type}/{id} was deleted (version {})",
+                s.version_id
+            ))
+            .into_response();
+            version_headers(&mut r, &s);
+            Ok(r)
+        }
+        Some(s) => {
+            let mut r = fhir_response(StatusCode::OK, s.content.clone().unwrap_or_default());
+            version_headers(&mut r, &s);
+            Ok(r)
+        }
+    }
+}
+
+/// The parts of a write request every write handler needs.
+pub struct WriteRequest {
+    state: AppState,
+    ctx: WriteCtx,
+    headers: HeaderMap,
+    body: Option<FhirBody>,
+}
+
+impl WriteRequest {
+    fn new(
+        state: AppState,
+        id: &RequestId,
+        method: &Method,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Result<FhirBody, ApiError>,
+    ) -> Result<WriteRequest, Box<(AppState, WriteCtx, ApiError)>> {
+        match body {
+            Ok(b) => Ok(WriteRequest {
+                ctx: WriteCtx::new(id, method, uri, b.content_type.clone(), &b.bytes),
+                state,
+                headers,
+                body: Some(b),
+            }),
+            Err(e) => {
+                let ctx = WriteCtx::new(id, method, uri, None, &[]);
+                Err(Box::new((state, ctx, e)))
+            }
+        }
+    }
+
+    /// The body text, checked as FHIR JSON of `url_type` and validated.
+    async fn resource(&self, url_type: &str) -> Result<Checked, ApiError> {
+        let Some(body) = &self.body else {
+            return Err(ApiError::BadRequest("no body".into()));
+        };
+        if let Some(e) = &body.refused {
+            return Err(ApiError::UnsupportedMediaType(e.to_string()));
+        }
+        write::check(&self.state, body.text()?, Some(url_type)).await
+    }
+
+    /// Runs the handler body and keeps a failure in the ledger.
+    async fn finish(self, result: Result<Response, ApiError>) -> Response {
+        match result {
+            Ok(r) => r,
+            Err(e) => write::reject(&self.state, &self.ctx, e)
+                .await
+                .into_response(),
+        }
+    }
+}
+
+/// Keeps a request whose body could not even be read in the ledger.
+async fn refuse(state: AppState, ctx: WriteCtx, e: ApiError) -> Response {
+    write::reject(&state, &ctx, e).await.into_response()
+}
+
+/// `POST /fhir/{type}`: create, conditional with `If-None-Exist`.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path(res_type): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    let req = match WriteRequest::new(state, &rid, &method, &uri, headers, body) {
+        Ok(r) => r,
+        Err(failed) => {
+            let (s, c, e) = *failed;
+            return refuse(s, c, e).await;
+        }
+    };
+    let result = async {
+        known_type(&res_type)?;
+        let resource = req.resource(&res_type).await?;
+        let criteria = match req.headers.get("if-none-exist") {
+            Some(v) => Some(Criteria::parse(v.to_str().map_err(|_| {
+                ApiError::BadRequest("If-None-Exist is not ASCII text".into())
+            })?)?),
+            None => None,
+        };
+        let op = Op::Create {
+            resource,
+            id: write::new_id(),
+            criteria,
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        Ok(write_response(
+            &done,
+            prefer(&req.headers),
+            &base_url(&req.headers, &req.state),
+        ))
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// `PUT /fhir/{type}/{id}`: update, or create with the client's id.
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path((res_type, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    let req = match WriteRequest::new(state, &rid, &method, &uri, headers, body) {
+        Ok(r) => r,
+        Err(failed) => {
+            let (s, c, e) = *failed;
+            return refuse(s, c, e).await;
+        }
+    };
+    let result = async {
+        known_type(&res_type)?;
+        let if_match = write::if_match(&req.headers)?;
+        let resource = req.resource(&res_type).await?;
+        match resource.json.get("id").and_then(Json::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the id {body_id} in the body does not match the id {id} in the URL"
+                )))
+            }
+            None => {
+                return Err(ApiError::BadRequest(
+                    "an update needs the resource's id in the body, equal to the id in the URL"
+                        .into(),
+                ))
+            }
+        }
+        let op = Op::Update {
+            resource,
+            id,
+            if_match,
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        Ok(write_response(
+            &done,
+            prefer(&req.headers),
+            &base_url(&req.headers, &req.state),
+        ))
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// `PUT /fhir/{type}?criteria`: conditional update.
+#[allow(clippy::too_many_arguments)]
+pub async fn conditional_update(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    let req = match WriteRequest::new(state, &rid, &method, &uri, headers, body) {
+        Ok(r) => r,
+        Err(failed) => {
+            let (s, c, e) = *failed;
+            return refuse(s, c, e).await;
+        }
+    };
+    let result = async {
+        known_type(&res_type)?;
+        let criteria = Criteria::parse(query.as_deref().unwrap_or_default())?;
+        let if_match = write::if_match(&req.headers)?;
+        let resource = req.resource(&res_type).await?;
+        let op = Op::ConditionalUpdate {
+            resource,
+            criteria,
+            if_match,
+            new_id: write::new_id(),
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        Ok(write_response(
+            &done,
+            prefer(&req.headers),
+            &base_url(&req.headers, &req.state),
+        ))
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// `DELETE /fhir/{type}/{id}`: records a delete version (204 whether or not there was
+/// anything to delete, as FHIR allows).
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path((res_type, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let ctx = WriteCtx::new(&rid, &method, &uri, None, &[]);
+    let req = WriteRequest {
+        state,
+        ctx,
+        headers,
+        body: None,
+    };
+    let result = async {
+        known_type(&res_type)?;
+        let if_match = write::if_match(&req.headers)?;
+        let op = Op::Delete {
+            res_type,
+            id,
+            if_match,
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Some(s) = &done.stored {
+            version_headers(&mut r, s);
+        }
+        Ok(r)
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// `GET /fhir/{type}`: search is not offered yet.
+pub async fn search(Path(res_type): Path<String>) -> ApiError {
+    if let Err(e) = known_type(&res_type) {
+        return e;
+    }
+    ApiError::NotSupported("search is not supported by this server yet".into())
+}
+
+/// `GET /fhir/_history`.
+pub async fn history_system(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    history(&state, &headers, None, None, query.as_deref()).await
+}
+
+/// `GET /fhir/{type}/_history`.
+pub async fn history_type(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    history(&state, &headers, Some(&res_type), None, query.as_deref()).await
+}
+
+/// `GET /fhir/{type}/{id}/_history`.
+pub async fn history_instance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((res_type, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    history(
+        &state,
+        &headers,
+        Some(&res_type),
+        Some(&id),
+        query.as_deref(),
+    )
+    .await
+}
+
+/// A `history` Bundle, newest version first; `_count` (default 100, at most 1000) and
+/// `_since` (an instant) are honoured.
+async fn history(
+    state: &AppState,
+    headers: &HeaderMap,
+    res_type: Option<&str>,
+    id: Option<&str>,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let mut count: i64 = 100;
+    let mut since: Option<String> = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "_count" => {
+                count = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|c| *c >= 0)
+                    .ok_or_else(|| ApiError::BadRequest(format!("_count={v} is not a count")))?
+                    .min(1000);
+            }
+            "_since" => {
+                if time::http_date(&v).is_none() {
+                    return Err(ApiError::BadRequest(format!(
+                        "_since={v} is not an instant (YYYY-MM-DDThh:mm:ssZ)"
+                    )));
+                }
+                since = Some(v.into_owned());
+            }
+            _ => {}
+        }
+    }
+    if let (Some(t), Some(i)) = (res_type, id) {
+        if state.store().read(t, i).await?.is_none() {
+            return Err(ApiError::NotFound(format!("{t}/{i} is not known")));
+        }
+    }
+    let versions = state
+        .store()
+        .history(res_type, id, since.as_deref(), count)
+        .await?;
+    let base = base_url(headers, state);
+    let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");
+    out.push_str(&versions.len().to_string());
+    out.push_str(",\"entry\":[");
+    for (i, v) in versions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"fullUrl\":");
+        write_str(&mut out, &format!("{base}/{}/{}", v.res_type, v.id));
+        if let Some(c) = &v.content {
+            out.push_str(",\"resource\":");
+            out.push_str(c);
+        }
+        let (method, url, status) = if v.deleted {
+            (
+                "DELETE",
+                format!("{}/{}", v.res_type, v.id),
+                "204 No Content",
+            )
+        } else if v.version_id == 1 {
+            ("POST", v.res_type.clone(), "201 Created")
+        } else {
+            ("PUT", format!("{}/{}", v.res_type, v.id), "200 OK")
+        };
+        out.push_str(",\"request\":{\"method\":");
+        write_str(&mut out, method);
+        out.push_str(",\"url\":");
+        write_str(&mut out, &url);
+        out.push_str("},\"response\":{\"status\":");
+        write_str(&mut out, status);
+        out.push_str(",\"etag\":");
+        write_str(&mut out, &format!("W/\"{}\"", v.version_id));
+        out.push_str(",\"lastModified\":");
+        write_str(&mut out, &v.last_updated);
+        out.push_str("}}");
+    }
+    out.push_str("]}");
+    Ok(fhir_response(StatusCode::OK, out))
+}
+
+/// `POST /fhir/{type}/$validate`.
+pub async fn validate_type(
+    State(state): State<AppState>,
+    Path(res_type): Path<String>,
+    body: Result<FhirBody, ApiError>,
+) -> Result<Response, ApiError> {
+    validate(&state, &res_type, body?).await
+}
+
+/// `POST /fhir/{type}/{id}/$validate`.
+pub async fn validate_instance(
+    State(state): State<AppState>,
+    Path((res_type, _id)): Path<(String, String)>,
+    body: Result<FhirBody, ApiError>,
+) -> Result<Response, ApiError> {
+    validate(&state, &res_type, body?).await
+}
+
+/// `$validate`: the resource (the body, or the `resource` parameter of a Parameters body)
+/// checked as a write would check it; the answer is 200 with an OperationOutcome listing
+/// every issue, conformant or not. Nothing is stored or recorded.
+async fn validate(state: &AppState, res_type: &str, body: FhirBody) -> Result<Response, ApiError> {
+    known_type(res_type)?;
+    if let Some(e) = body.refused {
+        return Err(e);
+    }
+    let text = body.text()?;
+    let json = Json::parse(text, state.config().max_depth)?;
+    let text = if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") {
+        json.get("parameter")
+            .map(Json::items)
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.get("name").and_then(Json::as_str) == Some("resource"))
+            .and_then(|p| p.get("resource"))
+            .map(Json::to_text)
+            .ok_or_else(|| {
+                ApiError::BadRequest("the Parameters body has no resource parameter".into())
+            })?
+    } else {
+        text.to_string()
+    };
+    let inner = Json::parse(&text, state.config().max_depth)?;
+    let t = write::resource_type(&inner)?;
+    if t != res_type {
+        return Err(ApiError::BadRequest(format!(
+            "the resourceType {t} does not match the type {res_type} in the URL"
+        )));
+    }
+    let issues = match write::validate(state, text).await {
+        Ok(issues) | Err(ApiError::Invalid(issues)) => issues,
+        Err(e) => return Err(e),
+    };
+    Ok(fhir_response(
+        StatusCode::OK,
+        crate::validate::operation_outcome(&issues),
+    ))
+}

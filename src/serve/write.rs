@@ -1,0 +1,622 @@
+//! What every write shares, single resource or Bundle entry:
+//! - [`check`]: the body is JSON of a known resource type matching the URL, and it
+//!   validates (errors refuse it with every issue; warnings travel with it);
+//! - [`Op`] and [`apply`]: one interaction against an open store transaction, with the
+//!   FHIR semantics of conditional create and update, `If-Match` and update-as-create;
+//! - [`commit`]: an operation in its own transaction, retried when a concurrent writer
+//!   won a race, with its ledger entry written in the same transaction;
+//! - [`WriteCtx`]: the request as the ledger keeps it, and [`reject`] for requests that
+//!   failed (kept in the ledger too).
+
+use super::error::ApiError;
+use super::{AppState, RequestId};
+use crate::model::json::Json;
+use crate::store::{Expect, StoreError, Stored, Submission, Tx};
+use crate::validate::{has_errors, Issue};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+
+/// How often a transaction that lost a race is run again before giving up with 409.
+const MAX_ATTEMPTS: usize = 8;
+
+/// A resource that passed [`check`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Its type.
+    pub res_type: String,
+    /// Its JSON.
+    pub json: Json,
+    /// Warnings and information from validation (never errors).
+    pub warnings: Vec<Issue>,
+}
+
+impl Checked {
+    /// The warnings as an OperationOutcome, or `None` when there are none.
+    pub fn warnings_outcome(&self) -> Option<String> {
+        (!self.warnings.is_empty()).then(|| crate::validate::operation_outcome(&self.warnings))
+    }
+}
+
+/// Reads `text` as a resource and validates it. `url_type` is the type the URL names; the
+/// `resourceType` must match it.
+///
+/// # Errors
+/// [`ApiError::Malformed`] (400) for text that is not JSON or nests too deeply;
+/// [`ApiError::BadRequest`] (400) for a missing, unknown or mismatched `resourceType`;
+/// [`ApiError::Invalid`] (422) when validation finds an error.
+pub async fn check(
+    state: &AppState,
+    text: &str,
+    url_type: Option<&str>,
+) -> Result<Checked, ApiError> {
+    let json = Json::parse(text, state.config().max_depth)?;
+    let res_type = resource_type(&json)?;
+    if let Some(t) = url_type {
+        if t != res_type {
+            return Err(ApiError::BadRequest(format!(
+                "the resourceType {res_type} does not match the type {t} in the URL"
+            )));
+        }
+    }
+    let warnings = validate(state, text.to_string()).await?;
+    Ok(Checked {
+        res_type,
+        json,
+        warnings,
+    })
+}
+
+/// Validates resource text on the blocking pool (validation is CPU work); returns the
+/// non-error issues, or [`ApiError::Invalid`] with every issue.
+///
+/// # Errors
+/// [`ApiError::Invalid`] when any issue is an error.
+pub async fn validate(state: &AppState, text: String) -> Result<Vec<Issue>, ApiError> {
+    let st = state.clone();
+    let issues = tokio::task::spawn_blocking(move || st.validator().validate_json(&text, &[]))
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task: {e}")))?;
+    if has_errors(&issues) {
+        return Err(ApiError::Invalid(issues));
+    }
+    Ok(issues)
+}
+
+/// The `resourceType` of a JSON object, checked to be a concrete R4 resource type.
+///
+/// # Errors
+/// [`ApiError::BadRequest`] when it is missing or not an R4 resource type.
+pub fn resource_type(json: &Json) -> Result<String, ApiError> {
+    let Json::Object(_) = json else {
+        return Err(ApiError::BadRequest("the body is not a JSON object".into()));
+    };
+    let Some(t) = json.get("resourceType").and_then(Json::as_str) else {
+        return Err(ApiError::BadRequest("the body has no resourceType".into()));
+    };
+    if !is_concrete_type(t) {
+        return Err(ApiError::BadRequest(format!(
+            "{t} is not a FHIR R4 resource type"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+/// Whether `t` names a concrete R4 resource type.
+pub fn is_concrete_type(t: &str) -> bool {
+    t != "Resource"
+        && t != "DomainResource"
+        && t.starts_with(|c: char| c.is_ascii_uppercase())
+        && crate::model::schema::is_resource_type(t)
+}
+
+/// The criteria of a conditional interaction. Until search exists, the server matches on
+/// `identifier` (`system|value`, `|value` for no system, or `value` for any system) and
+/// `_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Criteria {
+    /// `identifier=[system|]value`: `system` `None` matches any system, `Some("")` none.
+    Identifier {
+        /// The system.
+        system: Option<String>,
+        /// The value.
+        value: String,
+    },
+    /// `_id=value`.
+    Id(String),
+}
+
+impl Criteria {
+    /// Parses a query string (`identifier=http://x%7C123`).
+    ///
+    /// # Errors
+    /// [`ApiError::NotSupported`] for other parameters or several of them;
+    /// [`ApiError::BadRequest`] for no parameter.
+    pub fn parse(query: &str) -> Result<Criteria, ApiError> {
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        match params.as_slice() {
+            [] => Err(ApiError::BadRequest(
+                "conditional interaction without criteria".into(),
+            )),
+            [(k, v)] if k == "identifier" && !v.is_empty() => Ok(match v.split_once('|') {
+                Some((s, val)) => Criteria::Identifier {
+                    system: Some(s.to_string()),
+                    value: val.to_string(),
+                },
+                None => Criteria::Identifier {
+                    system: None,
+                    value: v.clone(),
+                },
+            }),
+            [(k, v)] if k == "_id" && !v.is_empty() => Ok(Criteria::Id(v.clone())),
+            _ => Err(ApiError::NotSupported(format!(
+                "conditional criteria {query:?} are not supported: use identifier=[system|]value or _id=id"
+            ))),
+        }
+    }
+
+    /// The lock key: every criteria that could match the same resources of `res_type`
+    /// share it (the identifier value, whatever the system).
+    fn lock_key(&self, res_type: &str) -> String {
+        match self {
+            Criteria::Identifier { value, .. } => format!("{res_type}?identifier={value}"),
+            Criteria::Id(id) => format!("{res_type}/{id}"),
+        }
+    }
+
+    /// Locks the criteria for the rest of the transaction and returns the ids of the
+    /// current resources of `res_type` that match.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn matches(&self, tx: &mut Tx, res_type: &str) -> Result<Vec<String>, ApiError> {
+        tx.lock(&self.lock_key(res_type)).await?;
+        Ok(match self {
+            Criteria::Identifier { system, value } => {
+                tx.find_by_identifier(res_type, system.as_deref(), value)
+                    .await?
+            }
+            Criteria::Id(id) => match tx.read(res_type, id).await? {
+                Some(s) if !s.deleted => vec![s.id],
+                _ => Vec::new(),
+            },
+        })
+    }
+}
+
+/// One interaction to run in a store transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `POST Type` (with `If-None-Exist` criteria, conditional). `id` is the id to give
+    /// the new resource.
+    Create {
+        /// The resource.
+        resource: Checked,
+        /// The id it gets.
+        id: String,
+        /// `If-None-Exist`.
+        criteria: Option<Criteria>,
+    },
+    /// `PUT Type/id`.
+    Update {
+        /// The resource.
+        resource: Checked,
+        /// The id in the URL.
+        id: String,
+        /// `If-Match`.
+        if_match: Option<i64>,
+    },
+    /// `PUT Type?criteria`.
+    ConditionalUpdate {
+        /// The resource.
+        resource: Checked,
+        /// The criteria.
+        criteria: Criteria,
+        /// `If-Match`.
+        if_match: Option<i64>,
+        /// The id a new resource gets when nothing matches and the body has none.
+        new_id: String,
+    },
+    /// `DELETE Type/id`.
+    Delete {
+        /// Type.
+        res_type: String,
+        /// Id.
+        id: String,
+        /// `If-Match`.
+        if_match: Option<i64>,
+    },
+    /// `GET Type/id[/_history/vid]` (in Bundles).
+    Read {
+        /// Type.
+        res_type: String,
+        /// Id.
+        id: String,
+        /// Version.
+        version: Option<i64>,
+    },
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The HTTP status of the interaction.
+    pub status: StatusCode,
+    /// The version written or read (a delete's version for deletes; `None` when a delete
+    /// found nothing to delete).
+    pub stored: Option<Stored>,
+    /// Whether `stored` was written by this operation (not found by a conditional create
+    /// or read).
+    pub written: bool,
+    /// Warnings to return with it.
+    pub warnings: Option<String>,
+}
+
+/// Runs one operation in `tx`.
+///
+/// # Errors
+/// The interaction's failures ([`ApiError::PreconditionFailed`], `MultipleMatches`,
+/// `NotFound`, `Gone`, `BadRequest`) and store failures; a lost race is
+/// `ApiError::Store(StoreError::Conflict)`, for the caller to retry.
+pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
+    match op {
+        Op::Create {
+            resource,
+            id,
+            criteria,
+        } => {
+            if let Some(c) = criteria {
+                let found = c.matches(tx, &resource.res_type).await?;
+                match found.as_slice() {
+                    [] => {}
+                    [one] => {
+                        let existing = tx.read(&resource.res_type, one).await?;
+                        return Ok(Done {
+                            status: StatusCode::OK,
+                            stored: existing,
+                            written: false,
+                            warnings: None,
+                        });
+                    }
+                    many => {
+                        return Err(ApiError::MultipleMatches(format!(
+                            "If-None-Exist matches {} {} resources",
+                            many.len(),
+                            resource.res_type
+                        )))
+                    }
+                }
+            }
+            put(tx, resource, id, None).await
+        }
+        Op::Update {
+            resource,
+            id,
+            if_match,
+        } => put(tx, resource, id, *if_match).await,
+        Op::ConditionalUpdate {
+            resource,
+            criteria,
+            if_match,
+            new_id,
+        } => {
+            let found = criteria.matches(tx, &resource.res_type).await?;
+            let body_id = resource.json.get("id").and_then(Json::as_str);
+            match found.as_slice() {
+                [] => put(tx, resource, body_id.unwrap_or(new_id), *if_match).await,
+                [one] => {
+                    if body_id.is_some_and(|b| b != one) {
+                        return Err(ApiError::BadRequest(format!(
+                            "the criteria match {}/{one} but the body has id {}",
+                            resource.res_type,
+                            body_id.unwrap_or_default()
+                        )));
+                    }
+                    put(tx, resource, one, *if_match).await
+                }
+                many => Err(ApiError::MultipleMatches(format!(
+                    "the criteria match {} {} resources",
+                    many.len(),
+                    resource.res_type
+                ))),
+            }
+        }
+        Op::Delete {
+            res_type,
+            id,
+            if_match,
+        } => {
+            if let Some(v) = if_match {
+                let current = tx.read(res_type, id).await?;
+                if current.as_ref().map(|c| c.version_id) != Some(*v) {
+                    return Err(ApiError::PreconditionFailed(format!(
+                        "If-Match names version {v} but {res_type}/{id} is at {}",
+                        current.map_or("no version".into(), |c| c.version_id.to_string())
+                    )));
+                }
+            }
+            let deleted = tx.delete(res_type, id).await?;
+            Ok(Done {
+                status: StatusCode::NO_CONTENT,
+                written: deleted.is_some(),
+                stored: deleted,
+                warnings: None,
+            })
+        }
+        Op::Read {
+            res_type,
+            id,
+            version,
+        } => {
+            let found = match version {
+                None => tx.read(res_type, id).await?,
+                Some(v) => {
+                    let all = tx.read(res_type, id).await?;
+                    // Versions are immutable; read the current one to learn the resource
+                    // exists, then the version itself outside the transaction's writes.
+                    match all {
+                        Some(cur) if cur.version_id == *v => Some(cur),
+                        Some(_) => {
+                            return Err(ApiError::NotSupported(
+                                "reading an older version inside a Bundle is not supported".into(),
+                            ))
+                        }
+                        None => None,
+                    }
+                }
+            };
+            match found {
+                Some(s) if s.deleted => Err(ApiError::Gone(format!("{res_type}/{id} was deleted"))),
+                Some(s) => Ok(Done {
+                    status: StatusCode::OK,
+                    stored: Some(s),
+                    written: false,
+                    warnings: None,
+                }),
+                None => Err(ApiError::NotFound(format!("{res_type}/{id} is not known"))),
+            }
+        }
+    }
+}
+
+async fn put(
+    tx: &mut Tx,
+    resource: &Checked,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Done, ApiError> {
+    if !is_valid_id(id) {
+        return Err(ApiError::BadRequest(format!(
+            "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
+        )));
+    }
+    let mut json = resource.json.clone();
+    let warnings = resource.warnings_outcome();
+    let expect = if_match.map_or(Expect::Any, Expect::Version);
+    match tx
+        .put(
+            &resource.res_type,
+            id,
+            &mut json,
+            expect,
+            warnings.as_deref(),
+        )
+        .await
+    {
+        Ok((stored, replaced)) => Ok(Done {
+            status: if replaced.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
+            stored: Some(stored),
+            written: true,
+            warnings,
+        }),
+        Err(StoreError::Conflict) if if_match.is_some() => {
+            Err(ApiError::PreconditionFailed(format!(
+                "If-Match names version {} but {}/{id} is not at that version",
+                if_match.unwrap_or_default(),
+                resource.res_type
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `id` is a FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A new server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The request as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct WriteCtx {
+    /// When it arrived.
+    pub received: String,
+    /// Its id.
+    pub request_id: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub url: String,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// The body as sent.
+    pub payload: Vec<u8>,
+}
+
+impl WriteCtx {
+    /// The context of a request.
+    pub fn new(
+        request_id: &RequestId,
+        method: &Method,
+        uri: &Uri,
+        content_type: Option<String>,
+        payload: &[u8],
+    ) -> WriteCtx {
+        WriteCtx {
+            received: crate::store::time::now(),
+            request_id: request_id.0.clone(),
+            method: method.to_string(),
+            url: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
+            content_type,
+            payload: payload.to_vec(),
+        }
+    }
+
+    /// The ledger entry of this request with its outcome.
+    pub fn submission(
+        &self,
+        status: StatusCode,
+        operation_outcome: Option<String>,
+        versions: Vec<String>,
+    ) -> Submission {
+        let outcome = if status.is_server_error() {
+            "failed"
+        } else if status.is_client_error() {
+            "rejected"
+        } else {
+            "accepted"
+        };
+        Submission {
+            received: self.received.clone(),
+            request_id: self.request_id.clone(),
+            // Authentication does not exist yet: every client is anonymous.
+            client: "anonymous".into(),
+            site: "anonymous".into(),
+            method: self.method.clone(),
+            url: self.url.clone(),
+            content_type: self.content_type.clone(),
+            payload: self.payload.clone(),
+            outcome: outcome.into(),
+            status: status.as_u16(),
+            operation_outcome,
+            versions,
+        }
+    }
+}
+
+/// The `Type/id/_history/n` of a written version.
+pub fn version_ref(s: &Stored) -> String {
+    format!("{}/{}/_history/{}", s.res_type, s.id, s.version_id)
+}
+
+/// Runs `op` in its own transaction, retrying lost races, and, when `ledger` is given,
+/// records the submission as accepted in the same transaction.
+///
+/// # Errors
+/// The operation's failures; [`ApiError::Conflict`] when it kept losing races.
+pub async fn commit(
+    state: &AppState,
+    op: &Op,
+    ledger: Option<&WriteCtx>,
+) -> Result<Done, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let mut tx = state.store().begin().await?;
+            let done = apply(&mut tx, op).await?;
+            if let Some(ctx) = ledger {
+                let versions = done
+                    .stored
+                    .iter()
+                    .filter(|_| done.written)
+                    .map(version_ref)
+                    .collect();
+                tx.record(&ctx.submission(done.status, done.warnings.clone(), versions))
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<Done, ApiError>(done)
+        }
+        .await;
+        match result {
+            Err(ApiError::Store(e)) if e.is_retryable() => {
+                if attempt >= MAX_ATTEMPTS {
+                    return Err(ApiError::Conflict(
+                        "concurrent writes to the same resource kept conflicting; try again".into(),
+                    ));
+                }
+                tracing::debug!(attempt, "write lost a race; running it again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Records a failed write request in the ledger (its own transaction) and passes the
+/// error on. A ledger failure is logged: the client still gets the original answer.
+pub async fn reject(state: &AppState, ctx: &WriteCtx, error: ApiError) -> ApiError {
+    let submission = ctx.submission(error.status(), Some(error.operation_outcome()), Vec::new());
+    if let Err(e) = state.store().record(&submission).await {
+        tracing::error!(error = %e, "could not record a rejected submission in the ledger");
+    }
+    error
+}
+
+/// The version number in an `If-Match` header (`W/"3"` or `"3"`).
+///
+/// # Errors
+/// [`ApiError::BadRequest`] when the header is present but not a version ETag.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim();
+    let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    inner.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "If-Match {text:?} is not a version ETag like W/\"3\""
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criteria() {
+        assert_eq!(
+            Criteria::parse("identifier=http://x%7C12").expect("ok"),
+            Criteria::Identifier {
+                system: Some("http://x".into()),
+                value: "12".into()
+            }
+        );
+        assert_eq!(
+            Criteria::parse("identifier=12").expect("ok"),
+            Criteria::Identifier {
+                system: None,
+                value: "12".into()
+            }
+        );
+        assert!(matches!(
+            Criteria::parse("name=x"),
+            Err(ApiError::NotSupported(_))
+        ));
+        assert!(Criteria::parse("").is_err());
+    }
+
+    #[test]
+    fn ids_and_types() {
+        assert!(is_valid_id("a-1.B"));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id(&"x".repeat(65)));
+        assert!(is_concrete_type("Patient"));
+        assert!(!is_concrete_type("DomainResource"));
+        assert!(!is_concrete_type("HumanName"));
+    }
+}

@@ -319,6 +319,15 @@ fn bindings_required_extensible_and_unverifiable() {
                 && !i.location.starts_with("Observation.category")),
         "{issues:#?}"
     );
+    // A CodeableConcept with text only cannot meet a required binding.
+    let condition = json!({"resourceType": "Condition",
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">CRLM</div>"},
+        "clinicalStatus": {"text": "active"}, "subject": {"reference": "Patient/p1"}});
+    one_error(
+        &run(&v, &condition, None),
+        "Condition.clinicalStatus",
+        "no code provided",
+    );
     // A code from a system the gateway does not hold (SNOMED CT) is reported as unverifiable.
     let sct = with(
         lesion_size(),

@@ -511,13 +511,11 @@ fn child_values<'a>(
             ),
         );
     }
-    if strict {
-        if info.element(name).is_none() {
-            return fail(
-                pos,
-                format!("'{name}' is not an element of {}", info.fhir_type_name()),
-            );
-        }
+    if strict && info.element(name).is_none() {
+        return fail(
+            pos,
+            format!("'{name}' is not an element of {}", info.fhir_type_name()),
+        );
     }
     Ok(())
 }

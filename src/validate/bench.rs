@@ -5,6 +5,7 @@
 use super::{has_errors, Validator};
 use crate::definitions::Registry;
 use crate::model::{Element, Value};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Every resource inside a parsed resource: a Bundle's entries (recursively) or itself.
@@ -115,6 +116,57 @@ pub fn bench(inputs: &[Element]) {
     }
     if let (Some((_, _)), Some((rss, peak))) = (before, memory_mb()) {
         println!("  memory: resident {rss:.0} MB, peak {peak:.0} MB (all R4 definitions embedded; those used are parsed and cached)");
+    }
+    study(Path::new("profiles/examples"));
+}
+
+/// The study profiles (slicing, required bindings, invariants of their own) on the valid
+/// examples and the two journeys under `dir`, each resource checked against the profile it
+/// claims.
+fn study(dir: &Path) {
+    let registry = match crate::profiles::study_registry(None) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("  study profiles: not loaded ({e})");
+            return;
+        }
+    };
+    let validator = Validator::new(registry);
+    let mut texts = Vec::new();
+    for sub in ["valid", "journeys"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                if let Ok(t) = std::fs::read_to_string(e.path()) {
+                    texts.push(t);
+                }
+            }
+        }
+    }
+    let trees: Vec<Element> = texts
+        .iter()
+        .filter_map(|t| crate::model::parse(t).ok())
+        .collect();
+    let mut all = Vec::new();
+    for t in &trees {
+        resources_of(t, &mut all);
+    }
+    if all.is_empty() {
+        println!("  study profiles: no examples under {}", dir.display());
+        return;
+    }
+    let items: Vec<(&Element, Vec<String>)> = all.iter().map(|r| (*r, Vec::new())).collect();
+    let (rate, failing) = throughput(&validator, &items, Duration::from_secs(3));
+    println!(
+        "  study profiles ({} example resources): {rate:>9.0} resources/s ({failing} with errors)",
+        items.len()
+    );
+    if let Some((rss, peak)) = memory_mb() {
+        println!(
+            "  memory with the study profiles in use: resident {rss:.0} MB, peak {peak:.0} MB"
+        );
     }
 }
 

@@ -165,9 +165,13 @@ impl<'v, 'a> Walk<'v, 'a> {
             return;
         }
         let base_len = self.location.len();
-        for &c in children {
+        let elements = profile.nodes[node].child_elements(children, &profile.nodes, el.info);
+        for (k, &c) in children.iter().enumerate() {
             let n = &profile.nodes[c];
-            let prop = el.get(&n.name);
+            let prop = match elements {
+                Some(idx) => idx[k].and_then(|i| el.props.iter().find(|p| p.element == i)),
+                None => el.get(&n.name),
+            };
             let values: &'a [Value] = match prop {
                 Some(p) => &p.values,
                 None => &[],
@@ -616,6 +620,19 @@ impl<'v, 'a> Walk<'v, 'a> {
         };
         let codes = coded(v);
         if codes.is_empty() {
+            // A CodeableConcept with only text cannot meet a required binding.
+            let text_only = v.as_element().is_some_and(|e| {
+                e.info.fhir_type_name() == "CodeableConcept" && e.get("coding").is_none()
+            });
+            if text_only && strength == "required" {
+                self.report(
+                    Severity::Error,
+                    IssueType::CodeInvalid,
+                    v.pos(),
+                    format!("no code provided, and a code from the required value set {value_set} is needed"),
+                    None,
+                );
+            }
             return;
         }
         let tx = self.validator.terminology();

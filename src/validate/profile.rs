@@ -150,6 +150,33 @@ pub struct Node {
     pub must_support: bool,
     /// `isModifier`: for an extension definition's root, that it is a modifier extension.
     pub is_modifier: bool,
+    /// For each child, the index of its element in the instance type (computed on first
+    /// use, with the type it was computed for), so the walk matches properties by number.
+    child_index: std::sync::OnceLock<(usize, Vec<Option<u16>>)>,
+}
+
+impl Node {
+    /// The element index in `info` of each of `children` (this node's children or those of
+    /// its content reference), when `info` is the type the cache was made for.
+    pub fn child_elements(
+        &self,
+        children: &[usize],
+        nodes: &[Node],
+        info: &'static crate::model::schema::TypeInfo,
+    ) -> Option<&[Option<u16>]> {
+        let key = std::ptr::from_ref(info) as usize;
+        let (k, idx) = self.child_index.get_or_init(|| {
+            let idx = children
+                .iter()
+                .map(|&c| {
+                    info.element(&nodes[c].name)
+                        .and_then(|(i, _)| u16::try_from(i).ok())
+                })
+                .collect();
+            (key, idx)
+        });
+        (*k == key && idx.len() == children.len()).then_some(idx.as_slice())
+    }
 }
 
 /// A compiled StructureDefinition.
@@ -259,6 +286,7 @@ impl Profile {
                     .get("isModifier")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                child_index: std::sync::OnceLock::new(),
             };
             let mut node = node;
             node.content_reference = e

@@ -275,6 +275,11 @@ mod scenarios {
             .await;
         assert_eq!(st, StatusCode::PRECONDITION_FAILED, "{body}");
         assert_eq!(body["resourceType"], "OperationOutcome");
+        // resending what is stored makes no new version
+        let (st, h, _) = s.put(&format!("/fhir/Patient/{id}"), &changed, &[]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(header(&h, "etag"), "W/\"2\"");
+        changed["active"] = json!(true);
         let (st, h, _) = s
             .put(
                 &format!("/fhir/Patient/{id}"),
@@ -913,6 +918,32 @@ mod scenarios {
         assert!(cs
             .to_string()
             .contains("StructureDefinition/imagio-subject"));
+        // both patient journeys go in as transactions; resending one changes nothing
+        for journey in [
+            "journeys/Bundle-journey-hcc.json",
+            "journeys/Bundle-journey-crlm.json",
+        ] {
+            let (st, _, resp) = s.post("/fhir", &read(journey), &[]).await;
+            assert_eq!(st, StatusCode::OK, "{journey}: {resp}");
+            assert_eq!(resp["type"], "transaction-response");
+        }
+        let before = s.version_count("Observation").await;
+        assert!(before >= 10, "{before}");
+        let (st, _, resp) = s
+            .post("/fhir", &read("journeys/Bundle-journey-hcc.json"), &[])
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            resp["entry"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .all(|e| e["response"]["status"] == "200 OK"),
+            "{resp}"
+        );
+        assert_eq!(s.version_count("Observation").await, before);
+        let ledger = s.store.submissions(None, 1).await.expect("ledger");
+        assert!(ledger[0].submission.versions.is_empty());
     }
 }
 

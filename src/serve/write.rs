@@ -409,8 +409,8 @@ async fn put(
             } else {
                 StatusCode::CREATED
             },
+            written: replaced.as_ref() != Some(&stored),
             stored: Some(stored),
-            written: true,
             warnings,
         }),
         Err(StoreError::Conflict) if if_match.is_some() => {

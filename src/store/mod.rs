@@ -505,7 +505,9 @@ impl Tx {
     /// it does not exist (or was deleted).
     ///
     /// Returns the version stored and the version it replaced (`None` when the resource
-    /// was created, or re-created after a delete).
+    /// was created, or re-created after a delete). When `content` equals the current
+    /// version (apart from `meta.versionId` and `meta.lastUpdated`), nothing is written and
+    /// both are the current version.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when `expect` names a version that is not current, or a
@@ -522,6 +524,16 @@ impl Tx {
         if let Expect::Version(v) = expect {
             if previous.as_ref().map(|p| p.version_id) != Some(v) {
                 return Err(StoreError::Conflict);
+            }
+        }
+        if let Some(p) = previous.as_ref().filter(|p| !p.deleted) {
+            // A resubmission of what is stored (sites resend their data) makes no new
+            // version: the same content stamped with the current version is the same text.
+            let mut same = content.clone();
+            stamp(&mut same, id, p.version_id, &p.last_updated);
+            if p.content.as_deref() == Some(same.to_text().as_str()) {
+                *content = same;
+                return Ok((p.clone(), previous));
             }
         }
         let version_id = previous.as_ref().map_or(1, |p| p.version_id + 1);

@@ -607,3 +607,110 @@ fn operation_outcome_carries_locations() {
     // The outcome itself is a valid OperationOutcome.
     assert!(!has_errors(&v.validate_json(&oo.to_string(), &[])));
 }
+
+/// A profile whose slices are told apart by type, by existence and by profile, with
+/// `openAtEnd` rules.
+fn discriminator_profiles() -> Vec<Value> {
+    vec![
+        json!({
+            "resourceType": "StructureDefinition", "url": "http://example.org/sd/slices",
+            "name": "Slices", "status": "draft", "kind": "resource", "abstract": false, "type": "Observation",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Observation.component", "path": "Observation.component",
+                 "slicing": {"discriminator": [{"type": "type", "path": "value"}], "rules": "openAtEnd"}},
+                {"id": "Observation.component:measured", "path": "Observation.component", "sliceName": "measured", "min": 1, "max": "1"},
+                {"id": "Observation.component:measured.value[x]", "path": "Observation.component.value[x]", "type": [{"code": "Quantity"}]},
+                {"id": "Observation.identifier", "path": "Observation.identifier",
+                 "slicing": {"discriminator": [{"type": "exists", "path": "system"}], "rules": "closed"}},
+                {"id": "Observation.identifier:withSystem", "path": "Observation.identifier", "sliceName": "withSystem", "min": 1},
+                {"id": "Observation.identifier:withSystem.system", "path": "Observation.identifier.system", "min": 1},
+                {"id": "Observation.extension", "path": "Observation.extension",
+                 "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"}},
+                {"id": "Observation.extension:power", "path": "Observation.extension", "sliceName": "power", "min": 1,
+                 "type": [{"code": "Extension", "profile": ["http://example.org/ext/power-any"]}]}
+            ]}
+        }),
+        json!({
+            "resourceType": "StructureDefinition", "url": "http://example.org/ext/power-any",
+            "name": "PowerAny", "status": "draft", "kind": "complex-type", "abstract": false,
+            "context": [{"type": "element", "expression": "Element"}], "type": "Extension",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Extension.url", "path": "Extension.url", "fixedUri": "http://example.org/ext/power-any"},
+                {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": "Quantity"}]}
+            ]}
+        }),
+    ]
+}
+
+#[test]
+fn slicing_by_type_exists_and_url_with_open_at_end() {
+    let mut registry = Registry::core();
+    for p in discriminator_profiles() {
+        registry.add(p).expect("loads");
+    }
+    let v = Validator::new(registry);
+    let base = json!({
+        "resourceType": "Observation",
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+        "status": "final", "code": {"text": "x"},
+        "extension": [{"url": "http://example.org/ext/power-any", "valueQuantity": {"value": 60, "unit": "W"}}],
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:uuid:1"}],
+        "component": [
+            {"code": {"text": "size"}, "valueQuantity": {"value": 2}},
+            {"code": {"text": "note"}, "valueString": "other"}
+        ]
+    });
+    let profile = Some("http://example.org/sd/slices");
+    let ok = run(&v, &base, profile);
+    assert!(!has_errors(&ok), "{:#?}", errors(&ok));
+    // Type discriminator: no Quantity component, so the required slice is missing.
+    let no_quantity = with(
+        base.clone(),
+        "/component/0",
+        json!({"code": {"text": "size"}, "valueString": "2 cm"}),
+    );
+    one_error(
+        &run(&v, &no_quantity, profile),
+        "Observation.component",
+        "slice 'measured' of Observation.component: minimum required = 1",
+    );
+    // openAtEnd: a value matching no slice before one that does.
+    let mut reordered = base.clone();
+    if let Some(c) = reordered
+        .pointer_mut("/component")
+        .and_then(Value::as_array_mut)
+    {
+        c.swap(0, 1);
+    }
+    one_error(
+        &run(&v, &reordered, profile),
+        "Observation.component[1]",
+        "must come last (openAtEnd)",
+    );
+    // Exists discriminator with closed rules: an identifier without a system matches no slice.
+    let no_system = with(base.clone(), "/identifier/0", json!({"value": "42"}));
+    let issues = run(&v, &no_system, profile);
+    assert!(
+        errors(&issues)
+            .iter()
+            .any(|e| e.contains("matches none of the slices and the slicing is closed")),
+        "{:#?}",
+        errors(&issues)
+    );
+    // Extension slice by url, checked against the slice's extension profile.
+    let wrong_type = with(
+        base.clone(),
+        "/extension/0",
+        json!({"url": "http://example.org/ext/power-any", "valueString": "60 W"}),
+    );
+    let issues = run(&v, &wrong_type, profile);
+    assert!(
+        errors(&issues)
+            .iter()
+            .any(|e| e.starts_with("Observation.extension[0].value.ofType(string)")),
+        "{:#?}",
+        errors(&issues)
+    );
+}

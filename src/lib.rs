@@ -5,6 +5,7 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod model;
 pub mod profiles;
+pub mod search;
 pub mod serve;
 pub mod store;
 pub mod validate;

@@ -3,6 +3,7 @@
 //! when `IMAGIO_TEST_DATABASE_URL` is set, on PostgreSQL (each test in a fresh schema).
 //! The last test starts the binary itself.
 
+use imagio_gateway::search::IndexRow;
 use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
 use imagio_gateway::store::Store;
 use reqwest::StatusCode;
@@ -687,6 +688,41 @@ mod scenarios {
             .starts_with("Observation/"));
         let (st, _, _) = s.get(&format!("/fhir/Patient/{doomed_id}")).await;
         assert_eq!(st, StatusCode::GONE);
+        // search index rows are written from the stored content (references rewritten)
+        // and removed with a delete
+        let obs_id = e[0]["resource"]["id"].as_str().expect("id");
+        let mut tx = s.store.begin().await.expect("tx");
+        let rows = tx.index_rows("Observation", obs_id).await.expect("rows");
+        assert!(
+            rows.contains(&IndexRow::Reference {
+                param: "subject".into(),
+                target: format!("Patient/{new_patient}")
+            }),
+            "{rows:?}"
+        );
+        assert!(
+            rows.contains(&IndexRow::Token {
+                param: "code".into(),
+                system: "http://loinc.org".into(),
+                code: "21889-1".into()
+            }),
+            "{rows:?}"
+        );
+        assert!(tx
+            .index_rows("Patient", doomed_id)
+            .await
+            .expect("rows")
+            .is_empty());
+        let rows = tx.index_rows("Patient", new_patient).await.expect("rows");
+        assert!(
+            rows.contains(&IndexRow::Date {
+                param: "birthdate".into(),
+                low: "1950-03-02T00:00:00.000Z".into(),
+                high: "1950-03-02T23:59:59.999Z".into()
+            }),
+            "{rows:?}"
+        );
+        drop(tx);
         let ledger = s.store.submissions(None, 1).await.expect("ledger");
         assert_eq!(ledger[0].submission.outcome, "accepted");
         assert_eq!(ledger[0].submission.versions.len(), 4);

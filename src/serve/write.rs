@@ -393,6 +393,7 @@ async fn put(
     let mut json = resource.json.clone();
     let warnings = resource.warnings_outcome();
     let expect = if_match.map_or(Expect::Any, Expect::Version);
+    let index = search_rows(&json);
     match tx
         .put(
             &resource.res_type,
@@ -400,6 +401,7 @@ async fn put(
             &mut json,
             expect,
             warnings.as_deref(),
+            &index,
         )
         .await
     {
@@ -421,6 +423,18 @@ async fn put(
             )))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The search index rows of a resource as it will be stored (references already
+/// rewritten). It validated, so it parses; were it not to, it is stored without rows.
+fn search_rows(json: &Json) -> Vec<crate::search::IndexRow> {
+    match crate::model::parse(&json.to_text()) {
+        Ok(element) => crate::search::index(&element),
+        Err(e) => {
+            tracing::warn!(error = %e, "a validated resource did not parse for indexing");
+            Vec::new()
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod sqlite;
 pub mod time;
 
 use crate::model::json::Json;
+use crate::search::IndexRow;
 use std::io::{Read as _, Write as _};
 
 /// What can go wrong in the store.
@@ -501,7 +502,8 @@ impl Tx {
     }
 
     /// Stores a new version of `res_type/id` with `content` (its `id`, `meta.versionId` and
-    /// `meta.lastUpdated` set here) and `issues` kept beside it. Creates the resource when
+    /// `meta.lastUpdated` set here), `issues` kept beside it and `index` as its search
+    /// index rows. Creates the resource when
     /// it does not exist (or was deleted).
     ///
     /// Returns the version stored and the version it replaced (`None` when the resource
@@ -519,6 +521,7 @@ impl Tx {
         content: &mut Json,
         expect: Expect,
         issues: Option<&str>,
+        index: &[IndexRow],
     ) -> Result<(Stored, Option<Stored>)> {
         let previous = self.read(res_type, id).await?;
         if let Expect::Version(v) = expect {
@@ -553,6 +556,7 @@ impl Tx {
             .await?;
         self.index_identifiers(res_type, id, identifiers(content))
             .await?;
+        self.index_search(res_type, id, index).await?;
         let replaced = previous.filter(|p| !p.deleted);
         Ok((stored, replaced))
     }
@@ -582,6 +586,7 @@ impl Tx {
         self.write_version(&stored, Some(previous.version_id))
             .await?;
         self.index_identifiers(res_type, id, Vec::new()).await?;
+        self.index_search(res_type, id, &[]).await?;
         Ok(Some(stored))
     }
 
@@ -667,6 +672,119 @@ impl Tx {
             .rows_affected());
         }
         Ok(())
+    }
+
+    /// Replaces the search index rows of a resource.
+    async fn index_search(&mut self, res_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
+        for table in [
+            "search_token",
+            "search_string",
+            "search_date",
+            "search_reference",
+        ] {
+            let sql = format!("DELETE FROM {table} WHERE res_type = $1 AND res_id = $2");
+            on_tx!(self, |c| sqlx::query(&sql)
+                .bind(res_type)
+                .bind(id)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        for row in rows {
+            let (sql, param, a, b): (&str, &str, &str, Option<&str>) = match row {
+                IndexRow::Token {
+                    param,
+                    system,
+                    code,
+                } => (
+                    "INSERT INTO search_token (res_type, res_id, param, system, code) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    param,
+                    system,
+                    Some(code),
+                ),
+                IndexRow::String { param, value } => (
+                    "INSERT INTO search_string (res_type, res_id, param, value) \
+                     VALUES ($1, $2, $3, $4)",
+                    param,
+                    value,
+                    None,
+                ),
+                IndexRow::Date { param, low, high } => (
+                    "INSERT INTO search_date (res_type, res_id, param, low, high) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    param,
+                    low,
+                    Some(high),
+                ),
+                IndexRow::Reference { param, target } => (
+                    "INSERT INTO search_reference (res_type, res_id, param, target) \
+                     VALUES ($1, $2, $3, $4)",
+                    param,
+                    target,
+                    None,
+                ),
+            };
+            on_tx!(self, |c| {
+                let q = sqlx::query(sql).bind(res_type).bind(id).bind(param).bind(a);
+                match b {
+                    Some(b) => q.bind(b).execute(c).await?.rows_affected(),
+                    None => q.execute(c).await?.rows_affected(),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Search index rows of a current resource, sorted (for tests and diagnostics).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn index_rows(&mut self, res_type: &str, id: &str) -> Result<Vec<IndexRow>> {
+        let mut out = Vec::new();
+        let sql = "SELECT 't' AS kind, param, system AS a, code AS b FROM search_token \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 's', param, value, '' FROM search_string \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'd', param, low, high FROM search_date \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'r', param, target, '' FROM search_reference \
+                   WHERE res_type = $1 AND res_id = $2";
+        let rows = on_tx!(self, |c| {
+            let mut rows = Vec::new();
+            for r in sqlx::query(sql)
+                .bind(res_type)
+                .bind(id)
+                .fetch_all(c)
+                .await?
+            {
+                use sqlx::Row as _;
+                let kind: String = r.try_get("kind")?;
+                let param: String = r.try_get("param")?;
+                let a: String = r.try_get("a")?;
+                let b: String = r.try_get("b")?;
+                rows.push((kind, param, a, b));
+            }
+            rows
+        });
+        for (kind, param, a, b) in rows {
+            out.push(match kind.as_str() {
+                "t" => IndexRow::Token {
+                    param,
+                    system: a,
+                    code: b,
+                },
+                "s" => IndexRow::String { param, value: a },
+                "d" => IndexRow::Date {
+                    param,
+                    low: a,
+                    high: b,
+                },
+                _ => IndexRow::Reference { param, target: a },
+            });
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Adds a submission to the ledger (its payload compressed). Returns the row id.

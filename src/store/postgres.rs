@@ -10,11 +10,18 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 /// The embedded PostgreSQL migrations, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resources",
-    include_str!("migrations/postgres/0001_resources.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "resources",
+        include_str!("migrations/postgres/0001_resources.sql"),
+    ),
+    (
+        2,
+        "search",
+        include_str!("migrations/postgres/0002_search.sql"),
+    ),
+];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in
 /// that schema (created when missing): how tests get a fresh, independent database.

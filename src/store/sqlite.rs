@@ -11,11 +11,18 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The embedded SQLite migrations, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resources",
-    include_str!("migrations/sqlite/0001_resources.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "resources",
+        include_str!("migrations/sqlite/0001_resources.sql"),
+    ),
+    (
+        2,
+        "search",
+        include_str!("migrations/sqlite/0002_search.sql"),
+    ),
+];
 
 /// The two pools of a SQLite store.
 #[derive(Debug, Clone)]

@@ -1,0 +1,417 @@
+//! Extraction of [`IndexRow`]s from a resource with the R4 SearchParameter expressions.
+
+use super::IndexRow;
+use crate::definitions::{self, Kind};
+use crate::fhirpath::{Context, Expression, Item};
+use crate::model::{Element, Primitive};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// A SearchParameter as the indexer uses it.
+struct Param {
+    code: String,
+    kind: ParamKind,
+    expression: Expression,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ParamKind {
+    Token,
+    String,
+    Date,
+    Reference,
+}
+
+/// The compiled parameters of each resource type, made on first use of the type.
+fn params(res_type: &str) -> Arc<Vec<Param>> {
+    static CACHE: OnceLock<RwLock<HashMap<String, Arc<Vec<Param>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| RwLock::new(HashMap::new()));
+    if let Some(p) = cache.read().ok().and_then(|c| c.get(res_type).cloned()) {
+        return p;
+    }
+    let built = Arc::new(build(res_type));
+    if let Ok(mut c) = cache.write() {
+        c.insert(res_type.to_string(), built.clone());
+    }
+    built
+}
+
+fn build(res_type: &str) -> Vec<Param> {
+    let mut out = Vec::new();
+    for url in definitions::urls(Kind::SearchParameter) {
+        let Some(sp) = definitions::get(Kind::SearchParameter, url) else {
+            continue;
+        };
+        let applies = sp
+            .get("base")
+            .and_then(|b| b.as_array())
+            .is_some_and(|b| b.iter().any(|t| t.as_str() == Some(res_type)));
+        if !applies {
+            continue;
+        }
+        let kind = match sp.get("type").and_then(|t| t.as_str()) {
+            Some("token") => ParamKind::Token,
+            Some("string") => ParamKind::String,
+            Some("date") => ParamKind::Date,
+            Some("reference") => ParamKind::Reference,
+            _ => continue,
+        };
+        let (Some(code), Some(expression)) = (
+            sp.get("code").and_then(|c| c.as_str()),
+            sp.get("expression").and_then(|e| e.as_str()),
+        ) else {
+            continue;
+        };
+        // Shared parameters list one path per base type: keep the paths of this type.
+        let own: Vec<&str> = split_union(expression)
+            .into_iter()
+            .filter(|part| {
+                let p = part.trim().trim_start_matches('(');
+                p.starts_with(res_type) && p[res_type.len()..].starts_with(['.', ' ', ')'])
+                    || p == res_type
+            })
+            .collect();
+        if own.is_empty() {
+            continue;
+        }
+        match Expression::compile(&own.join(" | ")) {
+            Ok(expression) => out.push(Param {
+                code: code.to_string(),
+                kind,
+                expression,
+            }),
+            Err(e) => tracing::debug!(url, error = %e, "search parameter expression not compiled"),
+        }
+    }
+    out
+}
+
+/// Splits `a | b | (c | d)` at the top-level `|`s.
+fn split_union(expression: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start, mut quoted) = (0i32, 0usize, false);
+    for (i, c) in expression.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            '|' if !quoted && depth == 0 => {
+                parts.push(expression[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(expression[start..].trim());
+    parts
+}
+
+/// The index rows of a resource: every token, string, date and reference value its type's
+/// search parameters find in it, sorted and without duplicates.
+pub fn index(resource: &Element) -> Vec<IndexRow> {
+    let params = params(resource.type_name());
+    let ctx = Context::new(resource);
+    let mut rows = Vec::new();
+    for p in params.iter() {
+        let Ok(found) = p.expression.evaluate(&ctx) else {
+            continue;
+        };
+        for item in &found {
+            match p.kind {
+                ParamKind::Token => token(&p.code, item, &mut rows),
+                ParamKind::String => string(&p.code, item, &mut rows),
+                ParamKind::Date => date(&p.code, item, &mut rows),
+                ParamKind::Reference => reference(&p.code, item, &mut rows),
+            }
+        }
+    }
+    rows.sort();
+    rows.dedup();
+    rows
+}
+
+fn prim_str(p: &Primitive) -> Option<&str> {
+    p.as_str().filter(|s| !s.is_empty())
+}
+
+fn token(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let mut push = |system: Option<&str>, code: Option<&str>| {
+        if let Some(code) = code {
+            rows.push(IndexRow::Token {
+                param: param.to_string(),
+                system: system.unwrap_or_default().to_string(),
+                code: code.to_string(),
+            });
+        }
+    };
+    match item {
+        Item::Primitive(p) => push(None, prim_str(p)),
+        Item::Element(e) => match e.info.fhir_type_name() {
+            "Coding" => push(e.str("system"), e.str("code")),
+            "CodeableConcept" => {
+                for c in e.values("coding").iter().filter_map(|v| v.as_element()) {
+                    push(c.str("system"), c.str("code"));
+                }
+            }
+            "Identifier" => push(e.str("system"), e.str("value")),
+            "ContactPoint" => push(None, e.str("value")),
+            _ => {}
+        },
+        Item::Boolean(b) => push(None, Some(if *b { "true" } else { "false" })),
+        Item::String(s) => push(None, Some(s)),
+        _ => {}
+    }
+}
+
+fn string(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let mut push = |text: &str| {
+        if !text.is_empty() {
+            rows.push(IndexRow::String {
+                param: param.to_string(),
+                value: text.to_lowercase(),
+            });
+        }
+    };
+    match item {
+        Item::Primitive(p) => {
+            if let Some(s) = prim_str(p) {
+                push(s);
+            }
+        }
+        Item::String(s) => push(s),
+        Item::Element(e) => {
+            let parts: &[&str] = match e.info.fhir_type_name() {
+                "HumanName" => &["family", "given", "prefix", "suffix", "text"],
+                "Address" => &[
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                    "text",
+                ],
+                _ => &[],
+            };
+            for part in parts {
+                for v in e.values(part) {
+                    if let Some(s) = v.as_primitive().and_then(prim_str) {
+                        push(s);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn date(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let mut push = |low: Option<(String, String)>, high: Option<(String, String)>| {
+        let low = low.map(|(l, _)| l);
+        let high = high.map(|(_, h)| h);
+        if low.is_none() && high.is_none() {
+            return;
+        }
+        rows.push(IndexRow::Date {
+            param: param.to_string(),
+            low: low.unwrap_or_else(|| "0001-01-01T00:00:00.000Z".into()),
+            high: high.unwrap_or_else(|| "9999-12-31T23:59:59.999Z".into()),
+        });
+    };
+    match item {
+        Item::Primitive(p) => {
+            let r = prim_str(p).and_then(date_range);
+            push(r.clone(), r);
+        }
+        Item::Element(e) if e.info.fhir_type_name() == "Period" => {
+            let start = e.str("start").and_then(date_range);
+            let end = e.str("end").and_then(date_range);
+            push(start, end);
+        }
+        _ => {}
+    }
+}
+
+fn reference(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let target = match item {
+        Item::Element(e) if e.info.fhir_type_name() == "Reference" => e.str("reference"),
+        Item::Primitive(p) => prim_str(p),
+        _ => None,
+    };
+    if let Some(t) = target {
+        rows.push(IndexRow::Reference {
+            param: param.to_string(),
+            target: t.to_string(),
+        });
+    }
+}
+
+/// The first and last instant (UTC, milliseconds) that a FHIR date, dateTime or instant
+/// covers; `None` when the text is not one.
+pub fn date_range(text: &str) -> Option<(String, String)> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let year = num(0..4)?;
+    let day_ms = 86_400_000i64;
+    let start_of = |y: i64, m: i64, d: i64| crate::store::time::days_from_civil(y, m, d) * day_ms;
+    let (low, high) = match text.len() {
+        4 => (start_of(year, 1, 1), start_of(year + 1, 1, 1) - 1),
+        7 => {
+            let m = num(5..7).filter(|m| (1..=12).contains(m))?;
+            let (ny, nm) = if m == 12 {
+                (year + 1, 1)
+            } else {
+                (year, m + 1)
+            };
+            (start_of(year, m, 1), start_of(ny, nm, 1) - 1)
+        }
+        10 => {
+            let m = num(5..7).filter(|m| (1..=12).contains(m))?;
+            let d = num(8..10).filter(|d| (1..=31).contains(d))?;
+            let s = start_of(year, m, d);
+            (s, s + day_ms - 1)
+        }
+        n if n >= 19 && text.as_bytes().get(10) == Some(&b'T') => {
+            let m = num(5..7).filter(|m| (1..=12).contains(m))?;
+            let d = num(8..10).filter(|d| (1..=31).contains(d))?;
+            let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+            let mut rest = &text[19..];
+            let mut millis = 0i64;
+            let mut precise = false;
+            if let Some(frac) = rest.strip_prefix('.') {
+                let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+                let f = &frac[..digits];
+                let padded = format!("{f:0<3}");
+                millis = padded.get(..3)?.parse().ok()?;
+                precise = digits >= 3;
+                rest = &frac[digits..];
+            }
+            let offset_min = match rest {
+                "" | "Z" => 0,
+                _ => {
+                    let sign = match rest.as_bytes().first()? {
+                        b'+' => 1,
+                        b'-' => -1,
+                        _ => return None,
+                    };
+                    let oh: i64 = rest.get(1..3)?.parse().ok()?;
+                    let om: i64 = rest.get(4..6)?.parse().ok()?;
+                    sign * (oh * 60 + om)
+                }
+            };
+            let at = start_of(year, m, d) + ((h * 60 + mi) * 60 + s) * 1000 + millis
+                - offset_min * 60_000;
+            (at, if precise { at } else { at + 999 })
+        }
+        _ => return None,
+    };
+    Some((
+        crate::store::time::instant(low),
+        crate::store::time::instant(high),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_ranges() {
+        let r = |t: &str| date_range(t).map(|(l, h)| format!("{l} {h}"));
+        assert_eq!(
+            r("2020").as_deref(),
+            Some("2020-01-01T00:00:00.000Z 2020-12-31T23:59:59.999Z")
+        );
+        assert_eq!(
+            r("2024-02").as_deref(),
+            Some("2024-02-01T00:00:00.000Z 2024-02-29T23:59:59.999Z")
+        );
+        assert_eq!(
+            r("2021-03-04").as_deref(),
+            Some("2021-03-04T00:00:00.000Z 2021-03-04T23:59:59.999Z")
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00+02:00").as_deref(),
+            Some("2021-03-04T08:00:00.000Z 2021-03-04T08:00:00.999Z")
+        );
+        assert_eq!(
+            r("2021-03-04T10:00:00.123Z").as_deref(),
+            Some("2021-03-04T10:00:00.123Z 2021-03-04T10:00:00.123Z")
+        );
+        assert_eq!(r("yesterday"), None);
+        assert_eq!(r("2021-13"), None);
+    }
+
+    #[test]
+    fn union_split() {
+        assert_eq!(
+            split_union("A.b | (C.d as Quantity) | E.f.where(g = 'x|y')"),
+            vec!["A.b", "(C.d as Quantity)", "E.f.where(g = 'x|y')"]
+        );
+    }
+
+    #[test]
+    fn patient_and_observation_rows() {
+        let patient = crate::model::parse(
+            r#"{"resourceType":"Patient","identifier":[{"system":"urn:s","value":"42"}],
+            "name":[{"family":"Van Dijk","given":["Anna"]}],"gender":"female",
+            "birthDate":"1950-03","generalPractitioner":[{"reference":"Practitioner/p1"}]}"#,
+        )
+        .expect("patient");
+        let rows = index(&patient);
+        let has = |r: IndexRow| rows.contains(&r);
+        assert!(has(IndexRow::Token {
+            param: "identifier".into(),
+            system: "urn:s".into(),
+            code: "42".into()
+        }));
+        assert!(has(IndexRow::Token {
+            param: "gender".into(),
+            system: String::new(),
+            code: "female".into()
+        }));
+        assert!(has(IndexRow::String {
+            param: "family".into(),
+            value: "van dijk".into()
+        }));
+        assert!(has(IndexRow::String {
+            param: "name".into(),
+            value: "anna".into()
+        }));
+        assert!(has(IndexRow::Date {
+            param: "birthdate".into(),
+            low: "1950-03-01T00:00:00.000Z".into(),
+            high: "1950-03-31T23:59:59.999Z".into()
+        }));
+        assert!(has(IndexRow::Reference {
+            param: "general-practitioner".into(),
+            target: "Practitioner/p1".into()
+        }));
+        let obs = crate::model::parse(
+            r#"{"resourceType":"Observation","status":"final",
+            "code":{"coding":[{"system":"http://loinc.org","code":"21889-1"}]},
+            "subject":{"reference":"Patient/x"},"effectivePeriod":{"start":"2020-05-01"}}"#,
+        )
+        .expect("observation");
+        let rows = index(&obs);
+        assert!(rows.contains(&IndexRow::Token {
+            param: "code".into(),
+            system: "http://loinc.org".into(),
+            code: "21889-1".into()
+        }));
+        assert!(rows.contains(&IndexRow::Reference {
+            param: "subject".into(),
+            target: "Patient/x".into()
+        }));
+        assert!(rows.contains(&IndexRow::Date {
+            param: "date".into(),
+            low: "2020-05-01T00:00:00.000Z".into(),
+            high: "9999-12-31T23:59:59.999Z".into()
+        }));
+    }
+}

@@ -1,6 +1,8 @@
 //! The A-IMAGIO data gateway.
 #![warn(missing_docs)]
+pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod definitions;
 pub mod fhirpath;
 pub mod model;

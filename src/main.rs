@@ -44,6 +44,41 @@ enum Command {
         /// Deepest JSON nesting accepted.
         #[arg(long, default_value_t = 128, value_name = "LEVELS")]
         max_depth: usize,
+        /// Accept every request as an admin of site `local`, without tokens (local testing
+        /// only: refused unless --listen is a loopback address).
+        #[arg(long)]
+        no_auth: bool,
+        /// The public base URL of the gateway (the `aud` of client assertions); default
+        /// http:// plus the listening address.
+        #[arg(long, env = "IMAGIO_PUBLIC_URL", value_name = "URL")]
+        public_url: Option<String>,
+        /// Lifetime of access tokens, in seconds.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        token_lifetime: u64,
+    },
+    /// Make key pairs for SMART Backend Services clients.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the clients allowed to call the gateway (SMART Backend Services).
+    Clients {
+        /// Database: postgres://..., sqlite:PATH, or a SQLite file path.
+        #[arg(
+            long,
+            env = "IMAGIO_DATABASE_URL",
+            default_value = "imagio.sqlite",
+            value_name = "URL",
+            global = true
+        )]
+        database_url: String,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// The reference site client: push FHIR data to a gateway.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
     },
     /// Validate FHIR JSON files against the R4 definitions and the study profiles; a resource
     /// is checked against the profiles it claims in `meta.profile`.
@@ -92,6 +127,84 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new private key (PEM) and its public JWKS (to register) into a folder.
+    Generate {
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value = "ES384")]
+        alg: imagio_gateway::auth::keys::Alg,
+        /// Folder to write into.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client with its public keys and the scopes it may be granted; prints its id.
+    Add {
+        /// The client id (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+        /// The site it belongs to.
+        #[arg(long)]
+        site: String,
+        /// What it is.
+        #[arg(long, value_enum)]
+        role: imagio_gateway::auth::Role,
+        /// Its public keys: a JWKS file.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "jwks_url",
+            required_unless_present = "jwks_url"
+        )]
+        jwks: Option<PathBuf>,
+        /// Its public keys: the URL where it publishes its JWKS.
+        #[arg(long, value_name = "URL")]
+        jwks_url: Option<String>,
+        /// The scopes it may be granted, space-separated (system/Procedure.cruds, system/*.rs, ...).
+        #[arg(long)]
+        scope: String,
+    },
+    /// List the registered clients as JSON.
+    List,
+    /// Revoke a client: its next token request is refused.
+    Revoke {
+        /// The client id.
+        id: String,
+    },
+    /// Make a new token-signing key for the gateway; the old one verifies its tokens until
+    /// they expire.
+    RotateGatewayKey,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Send FHIR JSON files (Bundles to the base, resources to their type) and report each.
+    Push {
+        /// Files or folders (walked for *.json).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The gateway (its base URL or its FHIR base).
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The registered client id.
+        #[arg(long)]
+        client_id: String,
+        /// The private key (PEM).
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+        /// The registered key id (default: the key's RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The scopes to ask for.
+        #[arg(long, default_value = "system/*.cruds")]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProfilesCommand {
     /// Render the data dictionary: one table per profile, the extensions and the code lists.
     Doc {
@@ -128,6 +241,9 @@ fn main() -> ExitCode {
             validation,
             max_body,
             max_depth,
+            no_auth,
+            public_url,
+            token_lifetime,
         } => serve(imagio_gateway::serve::Config {
             listen,
             database_url,
@@ -135,7 +251,73 @@ fn main() -> ExitCode {
             profiles_dir: cli.profiles_dir,
             max_body,
             max_depth,
+            auth: imagio_gateway::auth::AuthConfig {
+                disabled: no_auth,
+                public_url,
+                token_lifetime,
+            },
         }),
+        Command::Keys {
+            command: KeysCommand::Generate { alg, out },
+        } => match imagio_gateway::auth::keys::generate_files(alg, &out) {
+            Ok(g) => {
+                println!("private key: {}", g.private_path.display());
+                println!("public JWKS: {} (kid {})", g.jwks_path.display(), g.key.kid);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Clients {
+            database_url,
+            command,
+        } => with_runtime(imagio_gateway::auth::clients::cli(
+            database_url,
+            match command {
+                ClientsCommand::Add {
+                    id,
+                    site,
+                    role,
+                    jwks,
+                    jwks_url,
+                    scope,
+                } => imagio_gateway::auth::clients::Cli::Add {
+                    id,
+                    site,
+                    role,
+                    jwks,
+                    jwks_url,
+                    scope,
+                },
+                ClientsCommand::List => imagio_gateway::auth::clients::Cli::List,
+                ClientsCommand::Revoke { id } => imagio_gateway::auth::clients::Cli::Revoke(id),
+                ClientsCommand::RotateGatewayKey => {
+                    imagio_gateway::auth::clients::Cli::RotateGatewayKey
+                }
+            },
+        )),
+        Command::Client {
+            command:
+                ClientCommand::Push {
+                    paths,
+                    server,
+                    client_id,
+                    key,
+                    kid,
+                    scope,
+                },
+        } => with_runtime(push(
+            imagio_gateway::client::Settings {
+                server,
+                client_id,
+                key,
+                kid,
+                scope,
+            },
+            paths,
+        )),
         Command::Profiles { command } => match command {
             ProfilesCommand::Doc { format, out } => imagio_gateway::profiles::doc::run(
                 cli.profiles_dir.as_deref(),
@@ -187,6 +369,54 @@ fn main() -> ExitCode {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }
         Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
+    }
+}
+
+/// Runs `f` on a new async runtime.
+fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `client push`: one line per file (`accepted`/`rejected`, status, summary); exit 0 when
+/// all were accepted, 1 when some were not, 2 when nothing could be sent.
+async fn push(settings: imagio_gateway::client::Settings, paths: Vec<PathBuf>) -> ExitCode {
+    match imagio_gateway::client::push(settings, &paths).await {
+        Ok(reports) => {
+            let mut rejected = 0;
+            for r in &reports {
+                let verdict = if r.accepted() {
+                    "accepted"
+                } else {
+                    rejected += 1;
+                    "rejected"
+                };
+                let status = r.status.map_or_else(|| "-".to_string(), |s| s.to_string());
+                println!("{verdict} {status} {}: {}", r.path.display(), r.summary);
+            }
+            println!(
+                "{} files: {} accepted, {rejected} rejected",
+                reports.len(),
+                reports.len() - rejected
+            );
+            if rejected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -70,6 +70,11 @@ async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Option<Se
         validation,
         max_body,
         max_depth: 64,
+        // These tests are about FHIR semantics; tests/auth.rs tests authentication.
+        auth: imagio_gateway::auth::AuthConfig {
+            disabled: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let state = AppState::new(store.clone(), config).expect("state");
@@ -458,7 +463,8 @@ mod scenarios {
             .find(|e| e.submission.status == 422)
             .expect("422 in the ledger");
         assert_eq!(refused.submission.outcome, "rejected");
-        assert_eq!(refused.submission.site, "anonymous");
+        // Under --no-auth every request is an admin of site `local`.
+        assert_eq!(refused.submission.site, "local");
         let kept: Value = serde_json::from_slice(&refused.submission.payload).expect("payload");
         assert_eq!(kept, bad);
         assert!(refused
@@ -991,7 +997,14 @@ async fn binary_serves_and_stops_on_sigterm() {
     let dir = std::env::temp_dir().join(unique("imagio_bin"));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imagio-gateway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--validation", "base"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--validation",
+            "base",
+            "--no-auth",
+        ])
         .current_dir(&dir)
         .env_remove("IMAGIO_DATABASE_URL")
         .stdout(std::process::Stdio::piped())

@@ -57,6 +57,8 @@ fn statement(state: &AppState) -> String {
         super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
     };
     write_str(&mut out, &format!("{validation} Conditional create and update match on identifier=[system|]value or _id. Search is not offered yet."));
+    out.push_str(",\"security\":");
+    out.push_str(&crate::auth::capability_security(state.auth()));
     out.push_str(",\"resource\":[");
     for (i, t) in resource_types().iter().enumerate() {
         if i > 0 {

@@ -64,6 +64,8 @@ pub struct Config {
     pub max_body: usize,
     /// Deepest JSON nesting accepted.
     pub max_depth: usize,
+    /// Authentication (SMART Backend Services, or `--no-auth`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             profiles_dir: None,
             max_body: 64 * 1024 * 1024,
             max_depth: 128,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -91,6 +94,9 @@ pub enum ServeError {
     /// Binding or serving.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Authentication set-up (`--no-auth` on a public address, the demo client).
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// What every handler shares: built once in [`run`], cloned per request.
@@ -108,6 +114,8 @@ struct Shared {
     profiles: Vec<(String, String)>,
     /// The CapabilityStatement, made on first request.
     capability: std::sync::OnceLock<String>,
+    /// The authorization server.
+    auth: crate::auth::Auth,
 }
 
 impl AppState {
@@ -138,8 +146,10 @@ impl AppState {
                 (validator, profiles)
             }
         };
+        let auth = crate::auth::Auth::new(store.clone(), config.auth.clone());
         Ok(AppState {
             inner: Arc::new(Shared {
+                auth,
                 store,
                 validator,
                 config,
@@ -159,6 +169,11 @@ impl AppState {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The authorization server.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.inner.auth
     }
 }
 
@@ -212,7 +227,12 @@ pub fn router(state: AppState) -> Router {
         .nest("/fhir", fhir)
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(crate::auth::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::enforce,
+        ))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
 }
@@ -271,6 +291,13 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         tracing::error!(status = status.as_u16(), millis, error = %detail.0, "request failed");
     } else if status == StatusCode::SERVICE_UNAVAILABLE || status.is_server_error() {
         tracing::error!(status = status.as_u16(), millis, "request failed");
+    } else if response.extensions().get::<crate::auth::NoAuth>().is_some() {
+        tracing::warn!(
+            status = status.as_u16(),
+            millis,
+            auth = "DISABLED (--no-auth)",
+            "request"
+        );
     } else {
         tracing::info!(status = status.as_u16(), millis, "request");
     }
@@ -316,6 +343,7 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = state.store().clone();
+    state.auth().set_listen_addr(listener.local_addr()?);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
@@ -330,11 +358,19 @@ pub async fn serve_on(
 /// # Errors
 /// When the database, the definitions or the listening address fail.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    if config.auth.disabled && !config.listen.ip().is_loopback() {
+        return Err(ServeError::Auth(format!(
+            "--no-auth is accepted only with a loopback listen address, not {}",
+            config.listen
+        )));
+    }
     let store = Store::open(&config.database_url).await?;
     tracing::info!(database = store.kind(), "database open and migrated");
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let state = AppState::new(store, config)?;
     let addr = listener.local_addr()?;
+    state.auth().set_listen_addr(addr);
+    crate::auth::clients::start(&state).await?;
     tracing::info!(%addr, validation = ?state.config().validation, "listening");
     println!("listening on {addr}");
     serve_on(listener, state, shutdown_signal()).await

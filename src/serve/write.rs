@@ -503,12 +503,16 @@ impl WriteCtx {
         } else {
             "accepted"
         };
+        // The caller authenticated by `auth::enforce` for this request.
+        let (client, site) = crate::auth::current()
+            .map_or(("anonymous".into(), "anonymous".into()), |p| {
+                (p.client_id, p.site)
+            });
         Submission {
             received: self.received.clone(),
             request_id: self.request_id.clone(),
-            // Authentication does not exist yet: every client is anonymous.
-            client: "anonymous".into(),
-            site: "anonymous".into(),
+            client,
+            site,
             method: self.method.clone(),
             url: self.url.clone(),
             content_type: self.content_type.clone(),

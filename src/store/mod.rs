@@ -210,6 +210,8 @@ macro_rules! stored {
     }};
 }
 
+pub mod auth;
+
 const VERSION_COLUMNS: &str =
     "v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content, v.issues";
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "search",
         include_str!("migrations/postgres/0002_search.sql"),
     ),
+    (3, "auth", include_str!("migrations/postgres/0003_auth.sql")),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "search",
         include_str!("migrations/sqlite/0002_search.sql"),
     ),
+    (3, "auth", include_str!("migrations/sqlite/0003_auth.sql")),
 ];
 
 /// The two pools of a SQLite store.

@@ -1,0 +1,392 @@
+//! The reference site client (`imagio-gateway client push`): what a hospital's integration
+//! engine runs from cron. It finds the token endpoint by SMART discovery, gets an access
+//! token with the `oauth2` crate's client-credentials flow authenticated by a JWT client
+//! assertion it signs with the site's private key (RFC 7523; `oauth2` has no
+//! `private_key_jwt`, so the assertion travels as extra parameters), renews the token before
+//! it expires (and once on a 401), posts Bundles to the FHIR base and single resources to
+//! their type, retries 429 and 503 with backoff, and reports per file what the server said.
+
+use crate::auth::keys::{KeyError, SigningKey};
+use oauth2::basic::BasicClient;
+use oauth2::{AuthType, ClientId, Scope, TokenResponse as _, TokenUrl};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What can stop the client before any file is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The private key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// HTTP to the server.
+    #[error("{0}")]
+    Http(String),
+    /// The server's discovery document or token answer.
+    #[error("{0}")]
+    Token(String),
+    /// Reading the input files.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// How to reach the gateway and who to be.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The gateway's base URL (`https://gateway.example.org`) or its FHIR base (`.../fhir`).
+    pub server: String,
+    /// The client id registered for the site.
+    pub client_id: String,
+    /// The site's private key (PEM).
+    pub key: PathBuf,
+    /// The key id registered with the public key; the key's RFC 7638 thumbprint when absent.
+    pub kid: Option<String>,
+    /// The scopes to ask for.
+    pub scope: String,
+}
+
+/// A valid access token and when to renew it.
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+/// A session with the gateway: the signing key, the endpoints and the current token.
+pub struct Session {
+    settings: Settings,
+    key: SigningKey,
+    kid: String,
+    http: reqwest::Client,
+    fhir_base: String,
+    token_url: String,
+    token: Option<Token>,
+}
+
+impl Session {
+    /// Reads the key and discovers the token endpoint.
+    ///
+    /// # Errors
+    /// When the key cannot be read or the server's SMART configuration cannot be had.
+    pub async fn connect(settings: Settings) -> Result<Session, ClientError> {
+        let key = SigningKey::from_file(&settings.key)?;
+        let kid = settings.kid.clone().unwrap_or_else(|| key.kid.clone());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let server = settings.server.trim_end_matches('/').to_string();
+        let fhir_base = if server.ends_with("/fhir") {
+            server.clone()
+        } else {
+            format!("{server}/fhir")
+        };
+        let discovery = format!("{fhir_base}/.well-known/smart-configuration");
+        let resp = http
+            .get(&discovery)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(format!("{discovery}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Token(format!(
+                "{discovery}: status {}",
+                resp.status()
+            )));
+        }
+        let config: Value = serde_json::from_slice(
+            &resp
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        )
+        .map_err(|e| ClientError::Token(format!("{discovery}: {e}")))?;
+        let token_url = config
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ClientError::Token(format!("{discovery} has no token_endpoint")))?
+            .to_string();
+        Ok(Session {
+            settings,
+            key,
+            kid,
+            http,
+            fhir_base,
+            token_url,
+            token: None,
+        })
+    }
+
+    /// The client assertion: a JWT signed with the site's key, valid for four minutes.
+    fn assertion(&self) -> Result<String, ClientError> {
+        let now = crate::auth::unix_now();
+        let claims = json!({
+            "iss": self.settings.client_id,
+            "sub": self.settings.client_id,
+            "aud": self.token_url,
+            "iat": now,
+            "exp": now + 240,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let mut key = self.key.clone();
+        key.kid.clone_from(&self.kid);
+        key.sign(&claims, "JWT")
+            .map_err(|e| ClientError::Token(e.to_string()))
+    }
+
+    /// A valid access token, asking for a new one when there is none or it expires within
+    /// 30 seconds.
+    ///
+    /// # Errors
+    /// When the token endpoint refuses (its OAuth error is in the message).
+    pub async fn token(&mut self) -> Result<String, ClientError> {
+        if let Some(t) = &self.token {
+            if Instant::now() < t.renew_at {
+                return Ok(t.value.clone());
+            }
+        }
+        let client = BasicClient::new(ClientId::new(self.settings.client_id.clone()))
+            .set_token_uri(
+                TokenUrl::new(self.token_url.clone())
+                    .map_err(|e| ClientError::Token(format!("token_endpoint: {e}")))?,
+            )
+            .set_auth_type(AuthType::RequestBody);
+        let assertion = self.assertion()?;
+        let http = self.http.clone();
+        let send = move |req: oauth2::HttpRequest| {
+            let http = http.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let resp = http
+                    .request(parts.method, parts.uri.to_string())
+                    .headers(parts.headers)
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let bytes = resp.bytes().await?;
+                let mut out = oauth2::HttpResponse::new(bytes.to_vec());
+                *out.status_mut() = status;
+                *out.headers_mut() = headers;
+                Ok::<_, reqwest::Error>(out)
+            }
+        };
+        let mut request = client
+            .exchange_client_credentials()
+            .add_extra_param("client_assertion_type", crate::auth::ASSERTION_TYPE)
+            .add_extra_param("client_assertion", assertion);
+        for s in self.settings.scope.split_whitespace() {
+            request = request.add_scope(Scope::new(s.to_string()));
+        }
+        let resp = request.request_async(&send).await.map_err(|e| {
+            ClientError::Token(match e {
+                oauth2::RequestTokenError::ServerResponse(r) => format!(
+                    "token endpoint refused: {}{}",
+                    r.error(),
+                    r.error_description()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                ),
+                other => format!("token request failed: {other}"),
+            })
+        })?;
+        let lifetime = resp.expires_in().unwrap_or(Duration::from_secs(300));
+        let value = resp.access_token().secret().clone();
+        self.token = Some(Token {
+            value: value.clone(),
+            renew_at: Instant::now() + lifetime.saturating_sub(Duration::from_secs(30)),
+        });
+        Ok(value)
+    }
+
+    /// Sends one FHIR JSON document: a batch or transaction Bundle to the base, anything
+    /// else to its type. Retries 429 and 503 with backoff (honouring `Retry-After`), and a
+    /// 401 once with a new token.
+    ///
+    /// # Errors
+    /// When no token can be had or the server cannot be reached.
+    pub async fn send(&mut self, text: &str) -> Result<(u16, Value), ClientError> {
+        let doc: Value =
+            serde_json::from_str(text).map_err(|e| ClientError::Http(format!("not JSON: {e}")))?;
+        let rtype = doc
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let url = if rtype == "Bundle" || rtype.is_empty() {
+            self.fhir_base.clone()
+        } else {
+            format!("{}/{rtype}", self.fhir_base)
+        };
+        let mut delay = Duration::from_millis(500);
+        let mut renewed = false;
+        for attempt in 1.. {
+            let token = self.token().await?;
+            let resp = self
+                .http
+                .post(&url)
+                .bearer_auth(token)
+                .header("content-type", "application/fhir+json")
+                .header("accept", "application/fhir+json")
+                .body(text.to_string())
+                .send()
+                .await
+                .map_err(|e| ClientError::Http(format!("{url}: {e}")))?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            match status {
+                401 if !renewed => {
+                    self.token = None;
+                    renewed = true;
+                }
+                429 | 503 if attempt < 6 => {
+                    let wait = retry_after.map_or(delay, |s| Duration::from_secs(s.min(60)));
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                _ => return Ok((status, json)),
+            }
+        }
+        Err(ClientError::Http("unreachable retry loop end".into()))
+    }
+}
+
+/// The outcome of one file.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// The HTTP status, `None` when it could not be sent.
+    pub status: Option<u16>,
+    /// A one-line summary: entries written, or the OperationOutcome's issues.
+    pub summary: String,
+}
+
+impl FileReport {
+    /// Whether the server accepted it.
+    pub fn accepted(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// The `.json` files of `paths` (folders walked recursively), sorted within each folder.
+///
+/// # Errors
+/// When a folder cannot be read.
+pub fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ClientError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| ClientError::Io(p.clone(), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.is_dir());
+            out.extend(
+                files
+                    .into_iter()
+                    .filter(|f| f.extension().is_some_and(|x| x == "json")),
+            );
+            out.extend(input_files(&dirs)?);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Summarizes a response: for a Bundle response, how many entries succeeded; for an
+/// OperationOutcome, its issues.
+fn summarize(status: u16, body: &Value) -> String {
+    match body.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => {
+            let entries = body
+                .get("entry")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
+            let ok = entries
+                .iter()
+                .filter(|e| {
+                    e.pointer("/response/status")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.starts_with('2'))
+                })
+                .count();
+            format!("{ok} of {} entries written", entries.len())
+        }
+        Some("OperationOutcome") => issues(body),
+        Some(t) => format!("{t} written"),
+        None => format!("status {status}"),
+    }
+}
+
+fn issues(oo: &Value) -> String {
+    let list: Vec<String> = oo
+        .get("issue")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i.get(k).and_then(Value::as_str).unwrap_or_default();
+            let text = i
+                .pointer("/details/text")
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| s("diagnostics"));
+            let at = i
+                .pointer("/expression/0")
+                .and_then(Value::as_str)
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default();
+            format!("{} {}{at}: {text}", s("severity"), s("code"))
+        })
+        .collect();
+    list.join("; ")
+}
+
+/// `client push`: sends every file and reports each. Returns the reports; the caller
+/// prints them.
+///
+/// # Errors
+/// When the session cannot start (key, discovery) or the inputs cannot be listed.
+pub async fn push(settings: Settings, paths: &[PathBuf]) -> Result<Vec<FileReport>, ClientError> {
+    let files = input_files(paths)?;
+    let mut session = Session::connect(settings).await?;
+    let mut reports = Vec::with_capacity(files.len());
+    for path in files {
+        reports.push(push_file(&mut session, &path).await);
+    }
+    Ok(reports)
+}
+
+async fn push_file(session: &mut Session, path: &Path) -> FileReport {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return FileReport {
+                path: path.to_path_buf(),
+                status: None,
+                summary: e.to_string(),
+            }
+        }
+    };
+    match session.send(&text).await {
+        Ok((status, body)) => FileReport {
+            path: path.to_path_buf(),
+            status: Some(status),
+            summary: summarize(status, &body),
+        },
+        Err(e) => FileReport {
+            path: path.to_path_buf(),
+            status: None,
+            summary: e.to_string(),
+        },
+    }
+}

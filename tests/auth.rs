@@ -1,0 +1,1187 @@
+//! SMART Backend Services end to end: real keys (ES384 and RS384), real JWT signatures,
+//! the real router on 127.0.0.1 spoken to over HTTP, on a SQLite file and, when
+//! `IMAGIO_TEST_DATABASE_URL` is set, on PostgreSQL. One test per refusal of the token
+//! endpoint and per scope rule.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use imagio_gateway::auth::clients::{self, NewClient};
+use imagio_gateway::auth::keys::{self, Alg, SigningKey};
+use imagio_gateway::auth::{AuthConfig, Role};
+use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
+use imagio_gateway::store::Store;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const FHIR: &str = "application/fhir+json";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+    state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    cleanup: Option<(String, String)>,
+    file: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+async fn start_with(db: Db, auth: AuthConfig) -> Option<Server> {
+    let (store, cleanup, file) = match db {
+        Db::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_auth")));
+            let store = Store::open(path.to_str().expect("utf-8"))
+                .await
+                .expect("open sqlite");
+            (store, None, Some(path))
+        }
+        Db::Postgres => {
+            let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
+                eprintln!("SKIPPED: PostgreSQL auth test: IMAGIO_TEST_DATABASE_URL not set");
+                return None;
+            };
+            let schema = unique("a");
+            let store = imagio_gateway::store::postgres::open(&url, Some(&schema))
+                .await
+                .expect("open postgres");
+            (store, Some((url, schema)), None)
+        }
+    };
+    let config = Config {
+        validation: ValidationMode::Base,
+        auth,
+        ..Config::default()
+    };
+    let state = AppState::new(store.clone(), config).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        serve_on(listener, st, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    Some(Server {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        store,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+        cleanup,
+        file,
+    })
+}
+
+async fn start(db: Db) -> Option<Server> {
+    start_with(db, AuthConfig::default()).await
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        if let Some((url, schema)) = self.cleanup.take() {
+            let _ = imagio_gateway::store::postgres::drop_schema(&url, &schema).await;
+        }
+        if let Some(f) = self.file.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
+            }
+        }
+    }
+
+    fn token_url(&self) -> String {
+        format!("{}/auth/token", self.base)
+    }
+
+    /// Registers a client with a new key of `alg`.
+    async fn register(
+        &self,
+        alg: Alg,
+        role: Role,
+        site: &str,
+        scope: &str,
+    ) -> (String, SigningKey) {
+        let key = SigningKey::generate(alg).expect("key");
+        let id = unique("client");
+        clients::add(
+            &self.store,
+            &NewClient {
+                id: Some(id.clone()),
+                site: site.into(),
+                role,
+                scope: scope.into(),
+                jwks: Some(key.public_jwks()),
+                jwks_url: None,
+            },
+        )
+        .await
+        .expect("register");
+        (id, key)
+    }
+
+    /// A correct assertion of `id` signed with `key`.
+    fn assertion(&self, id: &str, key: &SigningKey) -> String {
+        sign(key, &claims(id, &self.token_url(), 240))
+    }
+
+    async fn token_form(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let r = self
+            .http
+            .post(self.token_url())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("token request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn token_with(&self, assertion: &str, scope: &str) -> (StatusCode, Value) {
+        self.token_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ])
+        .await
+    }
+
+    /// An access token for `id`, or a panic.
+    async fn token(&self, id: &str, key: &SigningKey, scope: &str) -> String {
+        let (status, body) = self.token_with(&self.assertion(id, key), scope).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    async fn fhir(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/fhir{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", FHIR).body(b.to_string());
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn claims(id: &str, aud: &str, exp_in: i64) -> Value {
+    let now = now();
+    json!({
+        "iss": id,
+        "sub": id,
+        "aud": aud,
+        "iat": now,
+        "exp": now + exp_in,
+        "jti": uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+fn now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("secs")
+}
+
+fn sign(key: &SigningKey, claims: &Value) -> String {
+    key.sign(claims, "JWT").expect("sign")
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn patient(value: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:test", "value": value}],
+        "gender": "female"
+    })
+}
+
+fn assert_oauth_error(status: StatusCode, body: &Value, code: &str, contains: &str) {
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_eq!(body["error"], code, "{body}");
+    let d = body["error_description"].as_str().unwrap_or_default();
+    assert!(d.contains(contains), "{d:?} should contain {contains:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole flow
+
+/// Generate key files, register the public JWKS, push a transaction Bundle with the
+/// reference client, read the Patient back with a token.
+async fn whole_flow(db: Db, alg: Alg) {
+    let Some(s) = start(db).await else { return };
+    let dir = std::env::temp_dir().join(unique("imagio_keys"));
+    let generated = keys::generate_files(alg, &dir).expect("keys generate");
+    let jwks = clients::read_jwks(&generated.jwks_path).expect("jwks file");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "it02".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(jwks),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:9d3f1a52-0000-4000-8000-000000000001",
+                "resource": patient("flow-1"),
+                "request": {"method": "POST", "url": "Patient"}
+            },
+            {
+                "fullUrl": "urn:uuid:9d3f1a52-0000-4000-8000-000000000002",
+                "resource": {
+                    "resourceType": "Procedure",
+                    "status": "completed",
+                    "code": {"text": "RFA"},
+                    "subject": {"reference": "urn:uuid:9d3f1a52-0000-4000-8000-000000000001"}
+                },
+                "request": {"method": "POST", "url": "Procedure"}
+            }
+        ]
+    });
+    let file = dir.join("bundle.json");
+    std::fs::write(&file, bundle.to_string()).expect("write bundle");
+    let settings = imagio_gateway::client::Settings {
+        server: s.base.clone(),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+    };
+    let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
+        .await
+        .expect("push");
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    assert_eq!(reports[0].summary, "2 of 2 entries written");
+    // Read back, with a token of the same client.
+    let mut session = imagio_gateway::client::Session::connect(settings)
+        .await
+        .expect("session");
+    let token = session.token().await.expect("token");
+    let ledger = s.store.submissions(None, 10).await.expect("ledger");
+    let accepted = ledger
+        .iter()
+        .find(|e| e.submission.outcome == "accepted")
+        .expect("ledger entry");
+    assert_eq!(
+        accepted.submission.client, row.id,
+        "the ledger names the client"
+    );
+    assert_eq!(accepted.submission.site, "it02");
+    let patient_ref = accepted
+        .submission
+        .versions
+        .iter()
+        .find(|v| v.starts_with("Patient/"))
+        .expect("patient version")
+        .clone();
+    let id = patient_ref.split('/').nth(1).expect("id");
+    let (status, _, body) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["identifier"][0]["value"], "flow-1");
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_es384_sqlite() {
+    whole_flow(Db::Sqlite, Alg::Es384).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_rs384_sqlite() {
+    whole_flow(Db::Sqlite, Alg::Rs384).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_es384_postgres() {
+    whole_flow(Db::Postgres, Alg::Es384).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_flow_rs384_postgres() {
+    whole_flow(Db::Postgres, Alg::Rs384).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Discovery
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_capability_security() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    for path in [
+        "/.well-known/smart-configuration",
+        "/fhir/.well-known/smart-configuration",
+    ] {
+        let r = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("discovery");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["token_endpoint"], s.token_url());
+        assert_eq!(
+            v["token_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt"])
+        );
+        assert_eq!(
+            v["token_endpoint_auth_signing_alg_values_supported"],
+            json!(["RS384", "ES384"])
+        );
+        assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(
+            v["capabilities"],
+            json!([
+                "client-confidential-asymmetric",
+                "permission-v1",
+                "permission-v2"
+            ])
+        );
+        assert!(v["scopes_supported"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()));
+    }
+    let (status, _, cs) = s.fhir(reqwest::Method::GET, "/metadata", None, None).await;
+    assert_eq!(status, StatusCode::OK, "metadata is public");
+    let sec = &cs["rest"][0]["security"];
+    assert_eq!(sec["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert_eq!(
+        sec["extension"][0]["extension"][0]["valueUri"],
+        s.token_url()
+    );
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Token endpoint refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_unknown_client() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let key = SigningKey::generate(Alg::Es384).expect("key");
+    let (st, b) = s
+        .token_with(&s.assertion("nobody", &key), "system/*.rs")
+        .await;
+    assert_oauth_error(st, &b, "invalid_client", "unknown client");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_revoked_client() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    s.token(&id, &key, "system/*.rs").await;
+    assert!(s
+        .store
+        .revoke_client(&id, "2026-01-01T00:00:00Z")
+        .await
+        .expect("revoke"));
+    let (st, b) = s.token_with(&s.assertion(&id, &key), "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "revoked");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_unknown_kid() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let mut other = key.clone();
+    other.kid = "not-registered".into();
+    let (st, b) = s.token_with(&s.assertion(&id, &other), "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "no key not-registered");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_alg_none() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let header = json!({"alg": "none", "typ": "JWT", "kid": key.kid});
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&header),
+        b64(&claims(&id, &s.token_url(), 240))
+    );
+    let (st, b) = s.token_with(&unsigned, "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "client_assertion");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_hs256_with_the_public_key_as_secret() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    for alg in [Alg::Rs384, Alg::Es384] {
+        let (id, key) = s.register(alg, Role::Site, "a", "system/*.rs").await;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(key.kid.clone());
+        for secret in [key.public_jwk.to_string(), key.public_jwks().to_string()] {
+            let forged = jsonwebtoken::encode(
+                &header,
+                &claims(&id, &s.token_url(), 240),
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .expect("hs256");
+            let (st, b) = s.token_with(&forged, "system/*.rs").await;
+            assert_oauth_error(st, &b, "invalid_client", "not accepted");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_alg_other_than_the_keys() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    // An RSA key registered, an ES384 header naming it.
+    let (id, rsa) = s.register(Alg::Rs384, Role::Site, "a", "system/*.rs").await;
+    let mut ec = SigningKey::generate(Alg::Es384).expect("ec");
+    ec.kid = rsa.kid.clone();
+    let (st, b) = s.token_with(&s.assertion(&id, &ec), "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "not ES384");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_bad_signature() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    for alg in [Alg::Rs384, Alg::Es384] {
+        let (id, key) = s.register(alg, Role::Site, "a", "system/*.rs").await;
+        // Another key of the same kind, claiming the registered kid.
+        let mut impostor = SigningKey::generate(alg).expect("key");
+        impostor.kid = key.kid.clone();
+        let (st, b) = s
+            .token_with(&s.assertion(&id, &impostor), "system/*.rs")
+            .await;
+        assert_oauth_error(st, &b, "invalid_client", "signature does not verify");
+        // A genuine assertion with its payload changed.
+        let good = s.assertion(&id, &key);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let mut tampered = claims(&id, &s.token_url(), 240);
+        tampered["extra"] = json!(1);
+        let payload = b64(&tampered);
+        parts[1] = &payload;
+        let (st, b) = s.token_with(&parts.join("."), "system/*.rs").await;
+        assert_oauth_error(st, &b, "invalid_client", "signature does not verify");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_expired_assertion() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let a = sign(&key, &claims(&id, &s.token_url(), -120));
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "expired");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_exp_more_than_five_minutes_ahead() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let a = sign(&key, &claims(&id, &s.token_url(), 3600));
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "five minutes");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_wrong_aud() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    for aud in [
+        "https://other.example.org/auth/token".to_string(),
+        format!("{}/fhir", s.base),
+    ] {
+        let a = sign(&key, &claims(&id, &aud, 240));
+        let (st, b) = s.token_with(&a, "system/*.rs").await;
+        assert_oauth_error(st, &b, "invalid_client", "aud");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_iss_sub_mismatch() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let mut c = claims(&id, &s.token_url(), 240);
+    c["sub"] = json!("someone-else");
+    let (st, b) = s.token_with(&sign(&key, &c), "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "iss and sub");
+    s.stop().await;
+}
+
+async fn replay(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let a = s.assertion(&id, &key);
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "jti was already used");
+    // Another replica on the same database refuses it too: the jti is in the database.
+    let replica = imagio_gateway::auth::Auth::new(
+        s.store.clone(),
+        AuthConfig {
+            public_url: Some(s.base.clone()),
+            ..AuthConfig::default()
+        },
+    );
+    let err = replica
+        .token(&imagio_gateway::auth::TokenRequest {
+            grant_type: Some("client_credentials".into()),
+            client_assertion_type: Some(ASSERTION_TYPE.into()),
+            client_assertion: Some(a.clone()),
+            scope: Some("system/*.rs".into()),
+            client_id: None,
+        })
+        .await
+        .expect_err("replayed on a replica");
+    assert!(err.to_string().contains("jti was already used"), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_replayed_jti_sqlite() {
+    replay(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_replayed_jti_postgres() {
+    replay(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_ungranted_scope() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s
+        .register(Alg::Es384, Role::Site, "a", "system/Procedure.rs")
+        .await;
+    let (st, b) = s
+        .token_with(&s.assertion(&id, &key), "system/Patient.rs")
+        .await;
+    assert_oauth_error(st, &b, "invalid_scope", "system/Patient.rs");
+    let (st, b) = s
+        .token_with(&s.assertion(&id, &key), "launch/patient")
+        .await;
+    assert_oauth_error(st, &b, "invalid_scope", "launch/patient");
+    // The intersection of asked and allowed is granted.
+    let (st, b) = s
+        .token_with(&s.assertion(&id, &key), "system/*.cruds")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["scope"], "system/Procedure.rs");
+    assert_eq!(b["token_type"], "bearer");
+    assert_eq!(b["expires_in"], 300);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_malformed_requests() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let a = s.assertion(&id, &key);
+    let (st, b) = s
+        .token_form(&[
+            ("grant_type", "authorization_code"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &a),
+            ("scope", "system/*.rs"),
+        ])
+        .await;
+    assert_oauth_error(st, &b, "unsupported_grant_type", "client_credentials");
+    let (st, b) = s
+        .token_form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.rs"),
+        ])
+        .await;
+    assert_oauth_error(st, &b, "invalid_request", "client_assertion_type");
+    let (st, b) = s
+        .token_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("scope", "system/*.rs"),
+        ])
+        .await;
+    assert_oauth_error(st, &b, "invalid_request", "client_assertion is missing");
+    let (st, b) = s.token_with("not.a.jwt", "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "client_assertion");
+    s.stop().await;
+}
+
+/// A JWKS served over HTTP with `Cache-Control: max-age`, counting fetches.
+async fn jwks_server(jwks: Value) -> (String, std::sync::Arc<AtomicUsize>) {
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let h = h.clone();
+            let body = jwks.to_string();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("cache-control", "public, max-age=600"),
+                    ],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/jwks.json"), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_by_url_is_fetched_once_and_jku_must_match() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let key = SigningKey::generate(Alg::Rs384).expect("key");
+    let (url, hits) = jwks_server(key.public_jwks()).await;
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: Some("by-url".into()),
+            site: "b".into(),
+            role: Role::Site,
+            scope: "system/*.rs".into(),
+            jwks: None,
+            jwks_url: Some(url.clone()),
+        },
+    )
+    .await
+    .expect("register");
+    s.token(&row.id, &key, "system/*.rs").await;
+    s.token(&row.id, &key, "system/*.rs").await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "cached by max-age");
+    // A jku header other than the registered URL.
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS384);
+    header.kid = Some(key.kid.clone());
+    header.jku = Some("http://attacker.example/jwks.json".into());
+    let der = {
+        use rsa::pkcs1::EncodeRsaPrivateKey as _;
+        use rsa::pkcs8::DecodePrivateKey as _;
+        rsa::RsaPrivateKey::from_pkcs8_pem(&key.private_pem)
+            .expect("pem")
+            .to_pkcs1_der()
+            .expect("der")
+    };
+    let a = jsonwebtoken::encode(
+        &header,
+        &claims(&row.id, &s.token_url(), 240),
+        &jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+    )
+    .expect("sign");
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_oauth_error(st, &b, "invalid_client", "jku");
+    // The registered jku is fine.
+    header.jku = Some(url);
+    let a = jsonwebtoken::encode(
+        &header,
+        &claims(&row.id, &s.token_url(), 240),
+        &jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+    )
+    .expect("sign");
+    let (st, b) = s.token_with(&a, "system/*.rs").await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Scope rules on FHIR interactions
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_is_401_with_www_authenticate() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/Patient/1", None),
+        (reqwest::Method::POST, "/Patient", Some(patient("x"))),
+        (reqwest::Method::GET, "/_history", None),
+        (
+            reqwest::Method::POST,
+            "",
+            Some(json!({"resourceType": "Bundle", "type": "batch"})),
+        ),
+    ] {
+        let (st, h, b) = s.fhir(method.clone(), path, None, body).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert!(h
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer")));
+        assert_eq!(b["resourceType"], "OperationOutcome");
+    }
+    let (st, h, b) = s
+        .fhir(reqwest::Method::GET, "/Patient/1", Some("garbage"), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(h["www-authenticate"]
+        .to_str()
+        .expect("header")
+        .contains("invalid_token"));
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    // Nothing anonymous was written.
+    assert!(s
+        .store
+        .submissions(None, 10)
+        .await
+        .expect("ledger")
+        .is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_of_another_issuer_is_401() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    // A token shaped like the gateway's, signed by a key the gateway does not have.
+    let key = SigningKey::generate(Alg::Es384).expect("key");
+    let forged = key
+        .sign(
+            &json!({"iss": s.base, "sub": "x", "aud": format!("{}/fhir", s.base),
+                    "exp": now() + 60, "scope": "system/*.cruds", "site": "a", "role": "admin"}),
+            "at+jwt",
+        )
+        .expect("sign");
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Patient/1", Some(&forged), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_scope_cannot_write_and_v2_letters_are_checked() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s
+        .register(
+            Alg::Es384,
+            Role::Site,
+            "a",
+            "system/Patient.cruds system/Procedure.rs",
+        )
+        .await;
+    let writer = s.token(&id, &key, "system/Patient.cruds").await;
+    let (st, h, _) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Patient",
+            Some(&writer),
+            Some(patient("w")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let loc = h["location"].to_str().expect("location").to_string();
+    let pid = loc
+        .split("/Patient/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("id");
+    let reader = s.token(&id, &key, "system/Patient.rs").await;
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{pid}"),
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Patient",
+            Some(&reader),
+            Some(patient("r")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(b["issue"][0]["code"], "forbidden");
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            &format!("/Patient/{pid}"),
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // "r" without "s": read yes, history of the type (a search) no.
+    let only_read = s.token(&id, &key, "system/Patient.r").await;
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{pid}/_history/1"),
+            Some(&only_read),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Patient/_history",
+            Some(&only_read),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Another type is out of scope entirely.
+    let procedures = s.token(&id, &key, "system/Procedure.rs").await;
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{pid}"),
+            Some(&procedures),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // System history needs a wildcard scope.
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/_history", Some(&reader), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_scopes_read_and_write() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s
+        .register(Alg::Rs384, Role::Site, "a", "system/Patient.*")
+        .await;
+    let write = s.token(&id, &key, "system/Patient.write").await;
+    let (st, h, _) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Patient",
+            Some(&write),
+            Some(patient("v1")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let loc = h["location"].to_str().expect("location").to_string();
+    let path = loc.split("/fhir").nth(1).expect("path").to_string();
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, &path, Some(&write), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "write does not read");
+    let read = s.token(&id, &key, "system/Patient.read").await;
+    let (st, _, _) = s.fhir(reqwest::Method::GET, &path, Some(&read), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Patient",
+            Some(&read),
+            Some(patient("v1b")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "read does not write");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_entries_are_checked_one_by_one() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s
+        .register(Alg::Es384, Role::Site, "a", "system/Patient.c")
+        .await;
+    let token = s.token(&id, &key, "system/Patient.c").await;
+    let entry =
+        |r: Value, url: &str| json!({"resource": r, "request": {"method": "POST", "url": url}});
+    let ok = json!({"resourceType": "Bundle", "type": "transaction",
+                    "entry": [entry(patient("b1"), "Patient")]});
+    let (st, _, b) = s
+        .fhir(reqwest::Method::POST, "", Some(&token), Some(ok))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let bad = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        entry(patient("b2"), "Patient"),
+        entry(json!({"resourceType": "Procedure", "status": "completed",
+                     "subject": {"reference": "Patient/x"}}), "Procedure")
+    ]});
+    let (st, _, b) = s
+        .fhir(reqwest::Method::POST, "", Some(&token), Some(bad))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    assert!(b["issue"][0]["diagnostics"]
+        .as_str()
+        .is_some_and(|d| d.contains("entry 1") && d.contains("Procedure")));
+    let reading = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/abc"}}
+    ]});
+    let (st, _, _) = s
+        .fhir(reqwest::Method::POST, "", Some(&token), Some(reading))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "a GET entry needs r");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_access_token_is_401() {
+    let Some(s) = start_with(
+        Db::Sqlite,
+        AuthConfig {
+            token_lifetime: 1,
+            ..AuthConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let token = s.token(&id, &key, "system/*.rs").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (st, h, _) = s
+        .fhir(reqwest::Method::GET, "/Patient/1", Some(&token), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(h["www-authenticate"]
+        .to_str()
+        .expect("h")
+        .contains("expired"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_key_rotation_keeps_old_tokens_valid() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let old = s.token(&id, &key, "system/*.rs").await;
+    let old_kid = jsonwebtoken::decode_header(&old).expect("h").kid;
+    let new_kid = s.state.auth().rotate().await.expect("rotate");
+    assert_ne!(old_kid.as_deref(), Some(new_kid.as_str()));
+    let fresh = s.token(&id, &key, "system/*.rs").await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh)
+            .expect("h")
+            .kid
+            .as_deref(),
+        Some(new_kid.as_str())
+    );
+    for t in [&old, &fresh] {
+        let (st, _, _) = s
+            .fhir(reqwest::Method::GET, "/Patient/none", Some(t), None)
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "authenticated, then not found");
+    }
+    let jwks: Value = s
+        .http
+        .get(format!("{}/auth/jwks", s.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_is_for_admins_only() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let (site, site_key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
+    let (admin, admin_key) = s
+        .register(Alg::Es384, Role::Admin, "hq", "system/*.rs")
+        .await;
+    let site_token = s.token(&site, &site_key, "system/*.rs").await;
+    let admin_token = s.token(&admin, &admin_key, "system/*.rs").await;
+    let url = format!("{}/admin/clients", s.base);
+    let r = s.http.get(&url).send().await.expect("anon");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = s
+        .http
+        .get(&url)
+        .bearer_auth(&site_token)
+        .send()
+        .await
+        .expect("site");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .http
+        .get(&url)
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), StatusCode::OK);
+    let list: Value = r.json().await.expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let new_key = SigningKey::generate(Alg::Rs384).expect("key");
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(&admin_token)
+        .body(
+            json!({"id": "added", "site": "c", "role": "site", "scope": "system/*.rs",
+                     "jwks": new_key.public_jwks()})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.token("added", &new_key, "system/*.rs").await;
+    let r = s
+        .http
+        .delete(format!("{url}/added"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (st, b) = s
+        .token_with(&s.assertion("added", &new_key), "system/*.rs")
+        .await;
+    assert_oauth_error(st, &b, "invalid_client", "revoked");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_only_on_loopback() {
+    let config = Config {
+        listen: "0.0.0.0:0".parse().expect("addr"),
+        database_url: std::env::temp_dir()
+            .join(format!("{}.sqlite", unique("imagio_noauth")))
+            .display()
+            .to_string(),
+        auth: AuthConfig {
+            disabled: true,
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    };
+    let err = imagio_gateway::serve::run(config)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("loopback"), "{err}");
+}

@@ -176,6 +176,14 @@ impl<'v, 'a> Walk<'v, 'a> {
                 Some(p) => &p.values,
                 None => &[],
             };
+            // Most elements of a definition are absent from an instance: with nothing to
+            // check (no value, nothing required of it or of its slices), skip it quickly.
+            if values.is_empty()
+                && n.min == 0
+                && n.slices.iter().all(|&sl| profile.nodes[sl].min == 0)
+            {
+                continue;
+            }
             self.location.push('.');
             self.location.push_str(&n.name);
             if let (true, Some(p)) = (n.choice, prop) {

@@ -1185,3 +1185,158 @@ async fn no_auth_only_on_loopback() {
         .expect_err("refused");
     assert!(err.to_string().contains("loopback"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Tenancy: one site cannot see or touch another's data
+
+const SITE_SYSTEM: &str = "https://a-imagio.eu/fhir/CodeSystem/site";
+
+fn site_labels(resource: &Value) -> Vec<String> {
+    resource["meta"]["security"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["system"] == SITE_SYSTEM)
+                .filter_map(|c| c["code"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn tenancy(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (a, ka) = s.register(Alg::Es384, Role::Site, "site-a", all).await;
+    let (b, kb) = s.register(Alg::Rs384, Role::Site, "site-b", all).await;
+    let (sp, ksp) = s
+        .register(Alg::Es384, Role::Sponsor, "hq", "system/*.rs")
+        .await;
+    let ta = s.token(&a, &ka, all).await;
+    let tb = s.token(&b, &kb, all).await;
+    let tsp = s.token(&sp, &ksp, "system/*.rs").await;
+    // Site A writes, forging site B's label: the gateway labels it site-a.
+    let mut forged = patient("shared-mrn");
+    forged["meta"] = json!({"security": [{"system": SITE_SYSTEM, "code": "site-b"}]});
+    let (st, h, body) = s
+        .fhir(reqwest::Method::POST, "/Patient", Some(&ta), Some(forged))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    let loc = h["location"].to_str().expect("location").to_string();
+    let id = loc
+        .split("/Patient/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("id")
+        .to_string();
+    let path = format!("/Patient/{id}");
+    let (st, _, mine) = s.fhir(reqwest::Method::GET, &path, Some(&ta), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(site_labels(&mine), vec!["site-a".to_string()]);
+    // An update without meta cannot remove the label.
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::PUT,
+            &path,
+            Some(&ta),
+            Some({
+                let mut p = patient("shared-mrn");
+                p["id"] = json!(id);
+                p["gender"] = json!("male");
+                p
+            }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, _, mine) = s.fhir(reqwest::Method::GET, &path, Some(&ta), None).await;
+    assert_eq!(site_labels(&mine), vec!["site-a".to_string()]);
+    // Site B: read, vread, instance history, update, delete: as if it did not exist.
+    for (method, p, body) in [
+        (reqwest::Method::GET, path.clone(), None),
+        (reqwest::Method::GET, format!("{path}/_history/1"), None),
+        (reqwest::Method::GET, format!("{path}/_history"), None),
+        (reqwest::Method::DELETE, path.clone(), None),
+    ] {
+        let (st, _, b) = s.fhir(method.clone(), &p, Some(&tb), body).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{method} {p}: {b}");
+    }
+    let mut overwrite = patient("shared-mrn");
+    overwrite["id"] = json!(id);
+    let (st, _, _) = s
+        .fhir(reqwest::Method::PUT, &path, Some(&tb), Some(overwrite))
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "update of another site's resource"
+    );
+    // Type and system history leave it out.
+    for p in ["/Patient/_history", "/_history"] {
+        let (st, _, bundle) = s.fhir(reqwest::Method::GET, p, Some(&tb), None).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(
+            bundle["entry"].as_array().map_or(0, Vec::len),
+            0,
+            "{p}: {bundle}"
+        );
+    }
+    // A conditional create with the same identifier does not find A's resource.
+    let r = s
+        .http
+        .post(format!("{}/fhir/Patient", s.base))
+        .bearer_auth(&tb)
+        .header("content-type", FHIR)
+        .header("if-none-exist", "identifier=urn:test|shared-mrn")
+        .body(patient("shared-mrn").to_string())
+        .send()
+        .await
+        .expect("conditional create");
+    assert_eq!(r.status(), StatusCode::CREATED, "B gets its own resource");
+    // A conditional update by B does not touch A's either.
+    let r = s
+        .http
+        .put(format!(
+            "{}/fhir/Patient?identifier=urn:test|shared-mrn",
+            s.base
+        ))
+        .bearer_auth(&tb)
+        .header("content-type", FHIR)
+        .body(patient("shared-mrn").to_string())
+        .send()
+        .await
+        .expect("conditional update");
+    assert_eq!(r.status(), StatusCode::OK, "matches B's own resource only");
+    // A GET inside a batch Bundle.
+    let batch = json!({"resourceType": "Bundle", "type": "batch",
+                       "entry": [{"request": {"method": "GET", "url": format!("Patient/{id}")}}]});
+    let (st, _, resp) = s
+        .fhir(reqwest::Method::POST, "", Some(&tb), Some(batch))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        resp["entry"][0]["response"]["status"]
+            .as_str()
+            .is_some_and(|x| x.starts_with("404")),
+        "{resp}"
+    );
+    // A's resource is untouched, and the sponsor sees both sites.
+    let (_, _, mine) = s.fhir(reqwest::Method::GET, &path, Some(&ta), None).await;
+    assert_eq!(mine["gender"], "male");
+    let (st, _, seen) = s.fhir(reqwest::Method::GET, &path, Some(&tsp), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(site_labels(&seen), vec!["site-a".to_string()]);
+    let (_, _, hist) = s
+        .fhir(reqwest::Method::GET, "/Patient/_history", Some(&tsp), None)
+        .await;
+    assert!(hist["entry"].as_array().map_or(0, Vec::len) >= 3, "{hist}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_sites_cannot_reach_each_other_sqlite() {
+    tenancy(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_sites_cannot_reach_each_other_postgres() {
+    tenancy(Db::Postgres).await;
+}

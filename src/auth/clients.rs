@@ -202,6 +202,7 @@ pub async fn ensure_demo(
     std::fs::create_dir_all(dir).map_err(|e| ClientError::Io(dir.to_path_buf(), e))?;
     let key_path = dir.join("demo-site.key.pem");
     super::keys::write_private(&key_path, &key.private_pem)?;
+    let key_path = std::fs::canonicalize(&key_path).unwrap_or(key_path);
     let jwks_path = dir.join("demo-site.jwks.json");
     std::fs::write(&jwks_path, key.public_jwks().to_string())
         .map_err(|e| ClientError::Io(jwks_path.clone(), e))?;

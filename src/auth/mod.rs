@@ -9,6 +9,7 @@
 //!   [`enforce`], the middleware that authenticates every FHIR request and checks its
 //!   scopes per interaction.
 //! - [`clients`]: the `clients` and `keys` commands and the demo client of a fresh start.
+//! - [`tenancy`]: the site label on writes and what a site client may see.
 //!
 //! The authenticated caller of a request is a [`Principal`]: in the request's extensions,
 //! and, for code that has no request at hand (the ledger), as [`current`] while the request
@@ -18,6 +19,7 @@ pub mod clients;
 mod http;
 pub mod keys;
 pub mod scopes;
+pub mod tenancy;
 mod token;
 
 pub use http::{enforce, routes, smart_configuration_json, NoAuth};

@@ -110,6 +110,25 @@ fn write_response(done: &Done, ret: Return, base: &str) -> Response {
     response
 }
 
+/// `found` when the caller may see it: another site's data is hidden from site clients (see
+/// `auth::tenancy`); a delete, which has no content, is judged by the version before it.
+async fn visible(
+    state: &AppState,
+    found: Option<crate::store::Stored>,
+) -> Result<Option<crate::store::Stored>, ApiError> {
+    let Some(s) = found else { return Ok(None) };
+    let judged = if s.deleted {
+        state
+            .store()
+            .vread(&s.res_type, &s.id, s.version_id - 1)
+            .await?
+    } else {
+        None
+    };
+    let ok = crate::auth::tenancy::visible(judged.as_ref().unwrap_or(&s));
+    Ok(ok.then_some(s))
+}
+
 /// `GET /fhir/{type}/{id}`.
 pub async fn read(
     State(state): State<AppState>,
@@ -117,7 +136,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     known_type(&res_type)?;
     let stored = state.store().read(&res_type, &id).await?;
-    stored_response(stored, &res_type, &id)
+    stored_response(visible(&state, stored).await?, &res_type, &id)
 }
 
 /// `GET /fhir/{type}/{id}/_history/{vid}`.
@@ -136,7 +155,7 @@ pub async fn vread(
         None => Err(ApiError::NotFound(format!(
             "{res_type}/{id} has no version {vid}"
         ))),
-        found => stored_response(found, &res_type, &id),
+        found => stored_response(visible(&state, found).await?, &res_type, &id),
     }
 }
 
@@ -467,14 +486,22 @@ async fn history(
         }
     }
     if let (Some(t), Some(i)) = (res_type, id) {
-        if state.store().read(t, i).await?.is_none() {
+        if visible(state, state.store().read(t, i).await?)
+            .await?
+            .is_none()
+        {
             return Err(ApiError::NotFound(format!("{t}/{i} is not known")));
         }
     }
-    let versions = state
+    let mut versions = state
         .store()
         .history(res_type, id, since.as_deref(), count)
         .await?;
+    if id.is_none() {
+        // Other sites' versions are left out for site clients (deletes too: they carry no
+        // label), so a page may hold fewer than `_count` entries.
+        versions.retain(crate::auth::tenancy::visible);
+    }
     let base = base_url(headers, state);
     let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");
     out.push_str(&versions.len().to_string());

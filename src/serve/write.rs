@@ -173,11 +173,24 @@ impl Criteria {
         tx.lock(&self.lock_key(res_type)).await?;
         Ok(match self {
             Criteria::Identifier { system, value } => {
-                tx.find_by_identifier(res_type, system.as_deref(), value)
-                    .await?
+                let ids = tx
+                    .find_by_identifier(res_type, system.as_deref(), value)
+                    .await?;
+                // Another site's resources do not match (tenancy).
+                let mut seen = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if tx
+                        .read(res_type, &id)
+                        .await?
+                        .is_some_and(|s| crate::auth::tenancy::visible(&s))
+                    {
+                        seen.push(id);
+                    }
+                }
+                seen
             }
             Criteria::Id(id) => match tx.read(res_type, id).await? {
-                Some(s) if !s.deleted => vec![s.id],
+                Some(s) if !s.deleted && crate::auth::tenancy::visible(&s) => vec![s.id],
                 _ => Vec::new(),
             },
         })
@@ -335,6 +348,13 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     )));
                 }
             }
+            if tx
+                .read(res_type, id)
+                .await?
+                .is_some_and(|c| crate::auth::tenancy::foreign(&c))
+            {
+                return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
+            }
             let deleted = tx.delete(res_type, id).await?;
             Ok(Done {
                 status: StatusCode::NO_CONTENT,
@@ -365,7 +385,7 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     }
                 }
             };
-            match found {
+            match found.filter(|s| s.deleted || crate::auth::tenancy::visible(s)) {
                 Some(s) if s.deleted => Err(ApiError::Gone(format!("{res_type}/{id} was deleted"))),
                 Some(s) => Ok(Done {
                     status: StatusCode::OK,
@@ -390,7 +410,20 @@ async fn put(
             "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
         )));
     }
+    // Another site's resource is not there for a site client (tenancy); what a site
+    // client writes carries its site label.
+    if tx
+        .read(&resource.res_type, id)
+        .await?
+        .is_some_and(|c| crate::auth::tenancy::foreign(&c))
+    {
+        return Err(ApiError::NotFound(format!(
+            "{}/{id} is not known",
+            resource.res_type
+        )));
+    }
     let mut json = resource.json.clone();
+    crate::auth::tenancy::label(&mut json);
     let warnings = resource.warnings_outcome();
     let expect = if_match.map_or(Expect::Any, Expect::Version);
     let index = search_rows(&json);

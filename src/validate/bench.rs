@@ -170,9 +170,10 @@ fn study(dir: &Path) {
         "  study profiles ({} example resources): {rate:>9.0} resources/s ({failing} with errors)",
         items.len()
     );
-    if let Some((rss, peak)) = memory_mb() {
+    if let (Some((start, _)), Some((rss, peak))) = (before, memory_mb()) {
         println!(
-            "  memory with the study profiles in use: resident {rss:.0} MB, peak {peak:.0} MB"
+            "  memory with the study profiles in use: validator {:.0} MB; process resident {rss:.0} MB, peak {peak:.0} MB",
+            rss - start
         );
     }
 }

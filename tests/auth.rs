@@ -1340,3 +1340,162 @@ async fn tenancy_sites_cannot_reach_each_other_sqlite() {
 async fn tenancy_sites_cannot_reach_each_other_postgres() {
     tenancy(Db::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The reference client against a scripted server: retries and token renewal
+
+#[derive(Default)]
+struct Script {
+    tokens: AtomicUsize,
+    posts: AtomicUsize,
+}
+
+/// A stand-in gateway: discovery, a token endpoint issuing 1-second tokens, and a FHIR base
+/// answering 429 then 503 then 200 to successive POSTs.
+async fn scripted_gateway() -> (String, std::sync::Arc<Script>) {
+    use axum::routing::{get, post};
+    let script = std::sync::Arc::new(Script::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let token_url = format!("{base}/auth/token");
+    let (s1, s2) = (script.clone(), script.clone());
+    let app = axum::Router::new()
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(move || {
+                let t = token_url.clone();
+                async move {
+                    (
+                        [("content-type", "application/json")],
+                        json!({"token_endpoint": t}).to_string(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/auth/token",
+            post(move |body: String| {
+                let s = s1.clone();
+                async move {
+                    assert!(body.contains("client_assertion="), "{body}");
+                    let n = s.tokens.fetch_add(1, Ordering::SeqCst);
+                    (
+                        [("content-type", "application/json")],
+                        json!({"access_token": format!("t{n}"), "token_type": "bearer",
+                               "expires_in": 1})
+                        .to_string(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/fhir",
+            post(move || {
+                let s = s2.clone();
+                async move {
+                    let n = s.posts.fetch_add(1, Ordering::SeqCst);
+                    let status = match n {
+                        0 => StatusCode::TOO_MANY_REQUESTS,
+                        1 => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::OK,
+                    };
+                    (
+                        status,
+                        [("content-type", FHIR), ("retry-after", "0")],
+                        json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+                            {"response": {"status": "201 Created"}}]})
+                        .to_string(),
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, script)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_retries_429_and_503_and_renews_expired_tokens() {
+    let (base, script) = scripted_gateway().await;
+    let dir = std::env::temp_dir().join(unique("imagio_client"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let file = dir.join("b.json");
+    std::fs::write(
+        &file,
+        json!({"resourceType": "Bundle", "type": "batch", "entry": []}).to_string(),
+    )
+    .expect("write");
+    let settings = imagio_gateway::client::Settings {
+        server: base,
+        client_id: "c".into(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+    };
+    let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
+        .await
+        .expect("push");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    assert_eq!(script.posts.load(Ordering::SeqCst), 3, "429, 503, then 200");
+    // Tokens last one second here: the next push must get a new one.
+    let before = script.tokens.load(Ordering::SeqCst);
+    let mut session = imagio_gateway::client::Session::connect(settings)
+        .await
+        .expect("session");
+    let t1 = session.token().await.expect("token");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let t2 = session.token().await.expect("renewed");
+    assert_ne!(t1, t2);
+    assert_eq!(script.tokens.load(Ordering::SeqCst), before + 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The reference client pushes every Synthea sample Bundle (transactions) end to end, as a
+/// registered site client, with base validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pushes_the_synthea_samples() {
+    let samples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples/synthea");
+    if !samples.is_dir() {
+        eprintln!("SKIPPED: {} not found", samples.display());
+        return;
+    }
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_synthea"));
+    let generated = keys::generate_files(Alg::Rs384, &dir).expect("keys");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "synthea".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let settings = imagio_gateway::client::Settings {
+        server: format!("{}/fhir", s.base),
+        client_id: row.id,
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+    };
+    let reports = imagio_gateway::client::push(settings, &[samples])
+        .await
+        .expect("push");
+    assert!(reports.len() >= 10, "{} files", reports.len());
+    for r in &reports {
+        assert!(r.accepted(), "{r:?}");
+        assert!(r.summary.ends_with("entries written"), "{r:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}

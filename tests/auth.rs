@@ -449,7 +449,11 @@ async fn refuses_revoked_client() {
         return;
     };
     let (id, key) = s.register(Alg::Es384, Role::Site, "a", "system/*.rs").await;
-    s.token(&id, &key, "system/*.rs").await;
+    let token = s.token(&id, &key, "system/*.rs").await;
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Patient/x", Some(&token), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "authenticated");
     assert!(s
         .store
         .revoke_client(&id, "2026-01-01T00:00:00Z")
@@ -457,6 +461,11 @@ async fn refuses_revoked_client() {
         .expect("revoke"));
     let (st, b) = s.token_with(&s.assertion(&id, &key), "system/*.rs").await;
     assert_oauth_error(st, &b, "invalid_client", "revoked");
+    // A token issued before the revocation stops working too.
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Patient/x", Some(&token), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
     s.stop().await;
 }
 

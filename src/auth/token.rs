@@ -547,6 +547,12 @@ impl Auth {
             })?
             .claims;
         let s = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default();
+        // A revoked client's tokens stop working at once, not when they expire.
+        match self.inner.store.client(s("sub")).await {
+            Ok(Some(c)) if c.revoked.is_none() => {}
+            Ok(_) => return Err("the token's client is revoked or unknown".into()),
+            Err(e) => return Err(format!("cannot check the token's client: {e}")),
+        }
         let role = Role::from_name(s("role")).ok_or("token has no role")?;
         let scopes = Scopes::parse(s("scope")).map_err(|e| e.to_string())?;
         Ok(Principal {

@@ -215,15 +215,46 @@ fn need(method: &Method, path: &str) -> Need {
     if rest == "metadata" || rest.starts_with(".well-known/") {
         return Need::Public;
     }
-    let segs: Vec<&str> = if rest.is_empty() {
+    // Segments decoded as the router's `Path` extractor decodes them.
+    let decoded: Vec<String> = if rest.is_empty() {
         Vec::new()
     } else {
-        rest.split('/').collect()
+        rest.split('/').map(percent_decode).collect()
     };
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     if segs.is_empty() && method == Method::POST {
         return Need::Bundle;
     }
     classify(method, &segs)
+}
+
+/// Decodes `%XX` escapes of a path segment (invalid escapes and non-UTF-8 results are kept
+/// as written).
+fn percent_decode(seg: &str) -> String {
+    if !seg.contains('%') {
+        return seg.to_string();
+    }
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| seg.to_string())
 }
 
 /// The interaction of `method` on the path segments below the FHIR base.
@@ -512,6 +543,11 @@ mod tests {
             need(&Method::PUT, "/fhir/Procedure"),
             one("Procedure", Update)
         );
+        assert_eq!(
+            need(&Method::GET, "/fhir/Pat%69ent/1"),
+            one("Patient", Read)
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
         assert_eq!(
             need(&Method::DELETE, "/fhir/Procedure/1"),
             one("Procedure", Delete)

@@ -1508,3 +1508,89 @@ async fn client_pushes_the_synthea_samples() {
     let _ = std::fs::remove_dir_all(&dir);
     s.stop().await;
 }
+
+/// The commands of "Connecting a site" and the client administration commands, as a user
+/// runs them: the binary with a SQLite file.
+#[test]
+fn cli_keys_and_clients() {
+    let bin = env!("CARGO_BIN_EXE_imagio-gateway");
+    let dir = std::env::temp_dir().join(unique("imagio_cli"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("IMAGIO_DATABASE_URL")
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["keys", "generate", "--alg", "RS384", "--out", "keys"]);
+    assert_eq!(code, Some(0), "{err}");
+    let jwks = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public JWKS: "))
+        .and_then(|l| l.split(" (kid").next())
+        .expect("jwks path")
+        .to_string();
+    let pem = out
+        .lines()
+        .find_map(|l| l.strip_prefix("private key: "))
+        .expect("key path")
+        .to_string();
+    assert!(std::fs::read_to_string(dir.join(&pem))
+        .expect("pem")
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
+    let (code, id, err) = run(&[
+        "clients",
+        "add",
+        "--site",
+        "it02",
+        "--role",
+        "site",
+        "--jwks",
+        &jwks,
+        "--scope",
+        "system/*.cruds",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = id.trim().to_string();
+    let (code, _, err) = run(&[
+        "clients",
+        "add",
+        "--site",
+        "it02",
+        "--role",
+        "site",
+        "--jwks",
+        &jwks,
+        "--scope",
+        "patient/*.read",
+    ]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a scope that is not a system scope is refused: {err}"
+    );
+    let (code, list, _) = run(&["clients", "list"]);
+    assert_eq!(code, Some(0));
+    let list: Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["site"], "it02");
+    let (code, out, err) = run(&["clients", "rotate-gateway-key"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("new gateway signing key"));
+    let (code, _, _) = run(&["clients", "revoke", &id]);
+    assert_eq!(code, Some(0));
+    let (code, _, _) = run(&["clients", "revoke", &id]);
+    assert_eq!(code, Some(1), "already revoked");
+    let (code, list, _) = run(&["clients", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(list.contains("\"revoked\": \"20"), "{list}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -133,3 +133,8 @@ mod tests {
         );
     }
 }
+
+/// Whether the caller is a site client, whose view is limited to its site's resources.
+pub fn restricted() -> bool {
+    caller_site().is_some()
+}

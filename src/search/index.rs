@@ -415,3 +415,17 @@ mod tests {
         }));
     }
 }
+
+/// The type (`token`, `string`, `date` or `reference`) of search parameter `code` of
+/// `res_type` as the indexer knows it; `None` for a parameter that is not indexed.
+pub fn param_type(res_type: &str, code: &str) -> Option<&'static str> {
+    params(res_type)
+        .iter()
+        .find(|p| p.code == code)
+        .map(|p| match p.kind {
+            ParamKind::Token => "token",
+            ParamKind::String => "string",
+            ParamKind::Date => "date",
+            ParamKind::Reference => "reference",
+        })
+}

@@ -18,7 +18,10 @@
 
 mod index;
 
-pub use index::{date_range, index};
+mod query;
+
+pub use index::{date_range, index, param_type};
+pub use query::{parse, where_sql, Clause, Cond, Parsed, Piece};
 
 /// One index row of a resource.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -215,6 +215,7 @@ pub fn router(state: AppState) -> Router {
                 .get(rest::search),
         )
         .route("/{type}/_history", get(rest::history_type))
+        .route("/{type}/_search", post(rest::search_post))
         .route("/{type}/$validate", post(rest::validate_type))
         .route(
             "/{type}/{id}",

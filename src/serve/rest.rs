@@ -407,12 +407,166 @@ pub async fn delete(
     req.finish(result).await
 }
 
-/// `GET /fhir/{type}`: search is not offered yet.
-pub async fn search(Path(res_type): Path<String>) -> ApiError {
-    if let Err(e) = known_type(&res_type) {
-        return e;
+/// `GET /fhir/{type}?params`: the search interaction.
+pub async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    search_bundle(
+        &state,
+        &headers,
+        &res_type,
+        query.as_deref().unwrap_or_default(),
+    )
+    .await
+}
+
+/// `POST /fhir/{type}/_search`: the search interaction with the parameters in a
+/// form-encoded body (and the query).
+pub async fn search_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    known_type(&res_type)?;
+    let form = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the search form is not UTF-8".into()))?;
+    let mut all = query.unwrap_or_default();
+    if !form.trim().is_empty() {
+        if !all.is_empty() {
+            all.push('&');
+        }
+        all.push_str(form.trim());
     }
-    ApiError::NotSupported("search is not supported by this server yet".into())
+    search_bundle(&state, &headers, &res_type, &all).await
+}
+
+/// Whether the client asked for strict handling of unknown parameters.
+fn strict(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .split([',', ';'])
+            .any(|p| p.trim() == "handling=strict")
+    })
+}
+
+/// A `searchset` Bundle of the current resources of `res_type` matching `query`, ordered
+/// by `(lastUpdated, id)`, paged by `_count`/`_offset` with `self` and `next` links. Site
+/// clients see only their site's resources (matched resources of other sites are dropped
+/// before paging, so pages and totals are those of what the caller may see).
+async fn search_bundle(
+    state: &AppState,
+    headers: &HeaderMap,
+    res_type: &str,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let parsed = crate::search::parse(res_type, &pairs).map_err(ApiError::BadRequest)?;
+    if strict(headers) && !parsed.unknown.is_empty() {
+        return Err(ApiError::BadRequest(parsed.unknown.join("; ")));
+    }
+    let store = state.store();
+    let (count, offset) = (parsed.count, parsed.offset);
+    let (page, total, more) = if crate::auth::tenancy::restricted() {
+        let mut all = store.search(res_type, &parsed, None).await?;
+        all.retain(crate::auth::tenancy::visible);
+        let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
+        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        let to = from
+            .saturating_add(usize::try_from(count).unwrap_or(0))
+            .min(all.len());
+        let more = to < all.len();
+        let page = if parsed.summary_count {
+            Vec::new()
+        } else {
+            all.drain(from..to).collect()
+        };
+        (page, Some(total), more)
+    } else if parsed.summary_count {
+        (
+            Vec::new(),
+            Some(store.search_count(res_type, &parsed).await?),
+            false,
+        )
+    } else {
+        let mut page = store
+            .search(res_type, &parsed, Some((count + 1, offset)))
+            .await?;
+        let more = page.len() > usize::try_from(count).unwrap_or(usize::MAX);
+        page.truncate(usize::try_from(count).unwrap_or(usize::MAX));
+        let total = if parsed.total {
+            Some(store.search_count(res_type, &parsed).await?)
+        } else if !more && (offset == 0 || !page.is_empty()) {
+            Some(offset + i64::try_from(page.len()).unwrap_or(0))
+        } else {
+            None
+        };
+        (page, total, more)
+    };
+    let base = base_url(headers, state);
+    let link = |off: i64| {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &parsed.used {
+            ser.append_pair(k, v);
+        }
+        ser.append_pair("_count", &count.to_string());
+        if off > 0 {
+            ser.append_pair("_offset", &off.to_string());
+        }
+        format!("{base}/{res_type}?{}", ser.finish())
+    };
+    let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"searchset\"");
+    if let Some(t) = total {
+        out.push_str(",\"total\":");
+        out.push_str(&t.to_string());
+    }
+    out.push_str(",\"link\":[{\"relation\":\"self\",\"url\":");
+    write_str(&mut out, &link(offset));
+    out.push('}');
+    if more && !parsed.summary_count {
+        out.push_str(",{\"relation\":\"next\",\"url\":");
+        write_str(&mut out, &link(offset + count));
+        out.push('}');
+    }
+    out.push_str("],\"entry\":[");
+    let mut first = true;
+    for v in &page {
+        let Some(c) = &v.content else { continue };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str("{\"fullUrl\":");
+        write_str(&mut out, &format!("{base}/{}/{}", v.res_type, v.id));
+        out.push_str(",\"resource\":");
+        out.push_str(c);
+        out.push_str(",\"search\":{\"mode\":\"match\"}}");
+    }
+    if !parsed.unknown.is_empty() {
+        if !first {
+            out.push(',');
+        }
+        out.push_str("{\"resource\":{\"resourceType\":\"OperationOutcome\",\"issue\":[");
+        for (i, u) in parsed.unknown.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"severity\":\"warning\",\"code\":\"not-supported\",\"diagnostics\":");
+            write_str(&mut out, &format!("{u} (ignored)"));
+            out.push('}');
+        }
+        out.push_str("]},\"search\":{\"mode\":\"outcome\"}}");
+    }
+    out.push_str("]}");
+    Ok(fhir_response(StatusCode::OK, out))
 }
 
 /// `GET /fhir/_history`.

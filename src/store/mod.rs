@@ -354,6 +354,78 @@ impl Store {
         Ok(rows)
     }
 
+    /// Current (not deleted) resources of `res_type` matching `parsed`, ordered by
+    /// `(last_updated, id)`; `page` is `(limit, offset)`, `None` for every match.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn search(
+        &self,
+        res_type: &str,
+        parsed: &crate::search::Parsed,
+        page: Option<(i64, i64)>,
+    ) -> Result<Vec<Stored>> {
+        let mut pieces = vec![crate::search::Piece::Sql(format!(
+            "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
+             ON v.res_type = r.res_type AND v.res_id = r.res_id \
+             AND v.version_id = r.version_id WHERE "
+        ))];
+        pieces.extend(crate::search::where_sql(res_type, parsed));
+        let mut tail = String::from(" ORDER BY r.last_updated, r.res_id");
+        if let Some((limit, offset)) = page {
+            tail.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+        }
+        pieces.push(crate::search::Piece::Sql(tail));
+        let rows = match &self.backend {
+            Backend::Sqlite(p) => {
+                let mut qb = build_query::<sqlx::Sqlite>(&pieces);
+                let mut out = Vec::new();
+                for r in qb.build().fetch_all(&p.read).await? {
+                    out.push(stored!(r));
+                }
+                out
+            }
+            Backend::Postgres(p) => {
+                let mut qb = build_query::<sqlx::Postgres>(&pieces);
+                let mut out = Vec::new();
+                for r in qb.build().fetch_all(p).await? {
+                    out.push(stored!(r));
+                }
+                out
+            }
+        };
+        Ok(rows)
+    }
+
+    /// How many current resources of `res_type` match `parsed`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn search_count(
+        &self,
+        res_type: &str,
+        parsed: &crate::search::Parsed,
+    ) -> Result<i64> {
+        use sqlx::Row as _;
+        let mut pieces = vec![crate::search::Piece::Sql(
+            "SELECT COUNT(*) AS n FROM resource r WHERE ".into(),
+        )];
+        pieces.extend(crate::search::where_sql(res_type, parsed));
+        let n: i64 = match &self.backend {
+            Backend::Sqlite(p) => build_query::<sqlx::Sqlite>(&pieces)
+                .build()
+                .fetch_one(&p.read)
+                .await?
+                .try_get("n")?,
+            Backend::Postgres(p) => build_query::<sqlx::Postgres>(&pieces)
+                .build()
+                .fetch_one(p)
+                .await?
+                .try_get("n")?,
+        };
+        Ok(n)
+    }
+
     /// Records a submission outside any write transaction (for rejected or failed
     /// requests, whose transaction was rolled back). Returns the ledger row id.
     ///
@@ -412,6 +484,27 @@ impl Store {
         });
         Ok(rows)
     }
+}
+
+/// A query of SQL pieces, the values bound in the database's own placeholder syntax.
+fn build_query<'a, DB: sqlx::Database>(
+    pieces: &'a [crate::search::Piece],
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::new("");
+    for p in pieces {
+        match p {
+            crate::search::Piece::Sql(s) => {
+                qb.push(s);
+            }
+            crate::search::Piece::Bind(v) => {
+                qb.push_bind(v.as_str());
+            }
+        }
+    }
+    qb
 }
 
 fn current_sql() -> String {

@@ -90,6 +90,11 @@ pub fn foreign(stored: &Stored) -> bool {
     caller_site().is_some() && !stored.deleted && !visible(stored)
 }
 
+/// Whether the caller is a site client, whose view is limited to its site's resources.
+pub fn restricted() -> bool {
+    caller_site().is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,9 +137,4 @@ mod tests {
             r#"{"resourceType":"Patient","id":"1","meta":{"security":[{"system":"https://a-imagio.eu/fhir/CodeSystem/site","code":"s2"}]}}"#
         );
     }
-}
-
-/// Whether the caller is a site client, whose view is limited to its site's resources.
-pub fn restricted() -> bool {
-    caller_site().is_some()
 }

@@ -316,6 +316,20 @@ pub fn date_range(text: &str) -> Option<(String, String)> {
     ))
 }
 
+/// The type (`token`, `string`, `date` or `reference`) of search parameter `code` of
+/// `res_type` as the indexer knows it; `None` for a parameter that is not indexed.
+pub fn param_type(res_type: &str, code: &str) -> Option<&'static str> {
+    params(res_type)
+        .iter()
+        .find(|p| p.code == code)
+        .map(|p| match p.kind {
+            ParamKind::Token => "token",
+            ParamKind::String => "string",
+            ParamKind::Date => "date",
+            ParamKind::Reference => "reference",
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,18 +428,4 @@ mod tests {
             high: "9999-12-31T23:59:59.999Z".into()
         }));
     }
-}
-
-/// The type (`token`, `string`, `date` or `reference`) of search parameter `code` of
-/// `res_type` as the indexer knows it; `None` for a parameter that is not indexed.
-pub fn param_type(res_type: &str, code: &str) -> Option<&'static str> {
-    params(res_type)
-        .iter()
-        .find(|p| p.code == code)
-        .map(|p| match p.kind {
-            ParamKind::Token => "token",
-            ParamKind::String => "string",
-            ParamKind::Date => "date",
-            ParamKind::Reference => "reference",
-        })
 }

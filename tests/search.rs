@@ -3,167 +3,13 @@
 //! off, on a SQLite file always and on PostgreSQL when `IMAGIO_TEST_DATABASE_URL` is set
 //! (each test in a fresh schema).
 
-use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
-use imagio_gateway::store::Store;
+use imagio_gateway::serve::ValidationMode;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-const FHIR: &str = "application/fhir+json";
-
-/// A running server and what it needs to be cleaned up.
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    File(std::path::PathBuf),
-    Schema(String, String),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// Starts a server on `db` (`None` when PostgreSQL is asked for and not configured).
-async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Option<Server> {
-    let (store, cleanup) = match db {
-        Db::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_test")));
-            let store = Store::open(path.to_str().expect("utf-8 temp path"))
-                .await
-                .expect("open sqlite");
-            (store, Cleanup::File(path))
-        }
-        Db::Postgres => {
-            let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
-                eprintln!("SKIPPED: PostgreSQL end-to-end test: IMAGIO_TEST_DATABASE_URL not set");
-                return None;
-            };
-            let schema = unique("t");
-            let store = imagio_gateway::store::postgres::open(&url, Some(&schema))
-                .await
-                .expect("open postgres schema");
-            (store, Cleanup::Schema(url, schema))
-        }
-    };
-    let config = Config {
-        validation,
-        max_body,
-        max_depth: 64,
-        // These tests are about FHIR semantics; tests/auth.rs tests authentication.
-        auth: imagio_gateway::auth::AuthConfig {
-            disabled: true,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    let state = AppState::new(store.clone(), config).expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        serve_on(listener, state, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Some(Server {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        stop: Some(stop),
-        task: Some(task),
-        cleanup,
-    })
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut req = self.client.request(method, self.url(path));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", FHIR)
-                .body(serde_json::to_vec(b).expect("json"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.expect("body");
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-        };
-        (status, headers, value)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        self.send(reqwest::Method::GET, path, None, &[]).await
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        body: &Value,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        self.send(reqwest::Method::POST, path, Some(body), headers)
-            .await
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-        match &self.cleanup {
-            Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Cleanup::Schema(url, schema) => {
-                let _ = imagio_gateway::store::postgres::drop_schema(url, schema).await;
-            }
-        }
-    }
-}
+#[macro_use]
+mod common;
+use common::*;
 
 fn ids(b: &Value) -> Vec<String> {
     let mut v: Vec<String> = b["entry"]
@@ -364,32 +210,6 @@ mod scenarios {
     }
 }
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let server = start(Db::Sqlite, ValidationMode::Base, 1 << 20)
-                    .await
-                    .expect("sqlite server");
-                super::scenarios::$name(&server).await;
-                server.stop().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(server) = start(Db::Postgres, ValidationMode::Base, 1 << 20).await else {
-                    return;
-                };
-                super::scenarios::$name(&server).await;
-                server.stop().await;
-            }
-        }
-    };
-}
-
-on_both!(params);
-on_both!(paging);
-on_both!(unknown);
+on_both!(params, ValidationMode::Base, 1 << 20);
+on_both!(paging, ValidationMode::Base, 1 << 20);
+on_both!(unknown, ValidationMode::Base, 1 << 20);

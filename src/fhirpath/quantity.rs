@@ -324,6 +324,27 @@ impl Quantity {
         })
     }
 
+    /// The value in UCUM base units (m, g, s, mol, K, C, cd, [iU]) and the code of that
+    /// unit (`m`, `m-3.g`, `1` when dimensionless), so that quantities of one dimension
+    /// compare as plain numbers: `7 'mm'` and `0.7 'cm'` both give `0.007 'm'`. Temperatures
+    /// go to kelvin. `None` for calendar years and months, units the table does not
+    /// resolve, and on overflow.
+    pub fn to_base_units(&self) -> Option<(Decimal, String)> {
+        let (ratio, offset) = match unit_kind(&self.unit) {
+            UnitKind::Linear(ratio) => (ratio, None),
+            UnitKind::Affine(ratio, offset) => (ratio, Some(offset)),
+            UnitKind::Variable(_) | UnitKind::Opaque => return None,
+        };
+        let shifted = match offset {
+            Some(offset) => self.value.checked_add(offset)?,
+            None => self.value,
+        };
+        let base = shifted
+            .checked_mul(ratio.factor)?
+            .checked_div(ratio.divisor)?;
+        Some((base, base_unit_code(&ratio.dim)))
+    }
+
     fn add_signed(&self, other: &Quantity, negate: bool) -> Option<Quantity> {
         let other_value = if negate { -other.value } else { other.value };
         if self.unit == other.unit {
@@ -479,6 +500,28 @@ const CURRENT: Dim = [0, 0, -1, 0, 0, 1, 0, 0];
 const VOLTAGE: Dim = [2, 1, -2, 0, 0, -1, 0, 0];
 const CATALYTIC: Dim = [0, 0, -1, 1, 0, 0, 0, 0];
 const ABSORBED_DOSE: Dim = [2, 0, -2, 0, 0, 0, 0, 0];
+
+/// The UCUM code of the product of base units with exponents `dim` (`m-3.g`; `1` for none).
+fn base_unit_code(dim: &Dim) -> String {
+    const BASE: [&str; DIMS] = ["m", "g", "s", "mol", "K", "C", "cd", "[iU]"];
+    let terms: Vec<String> = BASE
+        .iter()
+        .zip(dim)
+        .filter(|(_, exp)| **exp != 0)
+        .map(|(code, exp)| {
+            if *exp == 1 {
+                (*code).to_owned()
+            } else {
+                format!("{code}{exp}")
+            }
+        })
+        .collect();
+    if terms.is_empty() {
+        "1".to_owned()
+    } else {
+        terms.join(".")
+    }
+}
 
 /// A UCUM unit atom (possibly with a prefix applied): its factor to the base
 /// units (m, g, s, mol, K, C, cd, [iU]) as `factor / divisor`, its dimension,
@@ -1409,6 +1452,19 @@ mod tests {
             Some(dec("212"))
         );
         assert_eq!(q("1", "g").convert_to("m"), None);
+    }
+
+    #[test]
+    fn base_units_make_one_dimension_one_number() {
+        let base = |v: &str, u: &str| q(v, u).to_base_units();
+        assert_eq!(base("7", "mm"), base("0.7", "cm"));
+        assert_eq!(base("7", "mm"), Some((dec("0.007"), "m".to_owned())));
+        assert_eq!(base("2", "mg/dL").map(|b| b.1), Some("m-3.g".to_owned()));
+        assert_eq!(base("1.5", "kg"), Some((dec("1500"), "g".to_owned())));
+        assert_eq!(base("50", "%"), Some((dec("0.5"), "1".to_owned())));
+        assert_eq!(base("0", "Cel").map(|b| b.0), Some(dec("273.15")));
+        assert_eq!(base("1", "year"), None);
+        assert_eq!(base("1", "[s]"), None);
     }
 
     #[test]

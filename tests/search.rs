@@ -208,8 +208,309 @@ mod scenarios {
         let (st, _, _) = s.get("/fhir/Patient?birthdate=notadate").await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
     }
+
+    fn obs(value: Value) -> Value {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+            "valueQuantity": value})
+    }
+
+    pub async fn quantity(s: &Server) {
+        let ucum = "http://unitsofmeasure.org";
+        let cm = create(
+            s,
+            obs(json!({"value": 0.7, "unit": "cm", "system": ucum, "code": "cm"})),
+        )
+        .await;
+        let mm = create(
+            s,
+            obs(json!({"value": 12, "unit": "mm", "system": ucum, "code": "mm"})),
+        )
+        .await;
+        let mg = create(
+            s,
+            obs(json!({"value": 5, "unit": "mg", "system": ucum, "code": "mg"})),
+        )
+        .await;
+        let tab = create(
+            s,
+            obs(json!({"value": 3, "unit": "tablets", "system": "http://x.org/units", "code": "tab"})),
+        )
+        .await;
+        // 7 mm is 0.7 cm: compared in UCUM base units
+        expect(s, "Observation?value-quantity=7||mm", &[&cm]).await;
+        expect(
+            s,
+            &format!("Observation?value-quantity=7|{ucum}|mm"),
+            &[&cm],
+        )
+        .await;
+        expect(
+            s,
+            &format!("Observation?value-quantity=0.7|{ucum}|cm"),
+            &[&cm],
+        )
+        .await;
+        expect(s, "Observation?value-quantity=0.007||m", &[&cm]).await;
+        expect(
+            s,
+            &format!("Observation?value-quantity=gt1|{ucum}|cm"),
+            &[&mm],
+        )
+        .await;
+        expect(s, "Observation?value-quantity=lt1||cm", &[&cm]).await;
+        expect(s, "Observation?value-quantity=le0.5||cm", &[]).await;
+        expect(s, "Observation?value-quantity=ge7||mm", &[&cm, &mm]).await;
+        expect(s, "Observation?value-quantity=ne7||mm", &[&mm]).await;
+        expect(s, "Observation?value-quantity=5000||ug", &[&mg]).await;
+        // the implicit precision of the number: 12.4 covers [12.35, 12.45), 1e1 covers [5, 15)
+        expect(s, "Observation?value-quantity=12.4||mm", &[]).await;
+        expect(s, "Observation?value-quantity=1e1||mm", &[&cm, &mm]).await;
+        expect(s, "Observation?value-quantity=ap11||mm", &[&mm]).await;
+        expect(s, "Observation?value-quantity=sa10||mm", &[&mm]).await;
+        expect(s, "Observation?value-quantity=eb10||mm", &[&cm]).await;
+        // a bare number matches any unit; units outside UCUM as written (code or unit text)
+        expect(s, "Observation?value-quantity=3", &[&tab]).await;
+        expect(s, "Observation?value-quantity=12", &[&mm]).await;
+        expect(
+            s,
+            "Observation?value-quantity=3|http://x.org/units|tab",
+            &[&tab],
+        )
+        .await;
+        expect(s, "Observation?value-quantity=3||tablets", &[&tab]).await;
+        expect(s, "Observation?value-quantity=3|http://y.org|tab", &[]).await;
+        expect(s, "Observation?value-quantity=3||mm", &[]).await;
+        expect(s, "Observation?value-quantity=7||mm,5||mg", &[&cm, &mg]).await;
+        expect(
+            s,
+            "Observation?value-quantity=ge7||mm&value-quantity=lt1||cm",
+            &[&cm],
+        )
+        .await;
+        // number
+        let r = create(
+            s,
+            json!({"resourceType": "RiskAssessment", "status": "final",
+            "subject": {"reference": "Patient/x"},
+            "prediction": [{"probabilityDecimal": 0.25}]}),
+        )
+        .await;
+        expect(s, "RiskAssessment?probability=0.25", &[&r]).await;
+        expect(s, "RiskAssessment?probability=gt0.2", &[&r]).await;
+        expect(s, "RiskAssessment?probability=lt0.2", &[]).await;
+        let (st, _, _) = s.get("/fhir/Observation?value-quantity=lots").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
+
+    pub async fn uri_and_meta(s: &Server) {
+        let vs = |url: &str| json!({"resourceType": "ValueSet", "status": "draft", "url": url});
+        let a = create(s, vs("http://a.org/fhir/ValueSet/one")).await;
+        let b = create(s, vs("http://a.org/fhir/ValueSet/two")).await;
+        let c = create(s, vs("http://a.org/fhir")).await;
+        expect(s, "ValueSet?url=http://a.org/fhir/ValueSet/one", &[&a]).await;
+        expect(s, "ValueSet?url=http://a.org/fhir/ValueSet", &[]).await;
+        expect(
+            s,
+            "ValueSet?url:below=http://a.org/fhir/ValueSet/",
+            &[&a, &b],
+        )
+        .await;
+        expect(s, "ValueSet?url:below=http://a.org/", &[&a, &b, &c]).await;
+        expect(s, "ValueSet?url:below=HTTP://A.ORG/", &[]).await;
+        expect(
+            s,
+            "ValueSet?url:above=http://a.org/fhir/ValueSet/one/_history/2",
+            &[&a, &c],
+        )
+        .await;
+        // _tag, _security, _profile, _source on any type
+        let profile = "http://hl7.org/fhir/StructureDefinition/Patient";
+        let p = create(
+            s,
+            json!({"resourceType": "Patient", "meta": {
+                "tag": [{"system": "urn:study", "code": "pilot"}],
+                "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                              "code": "R"}],
+                "profile": [profile],
+                "source": "urn:site:leiden"}}),
+        )
+        .await;
+        let q = create(s, json!({"resourceType": "Patient", "gender": "male"})).await;
+        let o = create(
+            s,
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "meta": {"tag": [{"system": "urn:study", "code": "pilot"}]}}),
+        )
+        .await;
+        expect(s, "Patient?_tag=urn:study|pilot", &[&p]).await;
+        expect(s, "Patient?_tag=pilot", &[&p]).await;
+        expect(s, "Observation?_tag=urn:study|pilot", &[&o]).await;
+        expect(s, "Patient?_security=R", &[&p]).await;
+        expect(s, &format!("Patient?_profile={profile}"), &[&p]).await;
+        expect(s, "Patient?_profile:missing=true", &[&q]).await;
+        expect(s, "Patient?_source=urn:site:leiden", &[&p]).await;
+        expect(s, "Patient?_tag:not=pilot", &[&q]).await;
+    }
+
+    pub async fn modifiers(s: &Server) {
+        let a = create(
+            s,
+            json!({"resourceType": "Patient", "gender": "female", "birthDate": "1950"}),
+        )
+        .await;
+        let b = create(s, json!({"resourceType": "Patient", "gender": "male"})).await;
+        let c = create(s, json!({"resourceType": "Patient"})).await;
+        expect(s, "Patient?gender:missing=true", &[&c]).await;
+        expect(s, "Patient?gender:missing=false", &[&a, &b]).await;
+        expect(s, "Patient?birthdate:missing=false", &[&a]).await;
+        expect(s, "Patient?gender:not=male", &[&a, &c]).await;
+        expect(s, "Patient?gender:not=male,female", &[&c]).await;
+        expect(s, "Patient?gender:not=male&gender:missing=false", &[&a]).await;
+        let (st, _, _) = s.get("/fhir/Patient?gender:missing=perhaps").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        // :text: CodeableConcept.text and Coding.display, case-insensitive starts-with
+        let o1 = create(
+            s,
+            json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7",
+                                 "display": "Hemoglobin [Mass/volume] in Blood"}],
+                     "text": "Haemoglobin"},
+            "subject": {"reference": format!("Patient/{a}")}}),
+        )
+        .await;
+        let o2 = create(
+            s,
+            json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "Tumour size"},
+            "subject": {"identifier": {"system": "urn:mrn", "value": "42"}}}),
+        )
+        .await;
+        expect(s, "Observation?code:text=hemo", &[&o1]).await;
+        expect(s, "Observation?code:text=HAEMO", &[&o1]).await;
+        expect(s, "Observation?code:text=tumour,haem", &[&o1, &o2]).await;
+        expect(s, "Observation?code:text=blood", &[]).await;
+        expect(s, "Observation?code=718-7", &[&o1]).await;
+        // a CodeableConcept with only text has no code: `system|` does not find it
+        expect(s, "Observation?code=|", &[]).await;
+        expect(s, "Observation?code:not=http://loinc.org|718-7", &[&o2]).await;
+        expect(s, "Observation?code:missing=true", &[]).await;
+        // :identifier on a reference
+        expect(s, "Observation?subject:identifier=urn:mrn|42", &[&o2]).await;
+        expect(s, "Observation?subject:identifier=42", &[&o2]).await;
+        expect(s, "Observation?subject:identifier=urn:other|42", &[]).await;
+        expect(s, "Observation?subject:missing=false", &[&o1, &o2]).await;
+        expect(s, &format!("Observation?subject={a}"), &[&o1]).await;
+        // an unsupported modifier: a warning, 400 under handling=strict
+        let bundle = search(s, "Patient?gender:in=http://x.org/vs").await;
+        assert_eq!(ids(&bundle), {
+            let mut v = vec![a.clone(), b.clone(), c.clone()];
+            v.sort();
+            v
+        });
+        assert!(bundle.to_string().contains("modifier :in"), "{bundle}");
+        let (st, _, _) = s
+            .send(
+                reqwest::Method::GET,
+                "/fhir/Patient?gender:in=http://x.org/vs",
+                None,
+                &[("prefer", "handling=strict")],
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
+
+    pub async fn chains(s: &Server) {
+        let p1 = create(
+            s,
+            json!({"resourceType": "Patient", "name": [{"family": "Smith"}],
+            "identifier": [{"system": "urn:mrn", "value": "A1"}], "gender": "female"}),
+        )
+        .await;
+        let p2 = create(
+            s,
+            json!({"resourceType": "Patient", "name": [{"family": "Jones"}],
+            "identifier": [{"system": "urn:mrn", "value": "B2"}], "birthDate": "1960"}),
+        )
+        .await;
+        let g = create(
+            s,
+            json!({"resourceType": "Group", "type": "person", "actual": true,
+            "identifier": [{"value": "G1"}]}),
+        )
+        .await;
+        let subject = |t: &str, id: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("{t}/{id}")}})
+        };
+        let o1 = create(s, subject("Patient", &p1)).await;
+        let o2 = create(s, subject("Patient", &p2)).await;
+        let o3 = create(s, subject("Group", &g)).await;
+        expect(
+            s,
+            "Observation?subject:Patient.identifier=urn:mrn|A1",
+            &[&o1],
+        )
+        .await;
+        expect(
+            s,
+            "Observation?subject:Patient.identifier=A1,B2",
+            &[&o1, &o2],
+        )
+        .await;
+        expect(s, "Observation?subject:Patient.name=smi", &[&o1]).await;
+        expect(s, "Observation?subject:Group.identifier=G1", &[&o3]).await;
+        expect(s, "Observation?subject:Patient.identifier=G1", &[]).await;
+        expect(s, "Observation?subject:Patient.gender:missing=true", &[&o2]).await;
+        expect(s, "Observation?subject:Patient.birthdate=ge1955", &[&o2]).await;
+        expect(s, &format!("Observation?subject:Patient._id={p2}"), &[&o2]).await;
+        expect(
+            s,
+            "Observation?subject:Patient.name=smith&subject:Patient.identifier=B2",
+            &[],
+        )
+        .await;
+        // `patient` can only refer to a Patient: the type is inferred
+        expect(s, "Observation?patient.name=jones", &[&o2]).await;
+        expect(s, &format!("Observation?patient=Patient/{p1}"), &[&o1]).await;
+        // a deleted target no longer matches
+        let (st, _, _) = s
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/fhir/Patient/{p2}"),
+                None,
+                &[],
+            )
+            .await;
+        assert!(st.is_success());
+        expect(s, "Observation?patient.name=jones", &[]).await;
+        // ambiguous target type: 400 naming the way out
+        let (st, _, b) = s.get("/fhir/Observation?subject.name=smith").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(b.to_string().contains("subject:"), "{b}");
+        // deeper than one level: a warning, 400 under strict handling
+        let q = "Observation?subject:Patient.organization.name=x";
+        let bundle = search(s, q).await;
+        assert!(
+            bundle.to_string().contains("deeper than one level"),
+            "{bundle}"
+        );
+        let (st, _, _) = s
+            .send(
+                reqwest::Method::GET,
+                &format!("/fhir/{q}"),
+                None,
+                &[("prefer", "handling=strict")],
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
 }
 
 on_both!(params, ValidationMode::Base, 1 << 20);
+on_both!(quantity, ValidationMode::Base, 1 << 20);
+on_both!(uri_and_meta, ValidationMode::Base, 1 << 20);
+on_both!(modifiers, ValidationMode::Base, 1 << 20);
+on_both!(chains, ValidationMode::Base, 1 << 20);
 on_both!(paging, ValidationMode::Base, 1 << 20);
 on_both!(unknown, ValidationMode::Base, 1 << 20);

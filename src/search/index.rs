@@ -2,8 +2,10 @@
 
 use super::IndexRow;
 use crate::definitions::{self, Kind};
+use crate::fhirpath::quantity::Quantity;
 use crate::fhirpath::{Context, Expression, Item};
 use crate::model::{Element, Primitive};
+use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -12,6 +14,8 @@ struct Param {
     code: String,
     kind: ParamKind,
     expression: Expression,
+    /// The resource types a reference parameter may point to.
+    targets: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,6 +24,9 @@ enum ParamKind {
     String,
     Date,
     Reference,
+    Quantity,
+    Number,
+    Uri,
 }
 
 /// The compiled parameters of each resource type, made on first use of the type.
@@ -42,18 +49,31 @@ fn build(res_type: &str) -> Vec<Param> {
         let Some(sp) = definitions::get(Kind::SearchParameter, url) else {
             continue;
         };
-        let applies = sp
+        let bases: Vec<&str> = sp
             .get("base")
             .and_then(|b| b.as_array())
-            .is_some_and(|b| b.iter().any(|t| t.as_str() == Some(res_type)));
-        if !applies {
+            .map(|b| b.iter().filter_map(|t| t.as_str()).collect())
+            .unwrap_or_default();
+        // Parameters of every resource (`_tag`, `_profile`, ...) are written on the abstract
+        // type: their paths are taken as paths of this type.
+        let base = if bases.contains(&res_type) {
+            res_type
+        } else if let Some(b) = bases
+            .iter()
+            .find(|b| matches!(**b, "Resource" | "DomainResource"))
+        {
+            *b
+        } else {
             continue;
-        }
+        };
         let kind = match sp.get("type").and_then(|t| t.as_str()) {
             Some("token") => ParamKind::Token,
             Some("string") => ParamKind::String,
             Some("date") => ParamKind::Date,
             Some("reference") => ParamKind::Reference,
+            Some("quantity") => ParamKind::Quantity,
+            Some("number") => ParamKind::Number,
+            Some("uri") => ParamKind::Uri,
             _ => continue,
         };
         let (Some(code), Some(expression)) = (
@@ -62,27 +82,92 @@ fn build(res_type: &str) -> Vec<Param> {
         ) else {
             continue;
         };
+        // `_id` and `_lastUpdated` are columns of the resource row, not index rows.
+        if matches!(code, "_id" | "_lastUpdated") {
+            continue;
+        }
         // Shared parameters list one path per base type: keep the paths of this type.
-        let own: Vec<&str> = split_union(expression)
+        let own: Vec<String> = split_union(expression)
             .into_iter()
             .filter(|part| {
                 let p = part.trim().trim_start_matches('(');
-                p.starts_with(res_type) && p[res_type.len()..].starts_with(['.', ' ', ')'])
-                    || p == res_type
+                p.starts_with(base) && p[base.len()..].starts_with(['.', ' ', ')']) || p == base
+            })
+            .map(|part| {
+                if base == res_type {
+                    part.to_string()
+                } else {
+                    part.replacen(base, res_type, 1)
+                }
             })
             .collect();
         if own.is_empty() {
             continue;
         }
-        match Expression::compile(&own.join(" | ")) {
+        let joined = own.join(" | ");
+        let mut targets: Vec<String> = sp
+            .get("target")
+            .and_then(|t| t.as_array())
+            .map(|t| {
+                t.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // `patient` parameters list Patient and Group but keep `resolve() is Patient` only.
+        if let [only] = resolved_types(&joined).as_slice() {
+            targets = vec![(*only).to_string()];
+        }
+        match Expression::compile(&without_resolve(&joined)) {
             Ok(expression) => out.push(Param {
                 code: code.to_string(),
                 kind,
                 expression,
+                targets,
             }),
             Err(e) => tracing::debug!(url, error = %e, "search parameter expression not compiled"),
         }
     }
+    out
+}
+
+/// Replaces `resolve() is T` (how R4 limits `patient` and similar parameters to one target
+/// type) with a test of the reference text: at write time the target is not at hand, and
+/// `resolve()` finds only contained and Bundle resources.
+fn without_resolve(expression: &str) -> String {
+    const PATTERN: &str = "resolve() is ";
+    let mut out = String::with_capacity(expression.len());
+    let mut rest = expression;
+    while let Some(at) = rest.find(PATTERN) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + PATTERN.len()..];
+        let len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let t = &after[..len];
+        out.push_str(&format!(
+            "(reference.startsWith('{t}/') or reference.contains('/{t}/'))"
+        ));
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The distinct types `T` of `resolve() is T` in an expression.
+fn resolved_types(expression: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = expression
+        .split("resolve() is ")
+        .skip(1)
+        .filter_map(|after| {
+            let len = after
+                .find(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(after.len());
+            (len > 0).then(|| &after[..len])
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -106,8 +191,9 @@ fn split_union(expression: &str) -> Vec<&str> {
     parts
 }
 
-/// The index rows of a resource: every token, string, date and reference value its type's
-/// search parameters find in it, sorted and without duplicates.
+/// The index rows of a resource: every token, string, date, reference, quantity, number and
+/// uri value its type's search parameters (and those of every resource: `_tag`,
+/// `_security`, `_profile`, `_source`) find in it, sorted and without duplicates.
 pub fn index(resource: &Element) -> Vec<IndexRow> {
     let params = params(resource.type_name());
     let ctx = Context::new(resource);
@@ -122,6 +208,9 @@ pub fn index(resource: &Element) -> Vec<IndexRow> {
                 ParamKind::String => string(&p.code, item, &mut rows),
                 ParamKind::Date => date(&p.code, item, &mut rows),
                 ParamKind::Reference => reference(&p.code, item, &mut rows),
+                ParamKind::Quantity => quantity(&p.code, item, &mut rows),
+                ParamKind::Number => number(&p.code, item, &mut rows),
+                ParamKind::Uri => uri(&p.code, item, &mut rows),
             }
         }
     }
@@ -144,14 +233,20 @@ fn token(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
             });
         }
     };
+    let mut texts = Vec::new();
     match item {
         Item::Primitive(p) => push(None, prim_str(p)),
         Item::Element(e) => match e.info.fhir_type_name() {
-            "Coding" => push(e.str("system"), e.str("code")),
+            "Coding" => {
+                push(e.str("system"), e.str("code"));
+                texts.extend(e.str("display"));
+            }
             "CodeableConcept" => {
                 for c in e.values("coding").iter().filter_map(|v| v.as_element()) {
                     push(c.str("system"), c.str("code"));
+                    texts.extend(c.str("display"));
                 }
+                texts.extend(e.str("text"));
             }
             "Identifier" => push(e.str("system"), e.str("value")),
             "ContactPoint" => push(None, e.str("value")),
@@ -160,6 +255,12 @@ fn token(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
         Item::Boolean(b) => push(None, Some(if *b { "true" } else { "false" })),
         Item::String(s) => push(None, Some(s)),
         _ => {}
+    }
+    for t in texts.into_iter().filter(|t| !t.trim().is_empty()) {
+        rows.push(IndexRow::TokenText {
+            param: param.to_string(),
+            text: t.to_lowercase(),
+        });
     }
 }
 
@@ -234,7 +335,20 @@ fn date(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
 
 fn reference(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
     let target = match item {
-        Item::Element(e) if e.info.fhir_type_name() == "Reference" => e.str("reference"),
+        Item::Element(e) if e.info.fhir_type_name() == "Reference" => {
+            let identifier = e.values("identifier").first().and_then(|v| v.as_element());
+            if let Some(value) = identifier.and_then(|i| i.str("value")) {
+                rows.push(IndexRow::ReferenceIdentifier {
+                    param: param.to_string(),
+                    system: identifier
+                        .and_then(|i| i.str("system"))
+                        .unwrap_or_default()
+                        .to_string(),
+                    value: value.to_string(),
+                });
+            }
+            e.str("reference")
+        }
         Item::Primitive(p) => prim_str(p),
         _ => None,
     };
@@ -242,6 +356,122 @@ fn reference(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
         rows.push(IndexRow::Reference {
             param: param.to_string(),
             target: t.to_string(),
+        });
+    }
+}
+
+/// UCUM's system URI: units coded in it (or coded without a system) convert.
+pub(super) const UCUM: &str = "http://unitsofmeasure.org";
+
+/// A Quantity (or Age, Duration, ..., Money) as its system, code, unit and value.
+fn quantity_parts(e: &Element) -> Option<(String, String, String, Decimal)> {
+    let value = e
+        .str("value")
+        .and_then(|v| Decimal::from_str_exact(v).ok())?;
+    let (system, code) = if e.info.fhir_type_name() == "Money" {
+        ("urn:iso:std:iso:4217", e.str("currency"))
+    } else {
+        (e.str("system").unwrap_or_default(), e.str("code"))
+    };
+    Some((
+        system.to_string(),
+        code.unwrap_or_default().to_string(),
+        e.str("unit").unwrap_or_default().to_string(),
+        value,
+    ))
+}
+
+/// `low` and `high` of one unit in UCUM base units, when the unit converts.
+fn canonical(
+    system: &str,
+    code: &str,
+    low: Decimal,
+    high: Decimal,
+) -> Option<(String, Decimal, Decimal)> {
+    if code.is_empty() || !(system.is_empty() || system == UCUM) {
+        return None;
+    }
+    let base = |v: Decimal| Quantity::new(v, code).to_base_units();
+    let convert = |v: Decimal| -> Option<(String, Decimal)> {
+        if v == Decimal::MIN || v == Decimal::MAX {
+            // An open end of a Range stays open.
+            return Some((base(Decimal::ONE)?.1, v));
+        }
+        let (b, unit) = base(v)?;
+        Some((unit, b))
+    };
+    let (unit, lo) = convert(low)?;
+    let (_, hi) = convert(high)?;
+    Some((unit, lo, hi))
+}
+
+fn quantity(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let Item::Element(e) = item else { return };
+    let mut push = |system: String, code: String, unit: String, low: Decimal, high: Decimal| {
+        let canon = canonical(&system, &code, low, high);
+        rows.push(IndexRow::Quantity {
+            param: param.to_string(),
+            system,
+            code,
+            unit,
+            low,
+            high,
+            canon,
+        });
+    };
+    if e.info.fhir_type_name() == "Range" {
+        let part = |name: &str| {
+            e.values(name)
+                .first()
+                .and_then(|v| v.as_element())
+                .and_then(quantity_parts)
+        };
+        let (low, high) = (part("low"), part("high"));
+        let Some((system, code, unit, _)) = low.clone().or_else(|| high.clone()) else {
+            return;
+        };
+        push(
+            system,
+            code,
+            unit,
+            low.map_or(Decimal::MIN, |l| l.3),
+            high.map_or(Decimal::MAX, |h| h.3),
+        );
+    } else if let Some((system, code, unit, value)) = quantity_parts(e) {
+        push(system, code, unit, value, value);
+    }
+}
+
+fn number(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let value = match item {
+        Item::Primitive(p) => prim_str(p).and_then(|v| Decimal::from_str_exact(v).ok()),
+        Item::Integer(i) => Some(Decimal::from(*i)),
+        Item::Decimal(d) => Some(*d),
+        _ => None,
+    };
+    if let Some(v) = value {
+        rows.push(IndexRow::Quantity {
+            param: param.to_string(),
+            system: String::new(),
+            code: String::new(),
+            unit: String::new(),
+            low: v,
+            high: v,
+            canon: None,
+        });
+    }
+}
+
+fn uri(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
+    let value = match item {
+        Item::Primitive(p) => prim_str(p),
+        Item::String(s) => Some(&**s),
+        _ => None,
+    };
+    if let Some(u) = value {
+        rows.push(IndexRow::Uri {
+            param: param.to_string(),
+            uri: u.to_string(),
         });
     }
 }
@@ -316,8 +546,9 @@ pub fn date_range(text: &str) -> Option<(String, String)> {
     ))
 }
 
-/// The type (`token`, `string`, `date` or `reference`) of search parameter `code` of
-/// `res_type` as the indexer knows it; `None` for a parameter that is not indexed.
+/// The type (`token`, `string`, `date`, `reference`, `quantity`, `number` or `uri`) of
+/// search parameter `code` of `res_type` as the indexer knows it; `None` for a parameter
+/// that is not indexed.
 pub fn param_type(res_type: &str, code: &str) -> Option<&'static str> {
     params(res_type)
         .iter()
@@ -327,7 +558,19 @@ pub fn param_type(res_type: &str, code: &str) -> Option<&'static str> {
             ParamKind::String => "string",
             ParamKind::Date => "date",
             ParamKind::Reference => "reference",
+            ParamKind::Quantity => "quantity",
+            ParamKind::Number => "number",
+            ParamKind::Uri => "uri",
         })
+}
+
+/// The resource types reference parameter `code` of `res_type` may point to (empty when
+/// the definition does not say); `None` for a parameter that is not indexed.
+pub fn param_targets(res_type: &str, code: &str) -> Option<Vec<String>> {
+    params(res_type)
+        .iter()
+        .find(|p| p.code == code)
+        .map(|p| p.targets.clone())
 }
 
 #[cfg(test)]
@@ -359,6 +602,101 @@ mod tests {
         );
         assert_eq!(r("yesterday"), None);
         assert_eq!(r("2021-13"), None);
+    }
+
+    #[test]
+    fn quantities_texts_identifiers_and_resource_parameters() {
+        use std::str::FromStr as _;
+        let dec = |t: &str| Decimal::from_str(t).expect("decimal");
+        let obs = crate::model::parse(
+            r#"{"resourceType":"Observation","status":"final",
+            "meta":{"tag":[{"system":"urn:t","code":"pilot"}],
+            "profile":["https://a-imagio.eu/fhir/StructureDefinition/x"]},
+            "code":{"coding":[{"system":"http://loinc.org","code":"8302-2","display":"Body Height"}],
+            "text":"Height"},
+            "subject":{"identifier":{"system":"urn:s","value":"42"}},
+            "valueQuantity":{"value":7,"unit":"mm","system":"http://unitsofmeasure.org","code":"mm"}}"#,
+        )
+        .expect("observation");
+        let rows = index(&obs);
+        let has = |r: IndexRow| rows.contains(&r);
+        assert!(
+            has(IndexRow::Quantity {
+                param: "value-quantity".into(),
+                system: UCUM.into(),
+                code: "mm".into(),
+                unit: "mm".into(),
+                low: dec("7"),
+                high: dec("7"),
+                canon: Some(("m".into(), dec("0.007"), dec("0.007"))),
+            }),
+            "{rows:?}"
+        );
+        assert!(has(IndexRow::TokenText {
+            param: "code".into(),
+            text: "body height".into()
+        }));
+        assert!(has(IndexRow::TokenText {
+            param: "code".into(),
+            text: "height".into()
+        }));
+        assert!(has(IndexRow::ReferenceIdentifier {
+            param: "subject".into(),
+            system: "urn:s".into(),
+            value: "42".into()
+        }));
+        assert!(has(IndexRow::Token {
+            param: "_tag".into(),
+            system: "urn:t".into(),
+            code: "pilot".into()
+        }));
+        assert!(has(IndexRow::Uri {
+            param: "_profile".into(),
+            uri: "https://a-imagio.eu/fhir/StructureDefinition/x".into()
+        }));
+        assert_eq!(param_type("Procedure", "_security"), Some("token"));
+        assert_eq!(param_type("Patient", "_id"), None);
+        assert_eq!(
+            param_targets("Encounter", "patient"),
+            Some(vec!["Patient".to_string()])
+        );
+        let cond = crate::model::parse(
+            r#"{"resourceType":"Condition","subject":{"reference":"Patient/p"},
+            "onsetRange":{"low":{"value":40,"system":"http://unitsofmeasure.org","code":"a"}}}"#,
+        )
+        .expect("condition");
+        let rows = index(&cond);
+        assert!(
+            rows.iter().any(|r| matches!(r,
+            IndexRow::Quantity { param, low, high, .. }
+                if param == "onset-age" && *low == dec("40") && *high == Decimal::MAX)),
+            "{rows:?}"
+        );
+    }
+
+    #[test]
+    fn resolve_becomes_a_reference_test() {
+        assert_eq!(
+            without_resolve("Observation.subject.where(resolve() is Patient)"),
+            "Observation.subject.where((reference.startsWith('Patient/') or \
+             reference.contains('/Patient/')))"
+        );
+        let obs = crate::model::parse(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},
+            "subject":{"reference":"Patient/p1"}}"#,
+        )
+        .expect("observation");
+        assert!(index(&obs).contains(&IndexRow::Reference {
+            param: "patient".into(),
+            target: "Patient/p1".into()
+        }));
+        let obs = crate::model::parse(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},
+            "subject":{"reference":"Group/g1"}}"#,
+        )
+        .expect("observation");
+        assert!(!index(&obs).iter().any(|r| matches!(r,
+            IndexRow::Reference { param, .. } if param == "patient")));
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn statement(state: &AppState) -> String {
         super::ValidationMode::Base => "Writes are validated against the FHIR R4 base definitions.",
         super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
     };
-    write_str(&mut out, &format!("{validation} Conditional create and update match on identifier=[system|]value or _id. Search: token, string, date and reference parameters of the R4 SearchParameters, _id, _lastUpdated, _count, _total, _summary=count; unknown parameters are ignored with a warning unless Prefer: handling=strict."));
+    write_str(&mut out, &format!("{validation} Conditional create and update match on identifier=[system|]value or _id. Search: token, string, date, reference, quantity (UCUM units compared in base units), number and uri parameters of the R4 SearchParameters, _id, _lastUpdated, _tag, _security, _profile, _source; prefixes eq ne lt le gt ge sa eb ap on dates, quantities and numbers; modifiers :missing, :exact, :contains, :not, :text, :identifier, :[type], :below and :above (uri); chained parameters one level deep (subject:Patient.identifier=...); _count, _total, _summary=count; unknown parameters and modifiers are ignored with a warning unless Prefer: handling=strict."));
     out.push_str(",\"security\":");
     out.push_str(&crate::auth::capability_security(state.auth()));
     out.push_str(",\"resource\":[");

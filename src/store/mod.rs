@@ -776,6 +776,8 @@ impl Tx {
             "search_string",
             "search_date",
             "search_reference",
+            "search_quantity",
+            "search_uri",
         ] {
             let sql = format!("DELETE FROM {table} WHERE res_type = $1 AND res_id = $2");
             on_tx!(self, |c| sqlx::query(&sql)
@@ -787,6 +789,51 @@ impl Tx {
         }
         for row in rows {
             let (sql, param, a, b): (&str, &str, &str, Option<&str>) = match row {
+                IndexRow::Quantity {
+                    param,
+                    system,
+                    code,
+                    unit,
+                    low,
+                    high,
+                    canon,
+                } => {
+                    self.index_quantity(
+                        res_type,
+                        id,
+                        param,
+                        [system, code, unit],
+                        *low,
+                        *high,
+                        canon,
+                    )
+                    .await?;
+                    continue;
+                }
+                IndexRow::TokenText { param, text } => (
+                    "INSERT INTO search_token (res_type, res_id, param, system, code, text) \
+                     VALUES ($1, $2, $3, '', '', $4)",
+                    param,
+                    text,
+                    None,
+                ),
+                IndexRow::ReferenceIdentifier {
+                    param,
+                    system,
+                    value,
+                } => (
+                    "INSERT INTO search_reference (res_type, res_id, param, target, id_system, \
+                     id_value) VALUES ($1, $2, $3, '', $4, $5)",
+                    param,
+                    system,
+                    Some(value),
+                ),
+                IndexRow::Uri { param, uri } => (
+                    "INSERT INTO search_uri (res_type, res_id, param, uri) VALUES ($1, $2, $3, $4)",
+                    param,
+                    uri,
+                    None,
+                ),
                 IndexRow::Token {
                     param,
                     system,
@@ -831,19 +878,60 @@ impl Tx {
         Ok(())
     }
 
+    /// Inserts a quantity (or number) index row; values are stored as floating point.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_quantity(
+        &mut self,
+        res_type: &str,
+        id: &str,
+        param: &str,
+        [system, code, unit]: [&String; 3],
+        low: rust_decimal::Decimal,
+        high: rust_decimal::Decimal,
+        canon: &Option<(String, rust_decimal::Decimal, rust_decimal::Decimal)>,
+    ) -> Result<()> {
+        use rust_decimal::prelude::ToPrimitive as _;
+        let f = |d: rust_decimal::Decimal| d.to_f64().unwrap_or(0.0);
+        let (canon_code, canon_low, canon_high) = match canon {
+            Some((c, l, h)) => (c.as_str(), f(*l), f(*h)),
+            None => ("", f(low), f(high)),
+        };
+        let sql = "INSERT INTO search_quantity (res_type, res_id, param, system, code, unit, \
+                   low, high, canon_code, canon_low, canon_high) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        on_tx!(self, |c| sqlx::query(sql)
+            .bind(res_type)
+            .bind(id)
+            .bind(param)
+            .bind(system)
+            .bind(code)
+            .bind(unit)
+            .bind(f(low))
+            .bind(f(high))
+            .bind(canon_code)
+            .bind(canon_low)
+            .bind(canon_high)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
     /// Search index rows of a current resource, sorted (for tests and diagnostics).
     ///
     /// # Errors
     /// On database failure.
     pub async fn index_rows(&mut self, res_type: &str, id: &str) -> Result<Vec<IndexRow>> {
         let mut out = Vec::new();
-        let sql = "SELECT 't' AS kind, param, system AS a, code AS b FROM search_token \
+        let sql = "SELECT 't' AS kind, param, system AS a, code AS b, text AS c \
+                   FROM search_token WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 's', param, value, '', '' FROM search_string \
                    WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 's', param, value, '' FROM search_string \
+                   UNION ALL SELECT 'd', param, low, high, '' FROM search_date \
                    WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 'd', param, low, high FROM search_date \
-                   WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 'r', param, target, '' FROM search_reference \
+                   UNION ALL SELECT 'r', param, target, id_system, id_value \
+                   FROM search_reference WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'u', param, uri, '', '' FROM search_uri \
                    WHERE res_type = $1 AND res_id = $2";
         let rows = on_tx!(self, |c| {
             let mut rows = Vec::new();
@@ -858,12 +946,14 @@ impl Tx {
                 let param: String = r.try_get("param")?;
                 let a: String = r.try_get("a")?;
                 let b: String = r.try_get("b")?;
-                rows.push((kind, param, a, b));
+                let c: String = r.try_get("c")?;
+                rows.push((kind, param, a, b, c));
             }
             rows
         });
-        for (kind, param, a, b) in rows {
+        for (kind, param, a, b, c) in rows {
             out.push(match kind.as_str() {
+                "t" if b.is_empty() => IndexRow::TokenText { param, text: c },
                 "t" => IndexRow::Token {
                     param,
                     system: a,
@@ -875,9 +965,42 @@ impl Tx {
                     low: a,
                     high: b,
                 },
+                "u" => IndexRow::Uri { param, uri: a },
+                _ if a.is_empty() => IndexRow::ReferenceIdentifier {
+                    param,
+                    system: b,
+                    value: c,
+                },
                 _ => IndexRow::Reference { param, target: a },
             });
         }
+        let sql = "SELECT param, system, code, unit, low, high, canon_code, canon_low, \
+                   canon_high FROM search_quantity WHERE res_type = $1 AND res_id = $2";
+        let dec = |f: f64| rust_decimal::Decimal::try_from(f).unwrap_or_default();
+        on_tx!(self, |c| {
+            for r in sqlx::query(sql)
+                .bind(res_type)
+                .bind(id)
+                .fetch_all(c)
+                .await?
+            {
+                use sqlx::Row as _;
+                let canon_code: String = r.try_get("canon_code")?;
+                let (low, high): (f64, f64) = (r.try_get("low")?, r.try_get("high")?);
+                let (canon_low, canon_high): (f64, f64) =
+                    (r.try_get("canon_low")?, r.try_get("canon_high")?);
+                out.push(IndexRow::Quantity {
+                    param: r.try_get("param")?,
+                    system: r.try_get("system")?,
+                    code: r.try_get("code")?,
+                    unit: r.try_get("unit")?,
+                    low: dec(low),
+                    high: dec(high),
+                    canon: (!canon_code.is_empty())
+                        .then(|| (canon_code, dec(canon_low), dec(canon_high))),
+                });
+            }
+        });
         out.sort();
         Ok(out)
     }

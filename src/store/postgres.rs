@@ -22,6 +22,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0002_search.sql"),
     ),
     (3, "auth", include_str!("migrations/postgres/0003_auth.sql")),
+    (
+        4,
+        "search_types",
+        include_str!("migrations/postgres/0004_search_types.sql"),
+    ),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

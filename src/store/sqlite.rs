@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_search.sql"),
     ),
     (3, "auth", include_str!("migrations/sqlite/0003_auth.sql")),
+    (
+        4,
+        "search_types",
+        include_str!("migrations/sqlite/0004_search_types.sql"),
+    ),
 ];
 
 /// The two pools of a SQLite store.

@@ -356,7 +356,8 @@ mod scenarios {
     pub async fn modifiers(s: &Server) {
         let a = create(
             s,
-            json!({"resourceType": "Patient", "gender": "female", "birthDate": "1950"}),
+            json!({"resourceType": "Patient", "gender": "female", "birthDate": "1950",
+            "identifier": [{"type": {"text": "Hospital MRN"}, "value": "X1"}]}),
         )
         .await;
         let b = create(s, json!({"resourceType": "Patient", "gender": "male"})).await;
@@ -390,6 +391,7 @@ mod scenarios {
         expect(s, "Observation?code:text=HAEMO", &[&o1]).await;
         expect(s, "Observation?code:text=tumour,haem", &[&o1, &o2]).await;
         expect(s, "Observation?code:text=blood", &[]).await;
+        expect(s, "Patient?identifier:text=hospital", &[&a]).await;
         expect(s, "Observation?code=718-7", &[&o1]).await;
         // a CodeableConcept with only text has no code: `system|` does not find it
         expect(s, "Observation?code=|", &[]).await;
@@ -399,6 +401,8 @@ mod scenarios {
         expect(s, "Observation?subject:identifier=urn:mrn|42", &[&o2]).await;
         expect(s, "Observation?subject:identifier=42", &[&o2]).await;
         expect(s, "Observation?subject:identifier=urn:other|42", &[]).await;
+        expect(s, "Observation?subject:identifier=urn:mrn|", &[&o2]).await;
+        expect(s, "Observation?subject:identifier=|", &[]).await;
         expect(s, "Observation?subject:missing=false", &[&o1, &o2]).await;
         expect(s, &format!("Observation?subject={a}"), &[&o1]).await;
         // an unsupported modifier: a warning, 400 under handling=strict

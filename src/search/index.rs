@@ -248,7 +248,11 @@ fn token(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
                 }
                 texts.extend(e.str("text"));
             }
-            "Identifier" => push(e.str("system"), e.str("value")),
+            "Identifier" => {
+                push(e.str("system"), e.str("value"));
+                let kind = e.values("type").first().and_then(|v| v.as_element());
+                texts.extend(kind.and_then(|t| t.str("text")));
+            }
             "ContactPoint" => push(None, e.str("value")),
             _ => {}
         },

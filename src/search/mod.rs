@@ -10,8 +10,8 @@
 //! Normalization, so that queries can be plain comparisons in both databases:
 //! - token: `system` and `code` as written (`system` empty when absent); Coding,
 //!   CodeableConcept (each coding), Identifier (system, value), ContactPoint (value), and
-//!   code/string/uri/boolean primitives; Coding.display and CodeableConcept.text as rows of
-//!   their own (lower-cased, no code) for `:text`;
+//!   code/string/uri/boolean primitives; Coding.display, CodeableConcept.text and
+//!   Identifier.type.text as rows of their own (lower-cased, no code) for `:text`;
 //! - string: lower-cased text, each part of HumanName (family, given, prefix, suffix, text)
 //!   and Address (line, city, district, state, postalCode, country, text) on its own row;
 //! - date: the range the value covers, `low` and `high` instants in UTC with milliseconds

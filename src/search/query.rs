@@ -61,7 +61,7 @@ pub enum Cond {
         param: String,
         /// Required system, when given.
         system: Option<String>,
-        /// Required value.
+        /// Required value (any, for `system|`).
         value: String,
     },
     /// A quantity or number comparison (`[prefix]number[|system|code]`).
@@ -351,7 +351,8 @@ fn chain(
         }
         None => match targets.as_slice() {
             [only] => only.clone(),
-            _ => return Err(Problem::Bad(format!(
+            _ => {
+                return Err(Problem::Bad(format!(
                 "{key}: {res_type}.{name} may refer to {}; name the type, as in {name}:{}.{rest}",
                 if targets.is_empty() {
                     "any type".to_string()
@@ -359,7 +360,8 @@ fn chain(
                     targets.join(", ")
                 },
                 targets.first().map_or("Patient", String::as_str)
-            ))),
+            )))
+            }
         },
     };
     let inner = clause(&target, rest, value).map_err(|p| match p {
@@ -615,6 +617,8 @@ impl Cond {
     /// `x` (or `y` inside a chain, whose row is `t`).
     fn sql_on(&self, res_type: &str, row: &str, out: &mut Vec<Piece>) {
         let x = if row == "r" { "x" } else { "y" };
+        // SQL text: `x.column` in it names a column of the index table of this condition and
+        // is written with the alias in use (the texts below contain no other `x.`).
         let s =
             |out: &mut Vec<Piece>, t: &str| out.push(Piece::Sql(t.replace("x.", &format!("{x}."))));
         let b = |out: &mut Vec<Piece>, t: &str| out.push(Piece::Bind(t.to_string()));
@@ -747,8 +751,13 @@ impl Cond {
                 value,
             } => {
                 owner(out, "search_reference", param);
-                s(out, " AND x.id_value = ");
-                b(out, value);
+                if value.is_empty() {
+                    // Rows of plain references have no identifier.
+                    s(out, " AND x.id_value <> ''");
+                } else {
+                    s(out, " AND x.id_value = ");
+                    b(out, value);
+                }
                 if let Some(sys) = system {
                     s(out, " AND x.id_system = ");
                     b(out, sys);

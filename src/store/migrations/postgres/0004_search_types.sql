@@ -1,12 +1,18 @@
 -- More of search (see src/search): the quantity/number and uri index tables, the display
 -- text of tokens (CodeableConcept.text, Coding.display) for `:text`, and the identifier of
--- references for `:identifier`. The PostgreSQL migration of the same number creates the same
--- tables; only its index for uri prefixes differs (pattern operators for LIKE).
+-- references for `:identifier`. The SQLite and PostgreSQL migrations of this number create
+-- the same tables; the indexes serving `LIKE 'prefix%'` differ: NOCASE collation on SQLite
+-- (whose LIKE ignores ASCII case; the values are lower-cased), pattern operators on
+-- PostgreSQL.
 -- Resources stored before this migration have no rows in the new tables until rewritten.
 
 -- A display text is a row of its own: system and code empty, `text` lower-cased.
 ALTER TABLE search_token ADD COLUMN text TEXT NOT NULL DEFAULT '';
-CREATE INDEX search_token_text ON search_token (res_type, param, text);
+CREATE INDEX search_token_text ON search_token (res_type, param, text text_pattern_ops);
+
+-- String search is by prefix: the pattern-operator index serves it and equality.
+DROP INDEX search_string_lookup;
+CREATE INDEX search_string_lookup ON search_string (res_type, param, value text_pattern_ops);
 
 -- A Reference.identifier is a row of its own: target empty, the identifier's system|value.
 ALTER TABLE search_reference ADD COLUMN id_system TEXT NOT NULL DEFAULT '';

@@ -367,11 +367,16 @@ fn reference(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
 /// UCUM's system URI: units coded in it (or coded without a system) convert.
 pub(super) const UCUM: &str = "http://unitsofmeasure.org";
 
+/// A JSON number's text as a decimal (`1.50`, `1e-3`).
+fn decimal(text: &str) -> Option<Decimal> {
+    Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .ok()
+}
+
 /// A Quantity (or Age, Duration, ..., Money) as its system, code, unit and value.
 fn quantity_parts(e: &Element) -> Option<(String, String, String, Decimal)> {
-    let value = e
-        .str("value")
-        .and_then(|v| Decimal::from_str_exact(v).ok())?;
+    let value = e.str("value").and_then(decimal)?;
     let (system, code) = if e.info.fhir_type_name() == "Money" {
         ("urn:iso:std:iso:4217", e.str("currency"))
     } else {
@@ -442,13 +447,18 @@ fn quantity(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
             high.map_or(Decimal::MAX, |h| h.3),
         );
     } else if let Some((system, code, unit, value)) = quantity_parts(e) {
-        push(system, code, unit, value, value);
+        // `"comparator": "<"` makes the value an open range.
+        match e.str("comparator") {
+            Some("<" | "<=") => push(system, code, unit, Decimal::MIN, value),
+            Some(">" | ">=") => push(system, code, unit, value, Decimal::MAX),
+            _ => push(system, code, unit, value, value),
+        }
     }
 }
 
 fn number(param: &str, item: &Item<'_>, rows: &mut Vec<IndexRow>) {
     let value = match item {
-        Item::Primitive(p) => prim_str(p).and_then(|v| Decimal::from_str_exact(v).ok()),
+        Item::Primitive(p) => prim_str(p).and_then(decimal),
         Item::Integer(i) => Some(Decimal::from(*i)),
         Item::Decimal(d) => Some(*d),
         _ => None,
@@ -674,6 +684,19 @@ mod tests {
             rows.iter().any(|r| matches!(r,
             IndexRow::Quantity { param, low, high, .. }
                 if param == "onset-age" && *low == dec("40") && *high == Decimal::MAX)),
+            "{rows:?}"
+        );
+        let lt = crate::model::parse(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},
+            "valueQuantity":{"value":1e-3,"comparator":"<","code":"g"}}"#,
+        )
+        .expect("observation");
+        let rows = index(&lt);
+        assert!(
+            rows.iter().any(|r| matches!(r,
+            IndexRow::Quantity { param, low, high, canon: Some((unit, _, _)), .. }
+                if param == "value-quantity" && *low == Decimal::MIN
+                    && *high == dec("0.001") && unit == "g")),
             "{rows:?}"
         );
     }

@@ -20,9 +20,10 @@
 //! - reference: the `reference` text (`Patient/123`, or an absolute URL), and canonical or
 //!   uri values as written; `Reference.identifier` as a row of its own for `:identifier`;
 //! - quantity (Quantity and its profiles, Money, Range) and number: the range of values
-//!   (`low == high` but for a Range), with system, code and unit as written and, when the
-//!   unit is UCUM (or has no system) and converts, the range in UCUM base units with the base
-//!   unit's code (`7 mm` and `0.7 cm` are both `0.007 m`), as floating point;
+//!   (`low == high` but for a Range, or a `comparator` `<`/`>` that opens one end), with
+//!   system, code and unit as written and, when the unit is UCUM (or has no system) and
+//!   converts, the range in UCUM base units with the base unit's code (`7 mm` and `0.7 cm`
+//!   are both `0.007 m`), as floating point;
 //! - uri: as written.
 //!
 //! Queries ([`parse`], [`where_sql`]): a parameter's comma-separated values are OR-ed, the

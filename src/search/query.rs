@@ -342,7 +342,8 @@ fn chain(
     }
     let targets = param_targets(res_type, name).unwrap_or_default();
     let target = match target {
-        Some(t) if targets.is_empty() || targets.iter().any(|x| x == t) => t.to_string(),
+        Some(t) if targets.iter().any(|x| x == t) => t.to_string(),
+        Some(t) if targets.is_empty() && crate::model::schema::is_resource_type(t) => t.to_string(),
         Some(t) => {
             return Err(Problem::Bad(format!(
                 "{key}: {t} is not a target type of {res_type}.{name} (one of {})",
@@ -352,15 +353,16 @@ fn chain(
         None => match targets.as_slice() {
             [only] => only.clone(),
             _ => {
-                return Err(Problem::Bad(format!(
-                "{key}: {res_type}.{name} may refer to {}; name the type, as in {name}:{}.{rest}",
-                if targets.is_empty() {
+                let may = if targets.is_empty() {
                     "any type".to_string()
                 } else {
                     targets.join(", ")
-                },
-                targets.first().map_or("Patient", String::as_str)
-            )))
+                };
+                let example = targets.first().map_or("Patient", String::as_str);
+                return Err(Problem::Bad(format!(
+                    "{key}: {res_type}.{name} may refer to {may}; name the type, as in \
+                     {name}:{example}.{rest}"
+                )));
             }
         },
     };

@@ -11,14 +11,15 @@
 //! - token: `system` and `code` as written (`system` empty when absent); Coding,
 //!   CodeableConcept (each coding), Identifier (system, value), ContactPoint (value), and
 //!   code/string/uri/boolean primitives; Coding.display, CodeableConcept.text and
-//!   Identifier.type.text as rows of their own (lower-cased, no code) for `:text`;
+//!   Identifier.type.text, lower-cased, for `:text` (table `search_token_text`);
 //! - string: lower-cased text, each part of HumanName (family, given, prefix, suffix, text)
 //!   and Address (line, city, district, state, postalCode, country, text) on its own row;
 //! - date: the range the value covers, `low` and `high` instants in UTC with milliseconds
 //!   (`2020` covers `2020-01-01T00:00:00.000Z` to `2020-12-31T23:59:59.999Z`); Period uses
 //!   its start and end, an open end is `9999-12-31T23:59:59.999Z`;
 //! - reference: the `reference` text (`Patient/123`, or an absolute URL), and canonical or
-//!   uri values as written; `Reference.identifier` as a row of its own for `:identifier`;
+//!   uri values as written; `Reference.identifier` (system, value) for `:identifier`
+//!   (table `search_reference_identifier`);
 //! - quantity (Quantity and its profiles, Money, Range) and number: the range of values
 //!   (`low == high` but for a Range, or a `comparator` `<`/`>` that opens one end), with
 //!   system, code and unit as written and, when the unit is UCUM (or has no system) and

@@ -90,8 +90,8 @@ pub enum Cond {
     Missing {
         /// Parameter code.
         param: String,
-        /// The index table of the parameter's type.
-        table: &'static str,
+        /// The index tables of the parameter's type (a value in any of them is one).
+        tables: &'static [&'static str],
         /// `true` to find resources without a value.
         missing: bool,
     },
@@ -224,15 +224,16 @@ fn kind_of(res_type: &str, name: &str) -> Option<&'static str> {
     }
 }
 
-/// The index table of a parameter type.
-fn table_of(kind: &str) -> Option<&'static str> {
+/// The index tables of a parameter type.
+fn tables_of(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
-        "token" => "search_token",
-        "string" => "search_string",
-        "date" => "search_date",
-        "reference" => "search_reference",
-        "quantity" | "number" => "search_quantity",
-        "uri" => "search_uri",
+        // A CodeableConcept with only a text, a Reference with only an identifier.
+        "token" => &["search_token", "search_token_text"],
+        "reference" => &["search_reference", "search_reference_identifier"],
+        "string" => &["search_string"],
+        "date" => &["search_date"],
+        "quantity" | "number" => &["search_quantity"],
+        "uri" => &["search_uri"],
         _ => return None,
     })
 }
@@ -255,7 +256,7 @@ fn clause(res_type: &str, key: &str, value: &str) -> Result<Clause, Problem> {
     let values = split_values(value);
     match (kind, modifier) {
         (_, Some("missing")) => {
-            let table = table_of(kind)
+            let tables = tables_of(kind)
                 .filter(|_| name != "_lastUpdated")
                 .ok_or_else(|| unsupported("missing"))?;
             let missing = match value {
@@ -269,7 +270,7 @@ fn clause(res_type: &str, key: &str, value: &str) -> Result<Clause, Problem> {
             };
             return Ok(vec![Cond::Missing {
                 param,
-                table,
+                tables,
                 missing,
             }]);
         }
@@ -643,13 +644,9 @@ impl Cond {
                 code,
             } => {
                 owner(out, "search_token", param);
-                match code {
-                    Some(c) => {
-                        s(out, " AND x.code = ");
-                        b(out, c);
-                    }
-                    // Display-text rows have no code.
-                    None => s(out, " AND x.code <> ''"),
+                if let Some(c) = code {
+                    s(out, " AND x.code = ");
+                    b(out, c);
                 }
                 if let Some(sys) = system {
                     s(out, " AND x.system = ");
@@ -658,7 +655,7 @@ impl Cond {
                 s(out, ")");
             }
             Cond::TokenText { param, value } => {
-                owner(out, "search_token", param);
+                owner(out, "search_token_text", param);
                 s(out, " AND x.text LIKE ");
                 b(out, &format!("{}%", like_escape(value)));
                 s(out, " ESCAPE '\\')");
@@ -752,16 +749,13 @@ impl Cond {
                 system,
                 value,
             } => {
-                owner(out, "search_reference", param);
-                if value.is_empty() {
-                    // Rows of plain references have no identifier.
-                    s(out, " AND x.id_value <> ''");
-                } else {
-                    s(out, " AND x.id_value = ");
+                owner(out, "search_reference_identifier", param);
+                if !value.is_empty() {
+                    s(out, " AND x.value = ");
                     b(out, value);
                 }
                 if let Some(sys) = system {
-                    s(out, " AND x.id_system = ");
+                    s(out, " AND x.system = ");
                     b(out, sys);
                 }
                 s(out, ")");
@@ -847,13 +841,17 @@ impl Cond {
             }
             Cond::Missing {
                 param,
-                table,
+                tables,
                 missing,
             } => {
-                if *missing {
-                    out.push(Piece::Sql("NOT ".into()));
+                s(out, if *missing { "NOT (" } else { "(" });
+                for (i, table) in tables.iter().enumerate() {
+                    if i > 0 {
+                        s(out, " OR ");
+                    }
+                    owner(out, table, param);
+                    s(out, ")");
                 }
-                owner(out, table, param);
                 s(out, ")");
             }
             Cond::Not(inner) => {
@@ -1031,7 +1029,7 @@ mod tests {
             one("Patient", "birthdate:missing", "true"),
             Cond::Missing {
                 param: "birthdate".into(),
-                table: "search_date",
+                tables: &["search_date"],
                 missing: true
             }
         );

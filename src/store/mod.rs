@@ -776,6 +776,8 @@ impl Tx {
             "search_string",
             "search_date",
             "search_reference",
+            "search_token_text",
+            "search_reference_identifier",
             "search_quantity",
             "search_uri",
         ] {
@@ -811,8 +813,8 @@ impl Tx {
                     continue;
                 }
                 IndexRow::TokenText { param, text } => (
-                    "INSERT INTO search_token (res_type, res_id, param, system, code, text) \
-                     VALUES ($1, $2, $3, '', '', $4)",
+                    "INSERT INTO search_token_text (res_type, res_id, param, text) \
+                     VALUES ($1, $2, $3, $4)",
                     param,
                     text,
                     None,
@@ -822,8 +824,8 @@ impl Tx {
                     system,
                     value,
                 } => (
-                    "INSERT INTO search_reference (res_type, res_id, param, target, id_system, \
-                     id_value) VALUES ($1, $2, $3, '', $4, $5)",
+                    "INSERT INTO search_reference_identifier (res_type, res_id, param, system, \
+                     value) VALUES ($1, $2, $3, $4, $5)",
                     param,
                     system,
                     Some(value),
@@ -923,15 +925,19 @@ impl Tx {
     /// On database failure.
     pub async fn index_rows(&mut self, res_type: &str, id: &str) -> Result<Vec<IndexRow>> {
         let mut out = Vec::new();
-        let sql = "SELECT 't' AS kind, param, system AS a, code AS b, text AS c \
-                   FROM search_token WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 's', param, value, '', '' FROM search_string \
+        let sql = "SELECT 't' AS kind, param, system AS a, code AS b FROM search_token \
                    WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 'd', param, low, high, '' FROM search_date \
+                   UNION ALL SELECT 's', param, value, '' FROM search_string \
                    WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 'r', param, target, id_system, id_value \
-                   FROM search_reference WHERE res_type = $1 AND res_id = $2 \
-                   UNION ALL SELECT 'u', param, uri, '', '' FROM search_uri \
+                   UNION ALL SELECT 'd', param, low, high FROM search_date \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'r', param, target, '' FROM search_reference \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'x', param, text, '' FROM search_token_text \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'i', param, system, value FROM search_reference_identifier \
+                   WHERE res_type = $1 AND res_id = $2 \
+                   UNION ALL SELECT 'u', param, uri, '' FROM search_uri \
                    WHERE res_type = $1 AND res_id = $2";
         let rows = on_tx!(self, |c| {
             let mut rows = Vec::new();
@@ -946,14 +952,12 @@ impl Tx {
                 let param: String = r.try_get("param")?;
                 let a: String = r.try_get("a")?;
                 let b: String = r.try_get("b")?;
-                let c: String = r.try_get("c")?;
-                rows.push((kind, param, a, b, c));
+                rows.push((kind, param, a, b));
             }
             rows
         });
-        for (kind, param, a, b, c) in rows {
+        for (kind, param, a, b) in rows {
             out.push(match kind.as_str() {
-                "t" if b.is_empty() => IndexRow::TokenText { param, text: c },
                 "t" => IndexRow::Token {
                     param,
                     system: a,
@@ -965,12 +969,13 @@ impl Tx {
                     low: a,
                     high: b,
                 },
-                "u" => IndexRow::Uri { param, uri: a },
-                _ if a.is_empty() => IndexRow::ReferenceIdentifier {
+                "x" => IndexRow::TokenText { param, text: a },
+                "i" => IndexRow::ReferenceIdentifier {
                     param,
-                    system: b,
-                    value: c,
+                    system: a,
+                    value: b,
                 },
+                "u" => IndexRow::Uri { param, uri: a },
                 _ => IndexRow::Reference { param, target: a },
             });
         }

@@ -1,22 +1,37 @@
--- More of search (see src/search): the quantity/number and uri index tables, the display
--- text of tokens (CodeableConcept.text, Coding.display) for `:text`, and the identifier of
--- references for `:identifier`. The SQLite and PostgreSQL migrations of this number create
--- the same tables; the indexes serving `LIKE 'prefix%'` differ: NOCASE collation on SQLite
--- (whose LIKE ignores ASCII case; the values are lower-cased), pattern operators on
--- PostgreSQL.
+-- More of search (see src/search): index tables for the display texts of tokens (`:text`),
+-- the identifiers of references (`:identifier`), quantities and numbers, and uris. The
+-- tables of migration 0002 keep their meaning (one row per value, no marker rows), so that
+-- sorting and includes over them are unaffected. The SQLite and PostgreSQL migrations of
+-- this number create the same tables; the indexes serving `LIKE 'prefix%'` differ: NOCASE
+-- collation on SQLite (whose LIKE ignores ASCII case; the values are lower-cased), pattern
+-- operators on PostgreSQL.
 -- Resources stored before this migration have no rows in the new tables until rewritten.
-
--- A display text is a row of its own: system and code empty, `text` lower-cased.
-ALTER TABLE search_token ADD COLUMN text TEXT NOT NULL DEFAULT '';
-CREATE INDEX search_token_text ON search_token (res_type, param, text COLLATE NOCASE);
 
 -- String search is by prefix (the index of migration 0002 serves equality).
 CREATE INDEX search_string_prefix ON search_string (res_type, param, value COLLATE NOCASE);
 
--- A Reference.identifier is a row of its own: target empty, the identifier's system|value.
-ALTER TABLE search_reference ADD COLUMN id_system TEXT NOT NULL DEFAULT '';
-ALTER TABLE search_reference ADD COLUMN id_value TEXT NOT NULL DEFAULT '';
-CREATE INDEX search_reference_identifier ON search_reference (res_type, param, id_value, id_system);
+-- The display texts of token values (Coding.display, CodeableConcept.text,
+-- Identifier.type.text), lower-cased, for `:text`.
+CREATE TABLE search_token_text (
+    res_type TEXT NOT NULL,
+    res_id   TEXT NOT NULL,
+    param    TEXT NOT NULL,
+    text     TEXT NOT NULL
+);
+CREATE INDEX search_token_text_lookup ON search_token_text (res_type, param, text COLLATE NOCASE);
+CREATE INDEX search_token_text_owner ON search_token_text (res_type, res_id);
+
+-- The identifiers of references (Reference.identifier), for `:identifier`.
+CREATE TABLE search_reference_identifier (
+    res_type TEXT NOT NULL,
+    res_id   TEXT NOT NULL,
+    param    TEXT NOT NULL,
+    system   TEXT NOT NULL,
+    value    TEXT NOT NULL
+);
+CREATE INDEX search_reference_identifier_lookup
+    ON search_reference_identifier (res_type, param, value, system);
+CREATE INDEX search_reference_identifier_owner ON search_reference_identifier (res_type, res_id);
 
 -- Quantities (and numbers: system, code and unit empty) as the range they cover (a point, or
 -- a Range's low..high), as written and, where the unit converts, in UCUM base units.

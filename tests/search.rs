@@ -288,6 +288,15 @@ mod scenarios {
             &[&cm],
         )
         .await;
+        // an update replaces the index rows: the old value is no longer found
+        let mut changed = obs(json!({"value": 6, "unit": "mg", "system": ucum, "code": "mg"}));
+        changed["id"] = json!(mg);
+        let (st, _, b) = s
+            .put(&format!("/fhir/Observation/{mg}"), &changed, &[])
+            .await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+        expect(s, "Observation?value-quantity=5000||ug", &[]).await;
+        expect(s, "Observation?value-quantity=6||mg", &[&mg]).await;
         // number
         let r = create(
             s,

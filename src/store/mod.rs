@@ -212,6 +212,18 @@ macro_rules! stored {
 
 pub mod auth;
 
+/// The search index tables (migrations 0002 and 0004).
+const SEARCH_TABLES: [&str; 8] = [
+    "search_token",
+    "search_string",
+    "search_date",
+    "search_reference",
+    "search_token_text",
+    "search_reference_identifier",
+    "search_quantity",
+    "search_uri",
+];
+
 const VERSION_COLUMNS: &str =
     "v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content, v.issues";
 
@@ -651,7 +663,9 @@ impl Tx {
             .await?;
         self.index_identifiers(res_type, id, identifiers(content))
             .await?;
-        self.index_search(res_type, id, index).await?;
+        // A resource never stored before has no index rows to remove.
+        let live = previous.as_ref().is_some_and(|p| !p.deleted);
+        self.index_search(res_type, id, index, live).await?;
         let replaced = previous.filter(|p| !p.deleted);
         Ok((stored, replaced))
     }
@@ -681,7 +695,7 @@ impl Tx {
         self.write_version(&stored, Some(previous.version_id))
             .await?;
         self.index_identifiers(res_type, id, Vec::new()).await?;
-        self.index_search(res_type, id, &[]).await?;
+        self.index_search(res_type, id, &[], true).await?;
         Ok(Some(stored))
     }
 
@@ -769,18 +783,18 @@ impl Tx {
         Ok(())
     }
 
-    /// Replaces the search index rows of a resource.
-    async fn index_search(&mut self, res_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
-        for table in [
-            "search_token",
-            "search_string",
-            "search_date",
-            "search_reference",
-            "search_token_text",
-            "search_reference_identifier",
-            "search_quantity",
-            "search_uri",
-        ] {
+    /// Replaces the search index rows of a resource (`existing`: it may have some; a new
+    /// resource, or one re-created after a delete, has none, which saves a statement per
+    /// index table).
+    async fn index_search(
+        &mut self,
+        res_type: &str,
+        id: &str,
+        rows: &[IndexRow],
+        existing: bool,
+    ) -> Result<()> {
+        let tables: &[&str] = if existing { &SEARCH_TABLES } else { &[] };
+        for table in tables {
             let sql = format!("DELETE FROM {table} WHERE res_type = $1 AND res_id = $2");
             on_tx!(self, |c| sqlx::query(&sql)
                 .bind(res_type)

@@ -170,7 +170,11 @@ pub fn parse(res_type: &str, pairs: &[(String, String)]) -> Result<Parsed, Strin
         ..Default::default()
     };
     for (key, value) in pairs {
-        match key.as_str() {
+        let (name, modifier) = match key.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (key.as_str(), None),
+        };
+        match name {
             "_count" => {
                 p.count = value
                     .parse::<i64>()
@@ -201,7 +205,7 @@ pub fn parse(res_type: &str, pairs: &[(String, String)]) -> Result<Parsed, Strin
             "_format" | "_pretty" => continue,
             _ => {}
         }
-        match clause(res_type, key, value) {
+        match clause(res_type, key, name, modifier, value) {
             Ok(clause) => {
                 if !clause.is_empty() {
                     p.clauses.push(clause);
@@ -238,15 +242,17 @@ fn tables_of(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// The conditions (OR) of one `key=value` pair.
-fn clause(res_type: &str, key: &str, value: &str) -> Result<Clause, Problem> {
+/// The conditions (OR) of one `key=value` pair, `key` being `name[:modifier]`.
+fn clause(
+    res_type: &str,
+    key: &str,
+    name: &str,
+    modifier: Option<&str>,
+    value: &str,
+) -> Result<Clause, Problem> {
     if let Some((head, rest)) = key.split_once('.') {
         return chain(res_type, key, head, rest, value);
     }
-    let (name, modifier) = match key.split_once(':') {
-        Some((n, m)) => (n, Some(m)),
-        None => (key, None),
-    };
     let kind = kind_of(res_type, name).ok_or_else(|| {
         Problem::Unknown(format!("unknown search parameter {key} for {res_type}"))
     })?;
@@ -367,7 +373,11 @@ fn chain(
             }
         },
     };
-    let inner = clause(&target, rest, value).map_err(|p| match p {
+    let (inner_name, inner_modifier) = match rest.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (rest, None),
+    };
+    let inner = clause(&target, rest, inner_name, inner_modifier, value).map_err(|p| match p {
         Problem::Unknown(why) => Problem::Unknown(format!("{key}: {why}")),
         Problem::Bad(why) => Problem::Bad(format!("{key}: {why}")),
     })?;

@@ -259,12 +259,7 @@ impl<'m> Engine<'m> {
     }
 
     /// The rows of a source by key, reporting keys that repeat.
-    fn index(
-        &mut self,
-        source: usize,
-        on: &[String],
-        line: usize,
-    ) -> KeyIndex {
+    fn index(&mut self, source: usize, on: &[String], line: usize) -> KeyIndex {
         let mut index = HashMap::new();
         for ti in 0..self.tables.len() {
             if self.tables[ti].source != source {
@@ -547,7 +542,11 @@ impl<'m> Engine<'m> {
                 let result = {
                     let mut ctx = Context::empty();
                     for (k, v) in &vars {
-                        ctx = ctx.with_variable(k, Collection::one(Item::str(v)));
+                        ctx = ctx.with_variable(
+                            k,
+                            v.as_deref()
+                                .map_or_else(Collection::new, |v| Collection::one(Item::str(v))),
+                        );
                     }
                     e.evaluate_predicate(&ctx).map_err(|e| e.to_string())
                 };
@@ -570,9 +569,12 @@ impl<'m> Engine<'m> {
 
     /// The row's values as FHIRPath variables: declared column names and headers, of the
     /// row and its joined rows (as `SOURCE.COLUMN` too), constants as `const.NAME`, and `n`.
-    fn variables(&self, at: At) -> Vec<(String, String)> {
+    fn variables(&self, at: At) -> Vec<(String, Option<String>)> {
         let mut vars = Vec::new();
-        let mut add = |table: usize, row: usize, prefix: Option<&str>| {
+        let add = |vars: &mut Vec<(String, Option<String>)>,
+                   table: usize,
+                   row: usize,
+                   prefix: Option<&str>| {
             let t = &self.tables[table];
             let src = &self.m.sources[t.source];
             let names = src
@@ -581,28 +583,33 @@ impl<'m> Engine<'m> {
                 .map(|c| c.name.as_str())
                 .chain(t.headers.iter().map(String::as_str));
             for name in names {
-                if let Some(v) = t.column(name).and_then(|i| t.value(row, i)) {
-                    if let Some(p) = prefix {
-                        vars.push((format!("{p}.{name}"), v.to_string()));
-                    } else {
-                        vars.push((name.to_string(), v.to_string()));
+                // Empty cells are empty collections: FHIRPath propagates them.
+                let v = t
+                    .column(name)
+                    .and_then(|i| t.value(row, i))
+                    .map(str::to_string);
+                let key = prefix.map_or_else(|| name.to_string(), |p| format!("{p}.{name}"));
+                vars.push((key, v));
+            }
+        };
+        add(&mut vars, at.table, at.row, None);
+        let own = &self.m.sources[self.tables[at.table].source];
+        for (j, join) in own.joins.iter().enumerate() {
+            let name = &self.m.sources[join.source].name;
+            match self.joined[at.table][at.row].get(j).copied().flatten() {
+                Some((t, r)) => add(&mut vars, t, r, Some(name)),
+                None => {
+                    // No joined row: its declared columns are there, and empty.
+                    for c in &self.m.sources[join.source].columns {
+                        vars.push((format!("{name}.{}", c.name), None));
                     }
                 }
             }
-        };
-        add(at.table, at.row, None);
-        let own = &self.m.sources[self.tables[at.table].source];
-        for (j, join) in own.joins.iter().enumerate() {
-            if let Some((t, r)) = self.joined[at.table][at.row].get(j).copied().flatten() {
-                add(t, r, Some(&self.m.sources[join.source].name));
-            }
         }
         for (k, v) in &self.m.constants {
-            vars.push((format!("const.{k}"), v.clone()));
+            vars.push((format!("const.{k}"), Some(v.clone())));
         }
-        if let Some(n) = at.n {
-            vars.push(("n".into(), n.to_string()));
-        }
+        vars.push(("n".into(), at.n.map(|n| n.to_string())));
         vars
     }
 
@@ -668,7 +675,11 @@ impl<'m> Engine<'m> {
         let result: Result<Option<Out>, String> = {
             let mut ctx = Context::empty();
             for (k, v) in &vars {
-                ctx = ctx.with_variable(k, Collection::one(Item::str(v)));
+                ctx = ctx.with_variable(
+                    k,
+                    v.as_deref()
+                        .map_or_else(Collection::new, |v| Collection::one(Item::str(v))),
+                );
             }
             match e.evaluate(&ctx) {
                 Err(e) => Err(e.to_string()),

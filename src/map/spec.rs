@@ -963,12 +963,14 @@ impl Reader {
                     "date" => As::Date,
                     "year" => As::Year,
                     "boolean" => As::Boolean,
-                    _ => return Err(self.err(
-                        l,
-                        &format!(
+                    _ => {
+                        return Err(self.err(
+                            l,
+                            &format!(
                             "as = '{a}': expected string, integer, decimal, date, year or boolean"
                         ),
-                    )),
+                        ))
+                    }
                 },
             };
             let unit = t.opt_str("unit")?;

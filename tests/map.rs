@@ -196,7 +196,10 @@ fn the_example_export_maps_to_valid_study_resources() {
 #[test]
 fn running_twice_gives_the_same_bundle() {
     let input = example().join("fixtures/basic/registry-export.csv");
-    let (_, first, _) = map(&example().join("mapping.toml"), std::slice::from_ref(&input));
+    let (_, first, _) = map(
+        &example().join("mapping.toml"),
+        std::slice::from_ref(&input),
+    );
     let (_, second, _) = map(&example().join("mapping.toml"), &[input]);
     assert!(!first.is_empty());
     assert_eq!(first, second);
@@ -471,8 +474,8 @@ code = { coding = [{ column = "technique", translate = "modality" }] }
         "error: mapping.toml:12: 'nmae' is not an element of Patient",
         "error: mapping.toml:13: Patient.name is not allowed by https://a-imagio.eu/fhir/StructureDefinition/imagio-subject (max 0)",
         "error: mapping.toml:14: Patient.identifier repeats: write a list [ { ... } ]",
-        "error: mapping.toml:1: ConceptMap 'modality' maps to https://a-imagio.eu/fhir/CodeSystem/ablation-modality|cryo, which is not in its target ValueSet https://a-imagio.eu/fhir/ValueSet/ablation-modality",
-        "warning: mapping.toml:1: ConceptMap 'modality' does not cover https://a-imagio.eu/fhir/ValueSet/ablation-modality: no local code maps to mwa, other-thermal",
+        "error: mapping.toml:5: ConceptMap 'modality' maps to https://a-imagio.eu/fhir/CodeSystem/ablation-modality|cryo, which is not in its target ValueSet https://a-imagio.eu/fhir/ValueSet/ablation-modality",
+        "warning: mapping.toml:5: ConceptMap 'modality' does not cover https://a-imagio.eu/fhir/ValueSet/ablation-modality: no local code maps to mwa, other-thermal",
     ];
     for e in expect {
         assert!(out.lines().any(|l| l == e), "missing\n{e}\nin\n{out}");
@@ -530,4 +533,50 @@ fn mapping_test_passes_the_example_fixtures_and_shows_a_readable_diff() {
         "{out}"
     );
     assert!(out.contains("2 fixtures, 0 passed, 2 failed"), "{out}");
+}
+
+const VISITS: &str = r#"
+[mapping]
+name = "visits"
+
+[sources.visits]
+key = ["pid", "visit"]
+empty = ["?"]
+
+[[resources]]
+name = "subject"
+type = "Patient"
+profile = "imagio-subject"
+id = "p-{pid}"
+[resources.content]
+identifier = [{ system = "https://a-imagio.eu/fhir/sid/subject", value = { template = "AIM-{pid}" } }]
+gender = { column = "sex", default = "unknown" }
+deceasedBoolean = { if = { any = [{ column = "status", in = ["dead", "overleden"] }, { present = "death" }] }, then = true, else = { if = { not = { present = "status" } }, then = { const = false } } }
+"#;
+
+#[test]
+fn a_resource_repeated_on_rows_is_made_once_unless_the_rows_disagree() {
+    let (mapping, csv) = small(
+        VISITS,
+        b"pid,visit,sex,status,death\nA,1,female,alive,\nA,2,female,alive,\nB,1,?,,\nC,1,male,overleden,\nC,2,female,,\nC,2,female,,\n",
+    );
+    let (code, text, report) = map(&mapping, &[csv]);
+    assert_eq!(code, 1, "{report}");
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["entry"].as_array().unwrap().len(), 3, "{text}");
+    assert_eq!(resource(&b, "Patient/p-A")["gender"], "female");
+    assert!(resource(&b, "Patient/p-A").get("deceasedBoolean").is_none());
+    assert_eq!(resource(&b, "Patient/p-B")["gender"], "unknown");
+    assert_eq!(resource(&b, "Patient/p-B")["deceasedBoolean"], false);
+    assert_eq!(resource(&b, "Patient/p-C")["deceasedBoolean"], true);
+    let id = line_of(&mapping, "id = \"p-{pid}\"");
+    let key = line_of(&mapping, "[sources.visits]");
+    assert!(
+        report.contains(&format!("error: export.csv:6: mapping.toml:{id}: Patient/p-C: this id is produced again with different content (first from export.csv:5)")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("error: export.csv:7: mapping.toml:{key}: duplicate key pid, visit = C, 2 (also on line 6)")),
+        "{report}"
+    );
 }

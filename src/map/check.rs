@@ -129,7 +129,7 @@ pub fn check(mapping: &Mapping, samples: &[Input], validator: &Validator) -> Vec
     names.sort();
     for name in names {
         let cm = &mapping.conceptmaps[name];
-        let line = 1;
+        let line = cm.line;
         let Some(vs) = &cm.target_value_set else {
             out.push(d(
                 Severity::Warning,

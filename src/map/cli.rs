@@ -5,7 +5,6 @@
 //! parse, an input that cannot be read or fits no source, unknown profiles folder).
 
 use super::{check, fixture, load, run, study_validator, Diagnostic, Input, MapError};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,21 +45,36 @@ pub fn map(
             Err(e) => return usage(&e),
         }
     };
-    let outcome = match run(&m, &inputs, validator.as_ref(), warnings) {
+    // Inputs that fit no source are a usage error: found before any output is made.
+    if let Err(e) = super::assign(&m, &inputs) {
+        return usage(&e);
+    }
+    let result = match out {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => run(
+                &m,
+                &inputs,
+                validator.as_ref(),
+                warnings,
+                &mut std::io::BufWriter::new(f),
+            ),
+            Err(source) => Err(MapError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        },
+        None => run(
+            &m,
+            &inputs,
+            validator.as_ref(),
+            warnings,
+            &mut std::io::BufWriter::new(std::io::stdout().lock()),
+        ),
+    };
+    let outcome = match result {
         Ok(o) => o,
         Err(e) => return usage(&e),
     };
-    let written = match out {
-        Some(path) => std::fs::write(path, &outcome.bundle).map_err(|e| (path.to_path_buf(), e)),
-        None => std::io::stdout()
-            .lock()
-            .write_all(outcome.bundle.as_bytes())
-            .map_err(|e| (PathBuf::from("<stdout>"), e)),
-    };
-    if let Err((path, e)) = written {
-        eprintln!("error: {}: {e}", path.display());
-        return ExitCode::from(2);
-    }
     let mut text = String::new();
     for d in &outcome.diagnostics {
         text.push_str(&d.to_string());

@@ -22,6 +22,8 @@ pub struct Coding {
 pub struct ConceptMap {
     /// The file it was read from.
     pub path: PathBuf,
+    /// The line of the mapping that names it (0 until set by the mapping reader).
+    pub line: usize,
     /// Its canonical URL.
     pub url: String,
     /// The ValueSet it targets (`targetCanonical` or `targetUri`), if declared.
@@ -111,6 +113,7 @@ impl ConceptMap {
         }
         Ok(ConceptMap {
             path: path.to_path_buf(),
+            line: 0,
             url,
             target_value_set,
             map,

@@ -119,14 +119,15 @@ impl<'m> Engine<'m> {
         });
     }
 
-    /// The key values of a row, `None` when a key cell is empty or missing.
+    /// The key values of a row (trimmed, compared exactly as ids are made from them),
+    /// `None` when a key cell is empty or missing.
     fn key_of(&self, table: usize, row: usize, cols: &[String]) -> Option<Vec<String>> {
         let t = &self.tables[table];
         cols.iter()
             .map(|c| {
                 t.column(c)
                     .and_then(|i| t.value(row, i))
-                    .map(|v| v.to_lowercase())
+                    .map(str::to_string)
             })
             .collect()
     }
@@ -288,11 +289,11 @@ impl<'m> Engine<'m> {
         index
     }
 
-    /// Applies every rule to every row of its source: the produced resources, without
-    /// duplicates (the same id from two rows must have the same content).
-    pub(super) fn produce(&mut self) -> Vec<Produced> {
-        let mut out: Vec<Produced> = Vec::new();
-        let mut ids: HashMap<(String, String), usize> = HashMap::new();
+    /// Applies every rule to every row of its source and hands each produced resource,
+    /// serialized, to `emit`, without duplicates: the same id from two rows must have the
+    /// same content (compared by a hash of the text, so nothing but the text is kept).
+    pub(super) fn produce(&mut self, emit: &mut dyn FnMut(Produced)) -> usize {
+        let mut ids: HashMap<(String, String), (u64, RowRef)> = HashMap::new();
         for ri in 0..self.m.resources.len() {
             self.rule = ri;
             let rule = &self.m.resources[ri];
@@ -321,15 +322,20 @@ impl<'m> Engine<'m> {
                         let Some(p) = self.one(rule, at) else {
                             continue;
                         };
+                        let hash = {
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            std::hash::Hash::hash(&p.text, &mut h);
+                            std::hash::Hasher::finish(&h)
+                        };
                         let key = (p.type_name.clone(), p.id.clone());
                         match ids.get(&key) {
                             None => {
-                                ids.insert(key, out.len());
-                                out.push(p);
+                                ids.insert(key, (hash, (ti, r)));
+                                emit(p);
                             }
-                            Some(&i) if out[i].resource == p.resource => {}
-                            Some(&i) => {
-                                let first = row_pos(self.tables, out[i].row.0, out[i].row.1)
+                            Some((h, _)) if *h == hash => {}
+                            Some((_, (ft, fr))) => {
+                                let first = row_pos(self.tables, *ft, *fr)
                                     .map(|s| format!("{}:{}", s.file, s.row))
                                     .unwrap_or_default();
                                 self.report(
@@ -338,8 +344,7 @@ impl<'m> Engine<'m> {
                                     None,
                                     rule.id_line,
                                     format!(
-                                        "{}/{} is produced again with different content (first from {first}); make the id unique or the rows agree",
-                                        p.type_name, p.id
+                                        "this id is produced again with different content (first from {first}); make the id unique or the rows agree"
                                     ),
                                 );
                             }
@@ -349,7 +354,7 @@ impl<'m> Engine<'m> {
             }
         }
         self.resource = None;
-        out
+        ids.len()
     }
 
     /// One resource of `rule` for the row.
@@ -388,11 +393,17 @@ impl<'m> Engine<'m> {
             }
         }
         self.member = None;
+        let resource = Val::new(Out::Obj(members), line(rule.line));
+        let mut text = String::new();
+        let mut lines = Vec::new();
+        super::out::write(&resource, &mut text, &mut lines);
         Some(Produced {
             type_name: rule.type_name.clone(),
             id,
             profile: rule.profile.clone(),
-            resource: Val::new(Out::Obj(members), line(rule.line)),
+            text,
+            lines,
+            root: resource.prov,
             row: (at.table, at.row),
             failed: std::mem::take(&mut self.failed),
         })

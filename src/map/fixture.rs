@@ -87,7 +87,9 @@ pub fn run_fixtures(
                 inputs.push(Input::read(&p)?);
             }
         }
-        let outcome = run(mapping, &inputs, Some(validator), false)?;
+        let mut bundle = Vec::new();
+        let outcome = run(mapping, &inputs, Some(validator), false, &mut bundle)?;
+        let bundle = String::from_utf8_lossy(&bundle).into_owned();
         let report: String = outcome
             .diagnostics
             .iter()
@@ -103,7 +105,7 @@ pub fn run_fixtures(
         };
         let mut differences = Vec::new();
         if update {
-            write(&expected_json, &outcome.bundle)?;
+            write(&expected_json, &bundle)?;
             if outcome.diagnostics.is_empty() {
                 if expected_report.exists() {
                     std::fs::remove_file(&expected_report).map_err(|source| MapError::Io {
@@ -119,7 +121,7 @@ pub fn run_fixtures(
                 Err(_) => differences.push("expected.json is missing (run with --update)".into()),
                 Ok(text) => match (
                     serde_json::from_str::<Value>(&text),
-                    serde_json::from_str::<Value>(&outcome.bundle),
+                    serde_json::from_str::<Value>(&bundle),
                 ) {
                     (Ok(e), Ok(g)) => json_diff("", &e, &g, &mut differences),
                     (Err(e), _) => differences.push(format!("expected.json is not JSON: {e}")),

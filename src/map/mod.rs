@@ -29,7 +29,7 @@ pub mod spec;
 pub use spec::{load, Mapping};
 
 use crate::validate::{Severity, Validator};
-use out::{CellRef, Out, Prov, Val};
+use out::{CellRef, Prov};
 use source::Table;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,9 @@ pub enum MapError {
     /// The inputs do not fit the mapping's sources.
     #[error("{0}")]
     Inputs(String),
+    /// The Bundle could not be written.
+    #[error("cannot write the Bundle: {0}")]
+    Write(std::io::Error),
     /// The study profiles could not be loaded.
     #[error("study profiles: {0}")]
     Profiles(#[from] crate::profiles::ProfilesError),
@@ -119,8 +122,6 @@ impl fmt::Display for Diagnostic {
 /// What a run produced.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The transaction Bundle, indented JSON.
-    pub bundle: String,
     /// Every problem, in input order per resource rule.
     pub diagnostics: Vec<Diagnostic>,
     /// Data rows read.
@@ -230,18 +231,20 @@ fn patterns(m: &Mapping) -> String {
         .join(", ")
 }
 
-/// Runs a mapping over inputs: the transaction Bundle and every diagnostic. With a
-/// validator, each produced resource is validated against the profile it claims and the
-/// issues are traced back to mapping lines and source cells (`warnings` keeps validation
-/// warnings too; errors are always kept).
+/// Runs a mapping over inputs: writes the transaction Bundle to `bundle` (resource by
+/// resource: only the Bundle's text leaves memory, no tree is kept) and returns every
+/// diagnostic. With a validator, each produced resource is validated against the profile
+/// it claims and the issues are traced back to mapping lines and source cells (`warnings`
+/// keeps validation warnings too; errors are always kept).
 ///
 /// # Errors
-/// When the inputs do not fit the mapping's sources ([`assign`]).
+/// When the inputs do not fit the mapping's sources ([`assign`]), or writing fails.
 pub fn run(
     mapping: &Mapping,
     inputs: &[Input],
     validator: Option<&Validator>,
     warnings: bool,
+    bundle: &mut dyn std::io::Write,
 ) -> Result<Outcome, MapError> {
     let assignment = assign(mapping, inputs)?;
     let mut diagnostics = Vec::new();
@@ -268,47 +271,43 @@ pub fn run(
     }
     let rows = tables.iter().map(|t| t.rows.len()).sum();
     let mut engine = eval::Engine::new(mapping, &tables, diagnostics);
-    let produced = engine.produce();
-    let mut diagnostics = engine.into_diagnostics();
-
-    let mut entries = Vec::with_capacity(produced.len());
-    for p in &produced {
+    let mut issues = Vec::new();
+    let mut writer = BundleWriter {
+        out: bundle,
+        base: mapping.base.trim_end_matches('/'),
+        count: 0,
+        error: None,
+    };
+    writer.start();
+    let resources = engine.produce(&mut |p| {
         if let Some(v) = validator {
-            validate_one(mapping, &tables, v, p, warnings, &mut diagnostics);
+            validate_one(mapping, &tables, v, &p, warnings, &mut issues);
         }
-        entries.push(entry(mapping, p));
+        writer.entry(&p);
+    });
+    writer.finish();
+    if let Some(e) = writer.error {
+        return Err(MapError::Write(e));
     }
-    let none = Prov::default();
-    let bundle = Val::new(
-        Out::Obj(vec![
-            ("resourceType".into(), Val::str("Bundle", none)),
-            ("type".into(), Val::str("transaction", none)),
-            ("entry".into(), Val::new(Out::Arr(entries), none)),
-        ]),
-        none,
-    );
-    let mut text = String::new();
-    out::write(&bundle, &mut text, &mut Vec::new());
+    let mut diagnostics = engine.into_diagnostics();
+    diagnostics.extend(issues);
     // The report reads per input row: by file, then row, then mapping line (stable, so
     // problems of one row keep the order of the rules).
-    diagnostics.sort_by(|a, b| {
-        let key = |d: &Diagnostic| {
-            (
-                d.source.as_ref().map(|s| (s.file.clone(), s.row)),
-                d.mapping.as_ref().map(|m| m.1),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    fn order(d: &Diagnostic) -> (Option<(&str, u32)>, Option<usize>) {
+        (
+            d.source.as_ref().map(|s| (s.file.as_str(), s.row)),
+            d.mapping.as_ref().map(|m| m.1),
+        )
+    }
+    diagnostics.sort_by(|a, b| order(a).cmp(&order(b)));
     Ok(Outcome {
-        bundle: text,
         diagnostics,
         rows,
-        resources: produced.len(),
+        resources,
     })
 }
 
-/// A produced resource.
+/// A produced resource, serialized.
 #[derive(Debug)]
 pub struct Produced {
     /// Resource type.
@@ -317,8 +316,12 @@ pub struct Produced {
     pub id: String,
     /// The profile it claims.
     pub profile: String,
-    /// The resource.
-    pub resource: Val,
+    /// The resource as indented JSON.
+    pub text: String,
+    /// The provenance of each line of `text`.
+    pub lines: Vec<Prov>,
+    /// The provenance of the resource as a whole (its rule).
+    pub root: Prov,
     /// The row it came from (table, row).
     pub row: (usize, usize),
     /// Content members (JSON names) whose value could not be made (already reported):
@@ -326,32 +329,64 @@ pub struct Produced {
     pub failed: Vec<String>,
 }
 
-fn entry(mapping: &Mapping, p: &Produced) -> Val {
-    let none = Prov::default();
-    let url = format!("{}/{}", p.type_name, p.id);
-    Val::new(
-        Out::Obj(vec![
-            (
-                "fullUrl".into(),
-                Val::str(
-                    format!("{}/{url}", mapping.base.trim_end_matches('/')),
-                    none,
-                ),
-            ),
-            ("resource".into(), p.resource.clone()),
-            (
-                "request".into(),
-                Val::new(
-                    Out::Obj(vec![
-                        ("method".into(), Val::str("PUT", none)),
-                        ("url".into(), Val::str(url, none)),
-                    ]),
-                    none,
-                ),
-            ),
-        ]),
-        none,
-    )
+/// Writes the transaction Bundle entry by entry, in the layout of [`out::write`] (the
+/// same text as writing the Bundle as one tree).
+struct BundleWriter<'w> {
+    out: &'w mut dyn std::io::Write,
+    base: &'w str,
+    count: usize,
+    error: Option<std::io::Error>,
+}
+
+impl BundleWriter<'_> {
+    fn put(&mut self, s: &str) {
+        if self.error.is_none() {
+            if let Err(e) = self.out.write_all(s.as_bytes()) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        self.put(
+            "{\n  \"resourceType\": \"Bundle\",\n  \"type\": \"transaction\",\n  \"entry\": [",
+        );
+    }
+
+    fn entry(&mut self, p: &Produced) {
+        let url = format!("{}/{}", p.type_name, p.id);
+        let mut s = String::with_capacity(p.text.len() + p.text.len() / 4 + 200);
+        if self.count > 0 {
+            s.push(',');
+        }
+        s.push_str("\n    {\n      \"fullUrl\": ");
+        crate::model::json::write_str(&mut s, &format!("{}/{url}", self.base));
+        s.push_str(",\n      \"resource\": ");
+        for (i, line) in p.text.trim_end().split('\n').enumerate() {
+            if i > 0 {
+                s.push_str("\n      ");
+            }
+            s.push_str(line);
+        }
+        s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": ");
+        crate::model::json::write_str(&mut s, &url);
+        s.push_str("\n      }\n    }");
+        self.put(&s);
+        self.count += 1;
+    }
+
+    fn finish(&mut self) {
+        if self.count > 0 {
+            self.put("\n  ]\n}\n");
+        } else {
+            self.put("]\n}\n");
+        }
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 /// The position of a cell for diagnostics.
@@ -386,9 +421,7 @@ fn validate_one(
     warnings: bool,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    let mut text = String::new();
-    let mut lines = Vec::new();
-    out::write(&p.resource, &mut text, &mut lines);
+    let (text, lines) = (&p.text, &p.lines);
     let info = crate::model::schema::type_info(&p.type_name);
     let failed: Vec<String> = p
         .failed
@@ -399,7 +432,7 @@ fn validate_one(
             Some(format!("{}.{}", p.type_name, element.name))
         })
         .collect();
-    for issue in validator.validate_json(&text, std::slice::from_ref(&p.profile)) {
+    for issue in validator.validate_json(text, std::slice::from_ref(&p.profile)) {
         if !(issue.severity.is_error() || warnings && issue.severity == Severity::Warning) {
             continue;
         }
@@ -418,7 +451,7 @@ fn validate_one(
             .line
             .and_then(|l| lines.get(l.saturating_sub(1)))
             .copied()
-            .unwrap_or(p.resource.prov);
+            .unwrap_or(p.root);
         diagnostics.push(Diagnostic {
             severity: issue.severity,
             source: prov

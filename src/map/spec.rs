@@ -416,7 +416,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Mapping, MapError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         for (k, _) in c.entries() {
             let (file, line) = c.req_str(k)?;
-            let cm = ConceptMap::load(&dir.join(&file)).map_err(|m| r.err(line, &m))?;
+            let mut cm = ConceptMap::load(&dir.join(&file)).map_err(|m| r.err(line, &m))?;
+            cm.line = line;
             conceptmaps.insert(k.to_string(), cm);
         }
     }

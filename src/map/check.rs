@@ -286,13 +286,6 @@ fn elements(
     rule: &ResourceRule,
     report: &mut impl FnMut(usize, String),
 ) {
-    if matches!(key, "resourceType" | "id" | "meta") && path == rule.type_name {
-        report(
-            n.line(),
-            format!("'{key}' is set by the mapping from type, id and profile; remove it"),
-        );
-        return;
-    }
     let Some(child) = info.child(key) else {
         report(
             n.line(),

@@ -892,6 +892,15 @@ impl Reader {
             Some(c) => self.members(&c)?,
             None => Vec::new(),
         };
+        if let Some((k, n)) = content
+            .iter()
+            .find(|(k, _)| matches!(k.as_str(), "resourceType" | "id" | "meta"))
+        {
+            return Err(self.err(
+                n.line(),
+                &format!("'{k}' is set from type, id and profile; remove it from the content"),
+            ));
+        }
         Ok(ResourceRule {
             name,
             line: t.line,
@@ -1195,6 +1204,9 @@ M = "male"
             .unwrap_err()
             .to_string()
             .contains("not an R4 resource type"));
+        let bad = MINIMAL.replace("gender = {", "id = \"x\"\ngender = {");
+        let e = parse_str(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("m.toml:17: 'id' is set from type"), "{e}");
         let bad = MINIMAL.replace("dates = [\"dd-mm-yyyy\"]", "dates = [\"dd-mm\"]");
         assert!(parse_str(&bad)
             .unwrap_err()

@@ -459,6 +459,7 @@ profile = "imagio-thermal-ablation"
 id = "a-{pid}"
 [resources.content]
 code = { coding = [{ column = "technique", translate = "modality" }] }
+extension = [{ url = "https://a-imagio.eu/fhir/StructureDefinition/ablation-aproach", valueCode = "open" }]
 "#,
     )
     .unwrap();
@@ -475,6 +476,7 @@ code = { coding = [{ column = "technique", translate = "modality" }] }
         "error: mapping.toml:13: Patient.name is not allowed by https://a-imagio.eu/fhir/StructureDefinition/imagio-subject (max 0)",
         "error: mapping.toml:14: Patient.identifier repeats: write a list [ { ... } ]",
         "error: mapping.toml:5: ConceptMap 'modality' maps to https://a-imagio.eu/fhir/CodeSystem/ablation-modality|cryo, which is not in its target ValueSet https://a-imagio.eu/fhir/ValueSet/ablation-modality",
+        "error: mapping.toml:21: extension https://a-imagio.eu/fhir/StructureDefinition/ablation-aproach is not defined by the study or R4",
         "warning: mapping.toml:5: ConceptMap 'modality' does not cover https://a-imagio.eu/fhir/ValueSet/ablation-modality: no local code maps to mwa, other-thermal",
     ];
     for e in expect {

@@ -123,6 +123,16 @@ pub fn check(mapping: &Mapping, samples: &[Input], validator: &Validator) -> Vec
                 );
             }
         }
+        extension_urls(&rule.content, &mut |url, line| {
+            if validator.profile_type(url).as_deref() != Some("Extension") {
+                out.push(d(
+                    Severity::Error,
+                    line,
+                    None,
+                    format!("extension {url} is not defined by the study or R4"),
+                ));
+            }
+        });
     }
     // ConceptMaps against the ValueSets they target.
     let mut names: Vec<&String> = mapping.conceptmaps.keys().collect();
@@ -251,6 +261,30 @@ pub fn columns_read(mapping: &Mapping, si: usize) -> Vec<(String, usize)> {
         });
     }
     out
+}
+
+/// Calls `f` with every constant `url` of an `extension` or `modifierExtension` item.
+fn extension_urls(members: &[(String, Node)], f: &mut impl FnMut(&str, usize)) {
+    for (k, n) in members {
+        let items: &[Node] = match n {
+            Node::Array(items, _) => items,
+            other => std::slice::from_ref(other),
+        };
+        for item in items {
+            if let Node::Object(inner, _) = item {
+                if matches!(k.as_str(), "extension" | "modifierExtension") {
+                    for (ik, iv) in inner {
+                        if let ("url", Node::Value(Spec::Const(super::spec::Lit::Str(url)), line)) =
+                            (ik.as_str(), iv)
+                        {
+                            f(url, *line);
+                        }
+                    }
+                }
+                extension_urls(inner, f);
+            }
+        }
+    }
 }
 
 fn cond_columns(c: &Cond, f: &mut impl FnMut(&str)) {

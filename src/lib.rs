@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod definitions;
 pub mod fhirpath;
+pub mod map;
 pub mod model;
 pub mod profiles;
 pub mod search;

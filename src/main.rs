@@ -124,6 +124,54 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    // --- mappings (issue 7) ---
+    /// Map site CSV exports into a transaction Bundle of study resources, with a report of
+    /// every problem by source file:row:column and mapping file:line.
+    Map {
+        /// The mapping file (TOML; see mappings/README.md).
+        #[arg(long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// Write the Bundle here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write the report here instead of standard error.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Also report validation warnings.
+        #[arg(long)]
+        warnings: bool,
+        /// Do not validate the produced resources against the study profiles.
+        #[arg(long)]
+        no_validate: bool,
+        /// The input files (each matched to a source by its files pattern).
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+    },
+    /// Check and test mapping files.
+    Mapping {
+        #[command(subcommand)]
+        command: MappingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Check a mapping without data (and its columns against sample files).
+    Check {
+        /// The mapping file.
+        file: PathBuf,
+        /// A sample input file (repeatable).
+        #[arg(long = "sample", value_name = "CSV")]
+        samples: Vec<PathBuf>,
+    },
+    /// Run the fixtures of a mapping folder (DIR/fixtures/NAME/ with inputs and expected.json).
+    Test {
+        /// The mapping folder.
+        dir: PathBuf,
+        /// Write the current output as the expected files instead of comparing.
+        #[arg(long)]
+        update: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -369,6 +417,29 @@ fn main() -> ExitCode {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }
         Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
+        // --- mappings (issue 7) ---
+        Command::Map {
+            mapping,
+            out,
+            report,
+            warnings,
+            no_validate,
+            inputs,
+        } => imagio_gateway::map::cli::map(
+            cli.profiles_dir.as_deref(),
+            &mapping,
+            &inputs,
+            out.as_deref(),
+            report.as_deref(),
+            warnings,
+            no_validate,
+        ),
+        Command::Mapping {
+            command: MappingCommand::Check { file, samples },
+        } => imagio_gateway::map::cli::check(cli.profiles_dir.as_deref(), &file, &samples),
+        Command::Mapping {
+            command: MappingCommand::Test { dir, update },
+        } => imagio_gateway::map::cli::test(cli.profiles_dir.as_deref(), &dir, update),
     }
 }
 

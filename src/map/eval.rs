@@ -1,0 +1,836 @@
+//! Applying the rules of a mapping to the rows of its inputs: joins, conditions, value
+//! rules, ids and references. Every problem becomes a [`Diagnostic`] naming the cell and
+//! the mapping line; a value that cannot be made is left out of the resource.
+
+use super::convert::{self, number_text};
+use super::out::{CellRef, Out, Prov, Val};
+use super::source::Table;
+use super::spec::{As, ColumnSpec, Cond, Lit, Mapping, Node, Part, ResourceRule, Spec, Template};
+use super::{cell_pos, row_pos, Diagnostic, Produced};
+use crate::fhirpath::{Collection, Context, Expression, Item, SystemValue};
+use crate::validate::Severity;
+use std::collections::{HashMap, HashSet};
+
+/// A resolved column value.
+enum Cell<'t> {
+    /// A value, and the cell it was read from (none for constants and `n`).
+    Value(std::borrow::Cow<'t, str>, Option<CellRef>),
+    /// The column exists but the cell is empty.
+    Empty(Option<CellRef>),
+    /// The column is not in the file (already reported).
+    Missing,
+}
+
+/// A row of a table: (table index, row index).
+type RowRef = (usize, usize);
+
+/// Per table, per row, the joined row of each join of its source (`None`: no match).
+type Joined = Vec<Vec<Vec<Option<RowRef>>>>;
+
+/// Rows of a source by key values.
+type KeyIndex = HashMap<Vec<String>, RowRef>;
+
+/// The row being mapped.
+#[derive(Clone, Copy)]
+struct At {
+    table: usize,
+    row: usize,
+    n: Option<u32>,
+}
+
+/// The state of one run.
+pub(super) struct Engine<'m> {
+    m: &'m Mapping,
+    tables: &'m [Table],
+    /// Per table, per row, the joined (table, row) of each join of its source.
+    joined: Joined,
+    diagnostics: Vec<Diagnostic>,
+    /// (table, column name) already reported as missing.
+    missing: HashSet<(usize, String)>,
+    /// Resource name to rule index.
+    by_name: HashMap<&'m str, usize>,
+    /// The rule being applied and the resource being made (for diagnostics).
+    rule: usize,
+    resource: Option<String>,
+    /// The content member being made, and the members of this resource that failed.
+    member: Option<String>,
+    failed: Vec<String>,
+}
+
+impl<'m> Engine<'m> {
+    pub(super) fn new(
+        m: &'m Mapping,
+        tables: &'m [Table],
+        diagnostics: Vec<Diagnostic>,
+    ) -> Engine<'m> {
+        let mut e = Engine {
+            m,
+            tables,
+            joined: Vec::new(),
+            diagnostics,
+            missing: HashSet::new(),
+            by_name: m
+                .resources
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.as_str(), i))
+                .collect(),
+            rule: 0,
+            resource: None,
+            member: None,
+            failed: Vec::new(),
+        };
+        e.check_keys();
+        e.joined = e.join_all();
+        e
+    }
+
+    pub(super) fn into_diagnostics(self) -> Vec<Diagnostic> {
+        self.diagnostics
+    }
+
+    fn mapping_at(&self, line: usize) -> Option<(String, usize)> {
+        Some((self.m.file_name.clone(), line))
+    }
+
+    fn report(
+        &mut self,
+        severity: Severity,
+        at: Option<(usize, usize)>,
+        cell: Option<CellRef>,
+        line: usize,
+        message: String,
+    ) {
+        if let Some(m) = &self.member {
+            if severity.is_error() && !self.failed.contains(m) {
+                self.failed.push(m.clone());
+            }
+        }
+        let source = cell
+            .and_then(|c| cell_pos(self.tables, c))
+            .or_else(|| at.and_then(|(t, r)| row_pos(self.tables, t, r)));
+        self.diagnostics.push(Diagnostic {
+            severity,
+            source,
+            mapping: self.mapping_at(line),
+            resource: self.resource.clone(),
+            location: None,
+            message,
+        });
+    }
+
+    /// The key values of a row (trimmed, compared exactly as ids are made from them),
+    /// `None` when a key cell is empty or missing.
+    fn key_of(&self, table: usize, row: usize, cols: &[String]) -> Option<Vec<String>> {
+        let t = &self.tables[table];
+        cols.iter()
+            .map(|c| {
+                t.column(c)
+                    .and_then(|i| t.value(row, i))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Reports rows whose declared key repeats another row's.
+    fn check_keys(&mut self) {
+        for (ti, t) in self.tables.iter().enumerate() {
+            let src = &self.m.sources[t.source];
+            if src.key.is_empty() {
+                continue;
+            }
+            self.require_columns(ti, &src.key.clone(), src.line);
+            let mut seen: HashMap<Vec<String>, u32> = HashMap::new();
+            for r in 0..t.rows.len() {
+                let Some(k) = self.key_of(ti, r, &src.key) else {
+                    self.report(
+                        Severity::Error,
+                        Some((ti, r)),
+                        None,
+                        src.line,
+                        format!("key column(s) {} empty", src.key.join(", ")),
+                    );
+                    continue;
+                };
+                if let Some(first) = seen.insert(k.clone(), t.rows[r].line) {
+                    self.report(
+                        Severity::Error,
+                        Some((ti, r)),
+                        None,
+                        src.line,
+                        format!(
+                            "duplicate key {} = {} (also on line {first})",
+                            src.key.join(", "),
+                            k.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reports columns of `cols` the table's header lacks.
+    fn require_columns(&mut self, table: usize, cols: &[String], line: usize) {
+        for c in cols {
+            if self.tables[table].column(c).is_none() {
+                self.missing_column(table, c, line);
+            }
+        }
+    }
+
+    fn missing_column(&mut self, table: usize, name: &str, line: usize) {
+        if !self.missing.insert((table, name.to_string())) {
+            return;
+        }
+        let t = &self.tables[table];
+        let src = &self.m.sources[t.source];
+        let aliases = src
+            .columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.aliases.join("\", \""))
+            .unwrap_or_default();
+        let message = if aliases.is_empty() {
+            format!("column '{name}' is not in the header of {}", t.file)
+        } else {
+            format!(
+                "column '{name}' is not in the header of {} (looked for \"{aliases}\")",
+                t.file
+            )
+        };
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            source: Some(super::SourcePos {
+                file: t.file.clone(),
+                row: 1,
+                column: None,
+            }),
+            mapping: self.mapping_at(line),
+            resource: None,
+            location: None,
+            message,
+        });
+    }
+
+    /// For every row of every table, the rows it joins to.
+    fn join_all(&mut self) -> Joined {
+        // One index per (joined source, key columns), built once.
+        let mut indexes: HashMap<(usize, Vec<String>), KeyIndex> = HashMap::new();
+        let mut all = Vec::with_capacity(self.tables.len());
+        for ti in 0..self.tables.len() {
+            let src = &self.m.sources[self.tables[ti].source];
+            let joins = src.joins.clone();
+            let mut per_row = vec![Vec::with_capacity(joins.len()); self.tables[ti].rows.len()];
+            for j in &joins {
+                self.require_columns(ti, &j.on, j.line);
+                let key = (j.source, j.on.clone());
+                if !indexes.contains_key(&key) {
+                    let index = self.index(j.source, &j.on, j.line);
+                    indexes.insert(key.clone(), index);
+                }
+                let index = &indexes[&key];
+                for (r, joined) in per_row.iter_mut().enumerate() {
+                    let found = self
+                        .key_of(ti, r, &j.on)
+                        .and_then(|k| index.get(&k).copied());
+                    if found.is_none() {
+                        let shown: Vec<String> =
+                            j.on.iter()
+                                .map(|c| {
+                                    let t = &self.tables[ti];
+                                    let v = t.column(c).and_then(|i| t.value(r, i)).unwrap_or("");
+                                    format!("{c} = '{v}'")
+                                })
+                                .collect();
+                        let other = self.m.sources[j.source].name.clone();
+                        self.report(
+                            Severity::Error,
+                            Some((ti, r)),
+                            None,
+                            j.line,
+                            format!("no row in source '{other}' with {}", shown.join(", ")),
+                        );
+                    }
+                    joined.push(found);
+                }
+            }
+            all.push(per_row);
+        }
+        all
+    }
+
+    /// The rows of a source by key, reporting keys that repeat.
+    fn index(&mut self, source: usize, on: &[String], line: usize) -> KeyIndex {
+        let mut index = HashMap::new();
+        for ti in 0..self.tables.len() {
+            if self.tables[ti].source != source {
+                continue;
+            }
+            self.require_columns(ti, on, line);
+            for r in 0..self.tables[ti].rows.len() {
+                if let Some(k) = self.key_of(ti, r, on) {
+                    if let Some((pt, pr)) = index.insert(k.clone(), (ti, r)) {
+                        let first = self.tables[pt].rows[pr].line;
+                        self.report(
+                            Severity::Error,
+                            Some((ti, r)),
+                            None,
+                            line,
+                            format!(
+                                "joined source has two rows with {} = {} (also line {first}); the last one is used",
+                                on.join(", "),
+                                k.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Applies every rule to every row of its source and hands each produced resource,
+    /// serialized, to `emit`, without duplicates: the same id from two rows must have the
+    /// same content (compared by a hash of the text, so nothing but the text is kept).
+    pub(super) fn produce(&mut self, emit: &mut dyn FnMut(Produced)) -> usize {
+        let mut ids: HashMap<(String, String), (u64, RowRef)> = HashMap::new();
+        for ri in 0..self.m.resources.len() {
+            self.rule = ri;
+            let rule = &self.m.resources[ri];
+            let ns: Vec<Option<u32>> = if rule.repeat.is_empty() {
+                vec![None]
+            } else {
+                rule.repeat.iter().map(|n| Some(*n)).collect()
+            };
+            for ti in 0..self.tables.len() {
+                if self.tables[ti].source != rule.from {
+                    continue;
+                }
+                for r in 0..self.tables[ti].rows.len() {
+                    for &n in &ns {
+                        let at = At {
+                            table: ti,
+                            row: r,
+                            n,
+                        };
+                        self.resource = None;
+                        if let Some(c) = &rule.when {
+                            if !self.cond(c, at, rule.line) {
+                                continue;
+                            }
+                        }
+                        let Some(p) = self.one(rule, at) else {
+                            continue;
+                        };
+                        let hash = {
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            std::hash::Hash::hash(&p.text, &mut h);
+                            std::hash::Hasher::finish(&h)
+                        };
+                        let key = (p.type_name.clone(), p.id.clone());
+                        match ids.get(&key) {
+                            None => {
+                                ids.insert(key, (hash, (ti, r)));
+                                emit(p);
+                            }
+                            Some((h, _)) if *h == hash => {}
+                            Some((_, (ft, fr))) => {
+                                let first = row_pos(self.tables, *ft, *fr)
+                                    .map(|s| format!("{}:{}", s.file, s.row))
+                                    .unwrap_or_default();
+                                self.report(
+                                    Severity::Error,
+                                    Some((ti, r)),
+                                    None,
+                                    rule.id_line,
+                                    format!(
+                                        "this id is produced again with different content (first from {first}); make the id unique or the rows agree"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.resource = None;
+        ids.len()
+    }
+
+    /// One resource of `rule` for the row.
+    fn one(&mut self, rule: &'m ResourceRule, at: At) -> Option<Produced> {
+        let id = self.id_of(rule, at, rule.id_line)?;
+        self.resource = Some(format!("{}/{id}", rule.type_name));
+        let line = |l: usize| Prov {
+            line: u32::try_from(l).unwrap_or(0),
+            cell: None,
+        };
+        let mut members = vec![
+            (
+                "resourceType".to_string(),
+                Val::str(&rule.type_name, line(rule.line)),
+            ),
+            ("id".to_string(), Val::str(&id, line(rule.id_line))),
+            (
+                "meta".to_string(),
+                Val::new(
+                    Out::Obj(vec![(
+                        "profile".to_string(),
+                        Val::new(
+                            Out::Arr(vec![Val::str(&rule.profile, line(rule.profile_line))]),
+                            line(rule.profile_line),
+                        ),
+                    )]),
+                    line(rule.profile_line),
+                ),
+            ),
+        ];
+        self.failed.clear();
+        for (k, node) in &rule.content {
+            self.member = Some(k.clone());
+            if let Some(v) = self.node(node, at) {
+                members.push((k.clone(), v));
+            }
+        }
+        self.member = None;
+        let resource = Val::new(Out::Obj(members), line(rule.line));
+        let mut text = String::new();
+        let mut lines = Vec::new();
+        super::out::write(&resource, &mut text, &mut lines);
+        Some(Produced {
+            type_name: rule.type_name.clone(),
+            id,
+            profile: rule.profile.clone(),
+            text,
+            lines,
+            root: resource.prov,
+            row: (at.table, at.row),
+            failed: std::mem::take(&mut self.failed),
+        })
+    }
+
+    /// The id of `rule`'s resource for the row: its template, with characters a FHIR id
+    /// cannot hold replaced by `-`.
+    fn id_of(&mut self, rule: &ResourceRule, at: At, line: usize) -> Option<String> {
+        let raw = match self.template(&rule.id, at, line) {
+            Ok(s) => s,
+            Err(col) => {
+                self.report(
+                    Severity::Error,
+                    Some((at.table, at.row)),
+                    None,
+                    line,
+                    format!(
+                        "no id for {} '{}': column '{col}' is empty",
+                        rule.type_name, rule.name
+                    ),
+                );
+                return None;
+            }
+        };
+        let id: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if id.is_empty() || id.len() > 64 {
+            self.report(
+                Severity::Error,
+                Some((at.table, at.row)),
+                None,
+                line,
+                format!("id '{id}' must have 1 to 64 characters"),
+            );
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Resolves a column name in the row: `n`, `const.NAME`, `SOURCE.COLUMN` (the row or a
+    /// joined row) or a column of the row's own file; `{n}` inside the name is replaced.
+    fn cell(&mut self, name: &str, at: At, line: usize) -> Cell<'m> {
+        let name: std::borrow::Cow<str> = match at.n {
+            Some(n) if name.contains("{n}") => name.replace("{n}", &n.to_string()).into(),
+            _ => name.into(),
+        };
+        if name == "n" {
+            return match at.n {
+                Some(n) => Cell::Value(n.to_string().into(), None),
+                None => Cell::Empty(None),
+            };
+        }
+        if let Some(c) = name.strip_prefix("const.") {
+            return match self.m.constants.get(c) {
+                Some(v) => Cell::Value(v.as_str().into(), None),
+                None => {
+                    self.report(
+                        Severity::Error,
+                        None,
+                        None,
+                        line,
+                        format!("no constant '{c}' in [constants]"),
+                    );
+                    Cell::Missing
+                }
+            };
+        }
+        let mut table = at.table;
+        let mut row = at.row;
+        let mut col = name.as_ref();
+        if let Some((src, rest)) = name.split_once('.') {
+            if let Some(si) = self.m.sources.iter().position(|s| s.name == src) {
+                col = rest;
+                if si != self.tables[at.table].source {
+                    let own = &self.m.sources[self.tables[at.table].source];
+                    let Some(j) = own.joins.iter().position(|j| j.source == si) else {
+                        self.report(
+                            Severity::Error,
+                            None,
+                            None,
+                            line,
+                            format!("'{name}': source '{}' does not join '{src}'", own.name),
+                        );
+                        return Cell::Missing;
+                    };
+                    match self.joined[at.table][at.row].get(j).copied().flatten() {
+                        Some((t, r)) => {
+                            table = t;
+                            row = r;
+                        }
+                        None => return Cell::Empty(None),
+                    }
+                }
+            }
+        }
+        let t = &self.tables[table];
+        let Some(ci) = t.column(col) else {
+            self.missing_column(table, col, line);
+            return Cell::Missing;
+        };
+        let cref = CellRef {
+            table: u32::try_from(table).unwrap_or(u32::MAX),
+            row: u32::try_from(row).unwrap_or(u32::MAX),
+            col: u32::try_from(ci).unwrap_or(u32::MAX),
+        };
+        match self.tables[table].value(row, ci) {
+            Some(v) => Cell::Value(v.into(), Some(cref)),
+            None => Cell::Empty(Some(cref)),
+        }
+    }
+
+    /// A template's text; `Err(column)` when a referenced column has no value.
+    fn template(&mut self, t: &Template, at: At, line: usize) -> Result<String, String> {
+        let mut s = String::new();
+        for p in &t.parts {
+            match p {
+                Part::Text(x) => s.push_str(x),
+                Part::Column(c) => match self.cell(c, at, line) {
+                    Cell::Value(v, _) => s.push_str(&v),
+                    _ => return Err(c.clone()),
+                },
+            }
+        }
+        Ok(s)
+    }
+
+    fn cond(&mut self, c: &Cond, at: At, line: usize) -> bool {
+        match c {
+            Cond::Present(col) => matches!(self.cell(col, at, line), Cell::Value(..)),
+            Cond::In(col, values) => match self.cell(col, at, line) {
+                Cell::Value(v, _) => values.contains(&v.trim().to_lowercase()),
+                _ => false,
+            },
+            Cond::All(list) => list.iter().all(|c| self.cond(c, at, line)),
+            Cond::Any(list) => list.iter().any(|c| self.cond(c, at, line)),
+            Cond::Not(c) => !self.cond(c, at, line),
+            Cond::FhirPath(e) => {
+                let vars = self.variables(at);
+                let result = {
+                    let mut ctx = Context::empty();
+                    for (k, v) in &vars {
+                        ctx = ctx.with_variable(
+                            k,
+                            v.as_deref()
+                                .map_or_else(Collection::new, |v| Collection::one(Item::str(v))),
+                        );
+                    }
+                    e.evaluate_predicate(&ctx).map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok(b) => b.unwrap_or(false),
+                    Err(msg) => {
+                        self.report(
+                            Severity::Error,
+                            Some((at.table, at.row)),
+                            None,
+                            line,
+                            format!("fhirpath: {msg}"),
+                        );
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// The row's values as FHIRPath variables: declared column names and headers, of the
+    /// row and its joined rows (as `SOURCE.COLUMN` too), constants as `const.NAME`, and `n`.
+    fn variables(&self, at: At) -> Vec<(String, Option<String>)> {
+        let mut vars = Vec::new();
+        let add = |vars: &mut Vec<(String, Option<String>)>,
+                   table: usize,
+                   row: usize,
+                   prefix: Option<&str>| {
+            let t = &self.tables[table];
+            let src = &self.m.sources[t.source];
+            let names = src
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .chain(t.headers.iter().map(String::as_str));
+            for name in names {
+                // Empty cells are empty collections: FHIRPath propagates them.
+                let v = t
+                    .column(name)
+                    .and_then(|i| t.value(row, i))
+                    .map(str::to_string);
+                let key = prefix.map_or_else(|| name.to_string(), |p| format!("{p}.{name}"));
+                vars.push((key, v));
+            }
+        };
+        add(&mut vars, at.table, at.row, None);
+        let own = &self.m.sources[self.tables[at.table].source];
+        for (j, join) in own.joins.iter().enumerate() {
+            let name = &self.m.sources[join.source].name;
+            match self.joined[at.table][at.row].get(j).copied().flatten() {
+                Some((t, r)) => add(&mut vars, t, r, Some(name)),
+                None => {
+                    // No joined row: its declared columns are there, and empty.
+                    for c in &self.m.sources[join.source].columns {
+                        vars.push((format!("{name}.{}", c.name), None));
+                    }
+                }
+            }
+        }
+        for (k, v) in &self.m.constants {
+            vars.push((format!("const.{k}"), Some(v.clone())));
+        }
+        vars.push(("n".into(), at.n.map(|n| n.to_string())));
+        vars
+    }
+
+    fn node(&mut self, node: &Node, at: At) -> Option<Val> {
+        let prov = Prov {
+            line: u32::try_from(node.line()).unwrap_or(0),
+            cell: None,
+        };
+        match node {
+            Node::Object(members, _) => {
+                let mut out = Vec::new();
+                for (k, n) in members {
+                    if let Some(v) = self.node(n, at) {
+                        out.push((k.clone(), v));
+                    }
+                }
+                (!out.is_empty()).then(|| Val::new(Out::Obj(out), prov))
+            }
+            Node::Array(items, _) => {
+                let mut out = Vec::new();
+                for n in items {
+                    if let Some(v) = self.node(n, at) {
+                        out.push(v);
+                    }
+                }
+                (!out.is_empty()).then(|| Val::new(Out::Arr(out), prov))
+            }
+            Node::Value(spec, line) => self.spec(spec, at, *line, prov),
+        }
+    }
+
+    fn spec(&mut self, spec: &Spec, at: At, line: usize, prov: Prov) -> Option<Val> {
+        match spec {
+            Spec::Const(Lit::Str(s)) => Some(Val::str(s, prov)),
+            Spec::Const(Lit::Num(n)) => Some(Val::new(Out::Num(n.clone()), prov)),
+            Spec::Const(Lit::Bool(b)) => Some(Val::new(Out::Bool(*b), prov)),
+            Spec::Template(t) => self.template(t, at, line).ok().map(|s| Val::str(s, prov)),
+            Spec::Column(c) => self.column(c, at, line, prov),
+            Spec::If(c, then, els) => {
+                if self.cond(c, at, line) {
+                    self.node(then, at)
+                } else {
+                    els.as_ref().and_then(|e| self.node(e, at))
+                }
+            }
+            Spec::Ref(name) => {
+                let target = &self.m.resources[*self.by_name.get(name.as_str())?];
+                let id = self.id_of(target, at, line)?;
+                Some(Val::new(
+                    Out::Obj(vec![(
+                        "reference".into(),
+                        Val::str(format!("{}/{id}", target.type_name), prov),
+                    )]),
+                    prov,
+                ))
+            }
+            Spec::FhirPath(e, _) => self.fhirpath(e, at, line, prov),
+        }
+    }
+
+    fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val> {
+        let vars = self.variables(at);
+        let result: Result<Option<Out>, String> = {
+            let mut ctx = Context::empty();
+            for (k, v) in &vars {
+                ctx = ctx.with_variable(
+                    k,
+                    v.as_deref()
+                        .map_or_else(Collection::new, |v| Collection::one(Item::str(v))),
+                );
+            }
+            match e.evaluate(&ctx) {
+                Err(e) => Err(e.to_string()),
+                Ok(items) if items.len() > 1 => {
+                    Err(format!("gave {} values where one is expected", items.len()))
+                }
+                Ok(items) => Ok(items.first().and_then(|i| match i.to_system()? {
+                    SystemValue::Boolean(b) => Some(Out::Bool(b)),
+                    SystemValue::Integer(n) => Some(Out::Num(n.to_string())),
+                    SystemValue::Decimal(d) => Some(Out::Num(number_text(d))),
+                    SystemValue::String(s) => Some(Out::Str(s.to_string())),
+                    SystemValue::Date(d) => Some(Out::Str(d.to_string())),
+                    SystemValue::DateTime(d) => Some(Out::Str(d.to_string())),
+                    SystemValue::Time(t) => Some(Out::Str(t.to_string())),
+                    SystemValue::Quantity(q) => Some(Out::Obj(vec![
+                        (
+                            "value".into(),
+                            Val::new(Out::Num(number_text(q.value)), prov),
+                        ),
+                        ("unit".into(), Val::str(q.unit.to_string(), prov)),
+                        ("system".into(), Val::str("http://unitsofmeasure.org", prov)),
+                        ("code".into(), Val::str(q.unit.to_string(), prov)),
+                    ])),
+                })),
+            }
+        };
+        match result {
+            Ok(v) => v.map(|v| Val::new(v, prov)),
+            Err(msg) => {
+                self.report(
+                    Severity::Error,
+                    Some((at.table, at.row)),
+                    None,
+                    line,
+                    format!("fhirpath: {msg}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn column(&mut self, c: &ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val> {
+        let (value, cell) = match self.cell(&c.column, at, line) {
+            Cell::Value(v, cell) => (v.into_owned(), cell),
+            Cell::Missing => return None,
+            Cell::Empty(cell) => {
+                if let Some(d) = &c.default {
+                    return self.node(d, at);
+                }
+                if c.required {
+                    self.report(
+                        Severity::Error,
+                        Some((at.table, at.row)),
+                        cell,
+                        line,
+                        format!("'{}' has no value and is required", c.column),
+                    );
+                }
+                return None;
+            }
+        };
+        let prov = Prov { cell, ..prov };
+        let fail = |e: &mut Self, message: String| {
+            e.report(
+                Severity::Error,
+                Some((at.table, at.row)),
+                cell,
+                line,
+                message,
+            );
+            None
+        };
+        if let Some(name) = &c.translate {
+            let cm = self.m.conceptmaps.get(name)?;
+            let Some(coding) = cm.translate(&value) else {
+                let known = cm.local_codes().join(", ");
+                return fail(
+                    self,
+                    format!("code '{value}' is not mapped by ConceptMap '{name}' (maps: {known})"),
+                );
+            };
+            let mut members = vec![
+                ("system".to_string(), Val::str(&coding.system, prov)),
+                ("code".to_string(), Val::str(&coding.code, prov)),
+            ];
+            if let Some(d) = &coding.display {
+                members.push(("display".to_string(), Val::str(d, prov)));
+            }
+            return Some(Val::new(Out::Obj(members), prov));
+        }
+        let value = match &c.lookup {
+            Some(name) => {
+                let table = self.m.lookups.get(name)?;
+                match table.entries.get(&value.trim().to_lowercase()) {
+                    Some(v) => v.clone(),
+                    None => {
+                        return fail(
+                            self,
+                            format!(
+                                "value '{value}' is not in lookup table '{name}' (line {})",
+                                table.line
+                            ),
+                        )
+                    }
+                }
+            }
+            None => value,
+        };
+        let dialect = &self.m.sources[self.tables[at.table].source].dialect;
+        let out = match c.as_ {
+            As::String => Ok(Out::Str(value)),
+            As::Boolean => convert::parse_boolean(&value).map(Out::Bool),
+            As::Integer => convert::parse_number(&value, dialect.decimal).and_then(|d| {
+                if d.fract().is_zero() {
+                    Ok(Out::Num(number_text(d)))
+                } else {
+                    Err(format!("'{value}' is not a whole number"))
+                }
+            }),
+            As::Decimal => convert::parse_number(&value, dialect.decimal).and_then(|d| {
+                match (&c.unit, &c.to) {
+                    (Some(from), Some(to)) => convert::convert_unit(d, from, to),
+                    _ => Ok(d),
+                }
+                .map(|d| Out::Num(number_text(d)))
+            }),
+            As::Date => convert::parse_date(&value, &dialect.dates, dialect.yy_pivot)
+                .map(|d| Out::Str(d.to_string())),
+            As::Year => {
+                if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {
+                    Ok(Out::Str(value))
+                } else {
+                    convert::parse_date(&value, &dialect.dates, dialect.yy_pivot)
+                        .map(|d| Out::Str(format!("{:04}", d.year)))
+                }
+            }
+        };
+        match out {
+            Ok(v) => Some(Val::new(v, prov)),
+            Err(message) => fail(self, message),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //!   and update, delete and conditional delete, patch and conditional patch, history,
 //!   `$validate`).
 //! - `patch`: JSON Patch (RFC 6902).
+//! - `ledger`: the ledger admin API (`/admin/submissions`).
 //! - `bundle`: `batch` and `transaction` Bundles on `POST /fhir`.
 //! - `write`: what every write shares: checking and validating a resource, applying
 //!   operations in one store transaction with retries, the ledger entry.
@@ -16,7 +17,7 @@
 //! `metadata`, `_history`, `{type}` (create, search, conditional update, delete and
 //! patch), `{type}/_history`, `{type}/$validate`, `{type}/{id}` (read, update, delete,
 //! patch), `{type}/{id}/_history`, `{type}/{id}/_history/{vid}`, `{type}/{id}/$validate`,
-//! and `POST /fhir` for Bundles; the
+//! and `POST /fhir` for Bundles; the ledger admin API under `/admin/submissions`. The
 //! server keeps no state between requests beyond caches of immutable definitions:
 //! everything another replica needs is in the database.
 
@@ -24,6 +25,7 @@ mod body;
 mod bundle;
 mod capability;
 pub mod error;
+mod ledger;
 mod patch;
 mod rest;
 mod write;
@@ -239,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(crate::auth::routes())
+        .merge(ledger::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

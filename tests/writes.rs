@@ -92,6 +92,33 @@ fn status_of(entry: &Value) -> &str {
     entry["response"]["status"].as_str().unwrap_or_default()
 }
 
+/// One FHIRPath Patch operation: type, path, the element name (`add`) and the value
+/// (`{"valueCode": "male"}`).
+type FpOp<'a> = (&'a str, &'a str, Option<&'a str>, Option<Value>);
+
+/// A FHIRPath Patch (a Parameters resource) of these operations.
+fn fhirpath_patch(ops: &[FpOp]) -> Value {
+    let parameter: Vec<Value> = ops
+        .iter()
+        .map(|(kind, path, name, value)| {
+            let mut parts = vec![
+                json!({"name": "type", "valueCode": kind}),
+                json!({"name": "path", "valueString": path}),
+            ];
+            if let Some(n) = name {
+                parts.push(json!({"name": "name", "valueString": n}));
+            }
+            if let Some(Value::Object(v)) = value {
+                let mut part = v.clone();
+                part.insert("name".into(), json!("value"));
+                parts.push(Value::Object(part));
+            }
+            json!({"name": "operation", "part": parts})
+        })
+        .collect();
+    json!({"resourceType": "Parameters", "parameter": parameter})
+}
+
 fn binary_patch(ops: &Value) -> Value {
     json!({
         "resourceType": "Binary",
@@ -324,22 +351,96 @@ mod scenarios {
         let (st, h, _) = patch(s, &path, &one, &[]).await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(header(&h, "etag"), "W/\"3\"");
-        // FHIRPath Patch is not offered; other media types are refused.
-        let fhirpath = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-            {"name": "type", "valueCode": "replace"},
-            {"name": "path", "valueString": "Patient.gender"},
-            {"name": "value", "valueCode": "male"}]}]});
-        let (st, _, body) = send_raw(
+        // FHIRPath Patch: a Parameters resource sent as FHIR JSON.
+        let (st, h, body) = send_raw(
             s,
             reqwest::Method::PATCH,
             &path,
             FHIR,
-            &fhirpath.to_string(),
+            &fhirpath_patch(&[(
+                "replace",
+                "Patient.gender",
+                None,
+                Some(json!({"valueCode": "male"})),
+            )])
+            .to_string(),
             &[],
         )
         .await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(body["issue"][0]["code"], "not-supported");
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(header(&h, "etag"), "W/\"4\"");
+        assert_eq!(body["gender"], "male");
+        let (st, h, body) = send_raw(
+            s,
+            reqwest::Method::PATCH,
+            &path,
+            FHIR,
+            &fhirpath_patch(&[
+                (
+                    "add",
+                    "Patient.name[0]",
+                    Some("prefix"),
+                    Some(json!({"valueString": "Dr"})),
+                ),
+                ("delete", "Patient.name.where(text = 'Rossi')", None, None),
+            ])
+            .to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(header(&h, "etag"), "W/\"5\"");
+        assert_eq!(
+            body["name"],
+            json!([{"family": "Rossi", "given": ["Anna"], "prefix": ["Dr"]}])
+        );
+        for (ops, want) in [
+            (
+                fhirpath_patch(&[(
+                    "replace",
+                    "Patient.((",
+                    None,
+                    Some(json!({"valueCode": "male"})),
+                )]),
+                400,
+            ),
+            (
+                fhirpath_patch(&[(
+                    "replace",
+                    "Patient.telecom",
+                    None,
+                    Some(json!({"valueString": "x"})),
+                )]),
+                422,
+            ),
+            (
+                fhirpath_patch(&[(
+                    "replace",
+                    "Patient.gender",
+                    None,
+                    Some(json!({"valueCode": "robot"})),
+                )]),
+                422,
+            ),
+            (
+                fhirpath_patch(&[("frobnicate", "Patient", None, None)]),
+                400,
+            ),
+        ] {
+            let (st, _, body) = send_raw(
+                s,
+                reqwest::Method::PATCH,
+                &path,
+                FHIR,
+                &ops.to_string(),
+                &[],
+            )
+            .await;
+            assert_eq!(st.as_u16(), want, "{ops}: {body}");
+        }
+        let (_, h, _) = s.get(&path).await;
+        assert_eq!(header(&h, "etag"), "W/\"5\"");
+        // Other media types are refused.
         let (st, _, _) = send_raw(
             s,
             reqwest::Method::PATCH,
@@ -398,7 +499,7 @@ mod scenarios {
             "entry": [
                 {"resource": binary_patch(&ops),
                  "request": {"method": "PATCH", "url": "Patient?identifier=urn:t|new"}},
-                {"resource": binary_patch(&json!([{"op": "replace", "path": "/gender", "value": "male"}])),
+                {"resource": fhirpath_patch(&[("replace", "Patient.gender", None, Some(json!({"valueCode": "male"})))]),
                  "request": {"method": "PATCH", "url": format!("Patient/{keep}"), "ifMatch": "W/\"1\""}},
                 {"fullUrl": "urn:uuid:6f1c1a8e-2c57-4d61-9d84-5d0f0d5b7a01",
                  "resource": patient("urn:t", "new"),
@@ -432,13 +533,13 @@ mod scenarios {
         let (st, _, body) = s.post("/fhir", &tx, &[]).await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(s.version_count("Patient").await, before);
-        // In a batch each entry stands alone: a bad Binary, a FHIRPath Patch, a good patch.
+        // In a batch each entry stands alone: a bad Binary, a FHIRPath Patch, a JSON Patch.
         let batch = json!({
             "resourceType": "Bundle", "type": "batch",
             "entry": [
                 {"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="},
                  "request": {"method": "PATCH", "url": format!("Patient/{keep}")}},
-                {"resource": {"resourceType": "Parameters", "parameter": []},
+                {"resource": fhirpath_patch(&[("replace", "Patient.gender", None, Some(json!({"valueCode": "other"})))]),
                  "request": {"method": "PATCH", "url": format!("Patient/{keep}")}},
                 {"resource": binary_patch(&json!([{"op": "add", "path": "/active", "value": false}])),
                  "request": {"method": "PATCH", "url": format!("Patient/{keep}")}}
@@ -447,11 +548,12 @@ mod scenarios {
         let (st, _, resp) = s.post("/fhir", &batch, &[]).await;
         assert_eq!(st, StatusCode::OK, "{resp}");
         assert!(status_of(&resp["entry"][0]).starts_with("400"), "{resp}");
-        assert!(status_of(&resp["entry"][1]).starts_with("400"), "{resp}");
+        assert!(status_of(&resp["entry"][1]).starts_with("200"), "{resp}");
         assert!(status_of(&resp["entry"][2]).starts_with("200"), "{resp}");
         let (_, _, kept) = s.get(&format!("/fhir/Patient/{keep}")).await;
         assert_eq!(kept["active"], false);
-        assert_eq!(kept["meta"]["versionId"], "3");
+        assert_eq!(kept["gender"], "other");
+        assert_eq!(kept["meta"]["versionId"], "4");
     }
 
     pub async fn concurrent_patches_lose_nothing(s: &Server) {

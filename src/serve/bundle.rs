@@ -11,7 +11,7 @@
 
 use super::body::FhirBody;
 use super::error::ApiError;
-use super::patch::Patch;
+use super::patch::PatchDoc;
 use super::rest::{base_url, fhir_response, prefer, Return};
 use super::write::{self, Checked, Criteria, Done, Op, Selector, WriteCtx};
 use super::{AppState, RequestId};
@@ -302,29 +302,25 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
     })
 }
 
-/// The JSON Patch of a PATCH entry: a Binary whose `contentType` is
-/// `application/json-patch+json` and whose `data` is the patch in base64 (R4
-/// http.html#patch). A Parameters resource (FHIRPath Patch) is refused as not supported.
-fn entry_patch(i: usize, resource: Option<&Json>, max_depth: usize) -> Result<Patch, ApiError> {
+/// The patch of a PATCH entry (R4 http.html#patch): a Binary whose `contentType` is
+/// `application/json-patch+json` and whose `data` is the JSON Patch in base64, or a
+/// Parameters resource (FHIRPath Patch).
+fn entry_patch(i: usize, resource: Option<&Json>, max_depth: usize) -> Result<PatchDoc, ApiError> {
     use base64::Engine as _;
     let at = |m: String| ApiError::BadRequest(format!("Bundle.entry[{i}]: {m}"));
+    let located = |e: ApiError| match e {
+        ApiError::BadRequest(m) => at(m),
+        other => other,
+    };
+    let needs =
+        "a PATCH entry needs a Binary holding a JSON Patch or a Parameters (FHIRPath Patch)";
     let Some(resource) = resource else {
-        return Err(at(
-            "a PATCH entry needs a Binary resource holding the JSON Patch".into(),
-        ));
+        return Err(at(needs.into()));
     };
     match resource.get("resourceType").and_then(Json::as_str) {
         Some("Binary") => {}
-        Some("Parameters") => {
-            return Err(ApiError::NotSupported(format!(
-                "Bundle.entry[{i}]: FHIRPath Patch is not supported; send a JSON Patch as a Binary"
-            )))
-        }
-        _ => {
-            return Err(at(
-                "a PATCH entry needs a Binary resource holding the JSON Patch".into(),
-            ))
-        }
+        Some("Parameters") => return super::rest::patch_document(resource).map_err(located),
+        _ => return Err(at(needs.into())),
     }
     let content_type = resource
         .get("contentType")
@@ -346,10 +342,12 @@ fn entry_patch(i: usize, resource: Option<&Json>, max_depth: usize) -> Result<Pa
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| at("the Binary's data is not UTF-8 text".into()))?;
     let json = Json::parse(text, max_depth)?;
-    super::rest::patch_document(&json).map_err(|e| match e {
-        ApiError::BadRequest(m) => at(m),
-        other => other,
-    })
+    match super::rest::patch_document(&json).map_err(located)? {
+        PatchDoc::Json(p) => Ok(PatchDoc::Json(p)),
+        PatchDoc::FhirPath(_) => Err(at(
+            "a Binary of application/json-patch+json holds a JSON Patch, not Parameters".into(),
+        )),
+    }
 }
 
 /// FHIR's processing order of transaction entries.

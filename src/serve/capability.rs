@@ -52,13 +52,13 @@ fn statement(state: &AppState) -> String {
     out.push_str(",\"kind\":\"instance\",\"software\":{\"name\":\"imagio-gateway\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.push_str("},\"implementation\":{\"description\":\"A-IMAGIO study data gateway\"},");
-    out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"patchFormat\":[\"application/json-patch+json\"],");
+    out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"patchFormat\":[\"application/json-patch+json\",\"application/fhir+json\"],");
     out.push_str("\"rest\":[{\"mode\":\"server\",\"documentation\":");
     let validation = match state.config().validation {
         super::ValidationMode::Base => "Writes are validated against the FHIR R4 base definitions.",
         super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
     };
-    write_str(&mut out, &format!("{validation} Conditional create, update, delete and patch match on identifier=[system|]value or _id; a conditional delete removes one resource (several matches: 412). PATCH takes JSON Patch (application/json-patch+json), not FHIRPath Patch. Search: token, string, date and reference parameters of the R4 SearchParameters, _id, _lastUpdated, _count, _total, _summary=count; unknown parameters are ignored with a warning unless Prefer: handling=strict."));
+    write_str(&mut out, &format!("{validation} Conditional create, update, delete and patch match on identifier=[system|]value or _id; a conditional delete removes one resource (several matches: 412). PATCH takes JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource, application/fhir+json). Search: token, string, date and reference parameters of the R4 SearchParameters, _id, _lastUpdated, _count, _total, _summary=count; unknown parameters are ignored with a warning unless Prefer: handling=strict."));
     out.push_str(",\"security\":");
     out.push_str(&crate::auth::capability_security(state.auth()));
     out.push_str(",\"resource\":[");

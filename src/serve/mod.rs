@@ -6,7 +6,7 @@
 //! - `rest`: the interactions on `/fhir` (read, vread, create, update, conditional create
 //!   and update, delete and conditional delete, patch and conditional patch, history,
 //!   `$validate`).
-//! - `patch`: JSON Patch (RFC 6902).
+//! - `patch`: JSON Patch (RFC 6902); `fhirpath_patch`: FHIRPath Patch.
 //! - `ledger`: the ledger admin API (`/admin/submissions`).
 //! - `bundle`: `batch` and `transaction` Bundles on `POST /fhir`.
 //! - `write`: what every write shares: checking and validating a resource, applying
@@ -25,6 +25,7 @@ mod body;
 mod bundle;
 mod capability;
 pub mod error;
+mod fhirpath_patch;
 mod ledger;
 mod patch;
 mod rest;

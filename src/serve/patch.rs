@@ -1,14 +1,33 @@
-//! JSON Patch (RFC 6902) over the project's [`Json`] tree, for the FHIR `patch`
-//! interaction (R4 http.html#patch): `add`, `remove`, `replace`, `move`, `copy` and `test`,
-//! with JSON Pointers (RFC 6901). A patch applies entirely or not at all: the caller patches
-//! a copy and keeps it only when every operation succeeded.
-//!
-//! FHIRPath Patch (a Parameters resource) is not implemented: the FHIRPath engine evaluates
-//! over typed `model` trees, not the JSON the store keeps, and mapping its results back to
-//! JSON positions was more than this change could carry. Such bodies are refused with 400
-//! `not-supported`.
+//! The patch documents of the FHIR `patch` interaction (R4 http.html#patch): JSON Patch
+//! (RFC 6902) over the project's [`Json`] tree — `add`, `remove`, `replace`, `move`, `copy`
+//! and `test`, with JSON Pointers (RFC 6901) — and FHIRPath Patch
+//! (`super::fhirpath_patch`), behind [`PatchDoc`]. A patch applies entirely or not at all:
+//! the caller patches a copy and keeps it only when every operation succeeded.
 
 use crate::model::json::Json;
+
+/// A patch of either kind.
+#[derive(Debug, Clone)]
+pub enum PatchDoc {
+    /// JSON Patch (`application/json-patch+json`, or a Binary in a Bundle).
+    Json(Patch),
+    /// FHIRPath Patch (a Parameters resource).
+    FhirPath(super::fhirpath_patch::FhirPathPatch),
+}
+
+impl PatchDoc {
+    /// Applies the patch to `doc`, in order. On failure `doc` may be half-patched: apply
+    /// to a copy.
+    ///
+    /// # Errors
+    /// 400 for a malformed patch, 422 for one that does not apply.
+    pub fn apply(&self, doc: &mut Json) -> Result<(), super::error::ApiError> {
+        match self {
+            PatchDoc::Json(p) => Ok(p.apply(doc)?),
+            PatchDoc::FhirPath(p) => p.apply(doc),
+        }
+    }
+}
 
 /// Why a patch could not be read or applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

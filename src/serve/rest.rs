@@ -457,12 +457,12 @@ fn delete_response(done: &Done) -> Response {
 pub const JSON_PATCH: &str = "application/json-patch+json";
 
 /// Reads a PATCH body: a JSON Patch sent as `application/json-patch+json` (or as a JSON
-/// array under a JSON media type). A Parameters body (FHIRPath Patch) is refused as not
-/// supported.
+/// array under a JSON media type), or a FHIRPath Patch (a Parameters resource, sent as
+/// FHIR JSON).
 ///
 /// # Errors
-/// 415 for other media types, 400 for malformed JSON or patches and FHIRPath Patch.
-pub fn read_patch(body: &FhirBody, max_depth: usize) -> Result<super::patch::Patch, ApiError> {
+/// 415 for other media types, 400 for malformed JSON or patches.
+pub fn read_patch(body: &FhirBody, max_depth: usize) -> Result<super::patch::PatchDoc, ApiError> {
     let essence = body
         .content_type
         .as_deref()
@@ -472,7 +472,7 @@ pub fn read_patch(body: &FhirBody, max_depth: usize) -> Result<super::patch::Pat
     if essence != JSON_PATCH {
         if let Some(e) = &body.refused {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "{e}; a patch is sent as {JSON_PATCH}"
+                "{e}; a JSON Patch is sent as {JSON_PATCH}"
             )));
         }
     }
@@ -480,21 +480,24 @@ pub fn read_patch(body: &FhirBody, max_depth: usize) -> Result<super::patch::Pat
     patch_document(&json)
 }
 
-/// A JSON Patch from a parsed body (an array of operations); a Parameters resource is a
-/// FHIRPath Patch, which the server does not support.
+/// A patch from a parsed body: a Parameters resource is a FHIRPath Patch, anything else
+/// must be a JSON Patch (an array of operations).
 ///
 /// # Errors
-/// 400 for FHIRPath Patch and malformed patches.
-pub fn patch_document(json: &Json) -> Result<super::patch::Patch, ApiError> {
+/// 400 for malformed patches.
+pub fn patch_document(json: &Json) -> Result<super::patch::PatchDoc, ApiError> {
     if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") {
-        return Err(ApiError::NotSupported(format!(
-            "FHIRPath Patch is not supported; send a JSON Patch ({JSON_PATCH})"
-        )));
+        return Ok(super::patch::PatchDoc::FhirPath(
+            super::fhirpath_patch::FhirPathPatch::from_parameters(json)?,
+        ));
     }
-    Ok(super::patch::Patch::from_json(json)?)
+    Ok(super::patch::PatchDoc::Json(
+        super::patch::Patch::from_json(json)?,
+    ))
 }
 
-/// `PATCH /fhir/{type}/{id}`: JSON Patch of the current version, stored as an update.
+/// `PATCH /fhir/{type}/{id}`: a JSON Patch or FHIRPath Patch of the current version,
+/// stored as an update.
 #[allow(clippy::too_many_arguments)]
 pub async fn patch(
     State(state): State<AppState>,

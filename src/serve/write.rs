@@ -248,8 +248,8 @@ pub enum Op {
         res_type: String,
         /// Which resource.
         target: Selector,
-        /// The JSON Patch.
-        patch: super::patch::Patch,
+        /// The patch (JSON Patch or FHIRPath Patch).
+        patch: super::patch::PatchDoc,
         /// `If-Match`.
         if_match: Option<i64>,
     },
@@ -501,7 +501,7 @@ async fn patch_one(
     tx: &mut Tx,
     res_type: &str,
     target: &Selector,
-    patch: &super::patch::Patch,
+    patch: &super::patch::PatchDoc,
     if_match: Option<i64>,
 ) -> Result<Done, ApiError> {
     let id = match target {

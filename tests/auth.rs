@@ -1851,6 +1851,24 @@ async fn tenancy_of_conditional_delete_and_patch(db: Db) {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(mine["gender"], "female");
     assert_eq!(mine["meta"]["versionId"], "1");
+    // A token that may only read and search cannot patch or conditionally delete.
+    let (r, kr) = s
+        .register(Alg::Es384, Role::Site, "site-a", "system/*.rs")
+        .await;
+    let tr = s.token(&r, &kr, "system/*.rs").await;
+    assert_eq!(
+        patch_as(tr.clone(), format!("/Patient/{id}"), ops.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            "/Patient?identifier=urn:test|only-a",
+            Some(&tr),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
     // Site A's own patch applies, and cannot strip the site label.
     assert_eq!(
         patch_as(ta.clone(), format!("/Patient/{id}"), ops).await,

@@ -544,6 +544,18 @@ mod tests {
             one("Procedure", Update)
         );
         assert_eq!(
+            need(&Method::PATCH, "/fhir/Procedure/1"),
+            one("Procedure", Update)
+        );
+        assert_eq!(
+            need(&Method::PATCH, "/fhir/Procedure"),
+            one("Procedure", Update)
+        );
+        assert_eq!(
+            need(&Method::DELETE, "/fhir/Procedure"),
+            one("Procedure", Delete)
+        );
+        assert_eq!(
             need(&Method::GET, "/fhir/Pat%69ent/1"),
             one("Patient", Read)
         );

@@ -304,7 +304,7 @@ impl Patch {
                 }
                 Operation::Test { path, value } => {
                     let found = lookup(doc, &path.tokens).map_err(fail)?;
-                    if !found.same(value) {
+                    if !equal(found, value) {
                         return Err(PatchError::TestFailed {
                             index,
                             path: path.to_string(),
@@ -314,6 +314,37 @@ impl Patch {
             }
         }
         Ok(())
+    }
+}
+
+/// RFC 6902 §4.6 equality: numbers by value (`1.0` equals `1`), objects whatever their
+/// member order, arrays item by item, strings and literals exactly.
+fn equal(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => {
+            let value = |n: &str| {
+                n.parse::<rust_decimal::Decimal>()
+                    .ok()
+                    .or_else(|| rust_decimal::Decimal::from_scientific(n).ok())
+                    .map(|d| d.normalize())
+            };
+            match (value(x), value(y)) {
+                (Some(p), Some(q)) => p == q,
+                _ => x == y,
+            }
+        }
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| {
+                    y.iter()
+                        .find(|(k2, _)| k2 == k)
+                        .is_some_and(|(_, v2)| equal(v, v2))
+                })
+        }
+        _ => a.same(b),
     }
 }
 
@@ -477,6 +508,17 @@ mod tests {
             patched(doc, r#"[{"op":"test","path":"/a/b","value":[1,2]}]"#).as_deref(),
             Ok(doc)
         );
+        // Numbers compare by value, objects whatever their member order.
+        assert!(patched(
+            r#"{"n":1.50,"o":{"x":1,"y":2}}"#,
+            r#"[{"op":"test","path":"/n","value":1.5},{"op":"test","path":"/o","value":{"y":2,"x":1.0}}]"#
+        )
+        .is_ok());
+        assert!(patched(
+            r#"{"n":1.50}"#,
+            r#"[{"op":"test","path":"/n","value":"1.50"}]"#
+        )
+        .is_err());
         // RFC 6901 escapes.
         assert_eq!(
             patched(

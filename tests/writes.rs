@@ -1,5 +1,5 @@
 //! End-to-end tests of the write interactions beyond create/update/delete: conditional
-//! delete, PATCH (JSON Patch) on instances and by criteria, both inside batch and
+//! delete, PATCH (JSON Patch and FHIRPath Patch) on instances and by criteria, both inside batch and
 //! transaction Bundles, and the validation warnings returned with writes. The real server
 //! on a free port, on SQLite and (with `IMAGIO_TEST_DATABASE_URL`) PostgreSQL.
 
@@ -554,6 +554,42 @@ mod scenarios {
         assert_eq!(kept["active"], false);
         assert_eq!(kept["gender"], "other");
         assert_eq!(kept["meta"]["versionId"], "4");
+        // References in patch values to the Bundle's fullUrls (and conditional references)
+        // are rewritten like those in resources.
+        let tx = json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"resource": binary_patch(&json!([{"op": "add", "path": "/link", "value": [
+                    {"other": {"reference": "urn:uuid:0b8a3c1e-7d7e-4a55-8a35-1f2f3b4c5d6e"}, "type": "seealso"}]}])),
+                 "request": {"method": "PATCH", "url": format!("Patient/{keep}")}},
+                {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                    {"name": "type", "valueCode": "add"},
+                    {"name": "path", "valueString": "Patient"},
+                    {"name": "name", "valueString": "link"},
+                    {"name": "value", "part": [
+                        {"name": "other", "valueReference": {"reference": "Patient?identifier=urn:t|keep"}},
+                        {"name": "type", "valueCode": "replaced-by"}]}]}]},
+                 "request": {"method": "PATCH", "url": "Patient?identifier=urn:t|new"}},
+                {"fullUrl": "urn:uuid:0b8a3c1e-7d7e-4a55-8a35-1f2f3b4c5d6e",
+                 "resource": patient("urn:t", "linked"),
+                 "request": {"method": "POST", "url": "Patient"}}
+            ]
+        });
+        let (st, _, resp) = s.post("/fhir", &tx, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{resp}");
+        let linked = resp["entry"][2]["resource"]["id"].as_str().expect("id");
+        let (_, _, kept) = s.get(&format!("/fhir/Patient/{keep}")).await;
+        assert_eq!(
+            kept["link"][0]["other"]["reference"],
+            format!("Patient/{linked}"),
+            "{kept}"
+        );
+        let (_, _, created) = s.get(&format!("/fhir/Patient/{new_id}")).await;
+        assert_eq!(
+            created["link"][0]["other"]["reference"],
+            format!("Patient/{keep}"),
+            "{created}"
+        );
     }
 
     pub async fn concurrent_patches_lose_nothing(s: &Server) {

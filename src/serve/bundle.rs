@@ -536,8 +536,7 @@ async fn run_transaction(
                 (resource.res_type.clone(), id, Some(op))
             }
             Op::Patch { .. } => {
-                // Patches run after the creates and updates before them, in entry order;
-                // their values are not searched for references to rewrite.
+                // Patches run after the creates and updates before them, in entry order.
                 writes.push((p.index, p.op.clone()));
                 continue;
             }
@@ -567,6 +566,17 @@ async fn run_transaction(
                 id,
                 if_match,
             },
+            Op::Patch {
+                res_type,
+                target,
+                patch,
+                if_match,
+            } => Op::Patch {
+                res_type,
+                target,
+                patch: rewrite_patch(tx, index, patch, &map).await?,
+                if_match,
+            },
             other => other,
         };
         results.push((index, write::apply(state, tx, &op).await?));
@@ -588,6 +598,42 @@ async fn rewrite(
 ) -> Result<Checked, ApiError> {
     let mut refs = Vec::new();
     collect_references(&resource.json, &mut refs);
+    let resolved = resolve(tx, index, refs, map).await?;
+    if !resolved.is_empty() {
+        replace_references(&mut resource.json, &resolved);
+    }
+    Ok(resource)
+}
+
+/// The same rewriting inside the values a patch adds or replaces (`reference` members of
+/// the JSON it carries).
+async fn rewrite_patch(
+    tx: &mut crate::store::Tx,
+    index: usize,
+    mut patch: PatchDoc,
+    map: &HashMap<String, String>,
+) -> Result<PatchDoc, ApiError> {
+    let mut refs = Vec::new();
+    for v in patch.values_mut() {
+        collect_references(v, &mut refs);
+    }
+    let resolved = resolve(tx, index, refs, map).await?;
+    if !resolved.is_empty() {
+        for v in patch.values_mut() {
+            replace_references(v, &resolved);
+        }
+    }
+    Ok(patch)
+}
+
+/// What each of `refs` becomes: the `Type/id` of a Bundle entry's `fullUrl`, or of the one
+/// resource a conditional reference matches; other references stay as written.
+async fn resolve(
+    tx: &mut crate::store::Tx,
+    index: usize,
+    refs: Vec<String>,
+    map: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, ApiError> {
     let mut resolved: HashMap<String, String> = HashMap::new();
     for r in refs {
         if resolved.contains_key(&r) {
@@ -622,10 +668,7 @@ async fn rewrite(
             }
         }
     }
-    if !resolved.is_empty() {
-        replace_references(&mut resource.json, &resolved);
-    }
-    Ok(resource)
+    Ok(resolved)
 }
 
 fn collect_references(json: &Json, out: &mut Vec<String>) {

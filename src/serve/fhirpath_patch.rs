@@ -199,6 +199,26 @@ impl FhirPathPatch {
         Ok(FhirPathPatch { operations })
     }
 
+    /// The JSON of every value the patch carries (for rewriting references).
+    pub fn values_mut(&mut self) -> Vec<&mut Json> {
+        fn walk<'a>(v: &'a mut PatchValue, out: &mut Vec<&'a mut Json>) {
+            match v {
+                PatchValue::Typed { json, .. } => out.push(json),
+                PatchValue::Parts(parts) => parts.iter_mut().for_each(|(_, p)| walk(p, out)),
+            }
+        }
+        let mut out = Vec::new();
+        for op in &mut self.operations {
+            match op {
+                Operation::Add { value, .. }
+                | Operation::Insert { value, .. }
+                | Operation::Replace { value, .. } => walk(value, &mut out),
+                Operation::Delete { .. } | Operation::Move { .. } => {}
+            }
+        }
+        out
+    }
+
     /// Applies every operation to `resource` (JSON of a stored resource), in order.
     ///
     /// # Errors

@@ -27,6 +27,24 @@ impl PatchDoc {
             PatchDoc::FhirPath(p) => p.apply(doc),
         }
     }
+
+    /// The JSON values the patch adds, replaces or tests (for rewriting references in a
+    /// transaction).
+    pub fn values_mut(&mut self) -> Vec<&mut Json> {
+        match self {
+            PatchDoc::Json(p) => p
+                .operations
+                .iter_mut()
+                .filter_map(|op| match op {
+                    Operation::Add { value, .. }
+                    | Operation::Replace { value, .. }
+                    | Operation::Test { value, .. } => Some(value),
+                    _ => None,
+                })
+                .collect(),
+            PatchDoc::FhirPath(p) => p.values_mut(),
+        }
+    }
 }
 
 /// Why a patch could not be read or applied.

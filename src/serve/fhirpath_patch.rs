@@ -650,6 +650,22 @@ mod tests {
     }
 
     #[test]
+    fn a_choice_element_changes_type_in_place() {
+        let r = patched(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1},"note":[{"text":"n"}]}"#,
+            &[op(
+                "replace",
+                r#"{"name":"path","valueString":"Observation.value"},{"name":"value","valueString":"high"}"#,
+            )],
+        )
+        .expect("patched");
+        assert_eq!(
+            r.to_text(),
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueString":"high","note":[{"text":"n"}]}"#
+        );
+    }
+
+    #[test]
     fn failures() {
         for (ops, bad_request) in [
             (

@@ -97,6 +97,47 @@ mod scenarios {
         assert_eq!(ids.len(), 1, "{ids:?}");
         assert_eq!(a.version_count("Patient").await, 1);
         assert_eq!(b.version_count("Patient").await, 1);
+        // The same race through transaction Bundles holding the conditional create.
+        let bundle = serde_json::to_vec(&json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{
+                "fullUrl": "urn:uuid:5b0e3f52-9f0a-4c43-9a57-0d3c2e1f4a10",
+                "resource": patient("urn:rep", "tx"),
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:rep|tx"}
+            }]
+        }))
+        .expect("json");
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let s = pick(a, b, n);
+            let (client, url, body) = (s.client.clone(), s.url("/fhir"), bundle.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("content-type", FHIR)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("send");
+                let status = r.status();
+                let v: Value = r.json().await.expect("json");
+                (
+                    status,
+                    v["entry"][0]["response"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            let (status, entry) = t.await.expect("task");
+            assert_eq!(status, StatusCode::OK, "{entry}");
+            created += usize::from(entry.starts_with("201"));
+        }
+        assert_eq!(created, 1, "one transaction creates, the others find it");
+        assert_eq!(a.version_count("Patient").await, 2);
     }
 
     pub async fn writes_through_one_are_read_through_the_other(a: &Server, b: &Server) {

@@ -1594,3 +1594,315 @@ fn cli_keys_and_clients() {
     assert!(list.contains("\"revoked\": \"20"), "{list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// The ledger admin API: admin clients only, filters, paging, payloads byte for byte
+
+async fn ledger_admin_api(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (l, kl) = s.register(Alg::Es384, Role::Site, "site-l", all).await;
+    let (m, km) = s.register(Alg::Rs384, Role::Site, "site-m", all).await;
+    let (sp, ksp) = s
+        .register(Alg::Es384, Role::Sponsor, "hq", "system/*.rs")
+        .await;
+    let (ad, kad) = s
+        .register(Alg::Es384, Role::Admin, "hq", "system/*.rs")
+        .await;
+    let (tl, tm) = (s.token(&l, &kl, all).await, s.token(&m, &km, all).await);
+    let tsp = s.token(&sp, &ksp, "system/*.rs").await;
+    let tad = s.token(&ad, &kad, "system/*.rs").await;
+    let started = imagio_gateway::store::time::now();
+    // Site L: one accepted write (odd spacing and a charset: kept as sent) and one refused.
+    let accepted_body = "{ \"resourceType\" : \"Patient\",\n  \"gender\": \"female\" }\n";
+    let accepted_type = "application/fhir+json; charset=utf-8";
+    let refused_body = "{\"resourceType\":\"Patient\",\"gender\":\"robot\"}";
+    for (token, body, content_type, want) in [
+        (&tl, accepted_body, accepted_type, StatusCode::CREATED),
+        (&tl, refused_body, FHIR, StatusCode::UNPROCESSABLE_ENTITY),
+        (&tm, accepted_body, FHIR, StatusCode::CREATED),
+    ] {
+        let r = s
+            .http
+            .post(format!("{}/fhir/Patient", s.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(r.status(), want);
+    }
+    let get = |token: Option<String>, path: String| {
+        let http = s.http.clone();
+        let url = format!("{}{path}", s.base);
+        async move {
+            let mut r = http.get(url);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().await.expect("admin request")
+        }
+    };
+    // Nobody but an admin client reaches it.
+    let list = "/admin/submissions".to_string();
+    assert_eq!(
+        get(None, list.clone()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for token in [&tl, &tm, &tsp] {
+        for path in [
+            list.clone(),
+            format!("{list}?site=site-l"),
+            format!("{list}/1"),
+            format!("{list}/1/payload"),
+        ] {
+            let r = get(Some(token.clone()), path.clone()).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        }
+    }
+    // Everything, newest first.
+    let r = get(Some(tad.clone()), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("json");
+    let entries = body["entry"].as_array().expect("entries").clone();
+    assert_eq!(entries.len(), 3, "{body}");
+    assert_eq!(entries[0]["site"], "site-m");
+    let ids: Vec<i64> = entries.iter().filter_map(|e| e["id"].as_i64()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    assert!(body.get("next").is_none());
+    // Filters.
+    let count = |v: &Value| v["entry"].as_array().map_or(0, Vec::len);
+    for (query, want) in [
+        ("site=site-l", 2),
+        ("site=site-m", 1),
+        ("outcome=rejected", 1),
+        ("site=site-l&outcome=accepted", 1),
+        ("outcome=failed", 0),
+        ("since=2000-01-01", 3),
+        ("since=2999-01-01T00:00:00Z", 0),
+    ] {
+        let r = get(Some(tad.clone()), format!("{list}?{query}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{query}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(count(&v), want, "{query}: {v}");
+    }
+    let since = format!(
+        "{list}?since={}",
+        form_urlencoded::byte_serialize(started.as_bytes()).collect::<String>()
+    );
+    let v: Value = get(Some(tad.clone()), since)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(count(&v), 3, "since the test's start: {v}");
+    let r = get(Some(tad.clone()), format!("{list}?outcome=maybe")).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Paging: one at a time, following `next`, sees each entry once.
+    let mut seen = Vec::new();
+    let mut next = Some(format!("{list}?_count=1"));
+    while let Some(path) = next {
+        let v: Value = get(Some(tad.clone()), path)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert!(count(&v) <= 1, "{v}");
+        seen.extend(
+            v["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["id"].as_i64()),
+        );
+        next = v["next"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen, ids);
+    // One entry, and its payload exactly as received.
+    let refused = entries
+        .iter()
+        .find(|e| e["outcome"] == "rejected")
+        .expect("the refused write");
+    assert_eq!(refused["status"], 422);
+    assert_eq!(refused["client"], l.as_str());
+    assert_eq!(
+        refused["operationOutcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    let first = entries.last().expect("the first write");
+    let r = get(Some(tad.clone()), format!("{list}/{}", first["id"])).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let one: Value = r.json().await.expect("json");
+    assert_eq!(one["site"], "site-l");
+    assert_eq!(one["contentType"], accepted_type);
+    assert_eq!(one["payloadSize"], accepted_body.len());
+    assert_eq!(one["versions"].as_array().map(Vec::len), Some(1));
+    let r = get(Some(tad.clone()), format!("{list}/{}/payload", first["id"])).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some(accepted_type)
+    );
+    assert_eq!(
+        r.bytes().await.expect("payload").as_ref(),
+        accepted_body.as_bytes()
+    );
+    let r = get(Some(tad.clone()), format!("{list}/999999")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_admin_api_sqlite() {
+    ledger_admin_api(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_admin_api_postgres() {
+    ledger_admin_api(Db::Postgres).await;
+}
+
+/// Conditional delete and PATCH (plain and conditional, alone and in Bundles) by one site
+/// never reach another site's resources; a site's own patch keeps its site label.
+async fn tenancy_of_conditional_delete_and_patch(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (a, ka) = s.register(Alg::Es384, Role::Site, "site-a", all).await;
+    let (b, kb) = s.register(Alg::Rs384, Role::Site, "site-b", all).await;
+    let ta = s.token(&a, &ka, all).await;
+    let tb = s.token(&b, &kb, all).await;
+    let (st, _, created) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Patient",
+            Some(&ta),
+            Some(patient("only-a")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let id = created["id"].as_str().expect("id").to_string();
+    let patch_as = |token: String, path: String, ops: Value| {
+        let http = s.http.clone();
+        let url = format!("{}/fhir{path}", s.base);
+        async move {
+            http.patch(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json-patch+json")
+                .body(ops.to_string())
+                .send()
+                .await
+                .expect("patch")
+                .status()
+        }
+    };
+    let ops = json!([{"op": "replace", "path": "/gender", "value": "male"},
+                     {"op": "remove", "path": "/meta/security"}]);
+    // Site B: the criteria match nothing, the id is unknown.
+    let (st, _, body) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            "/Patient?identifier=urn:test|only-a",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["issue"][0]["severity"], "information");
+    assert_eq!(
+        patch_as(tb.clone(), format!("/Patient/{id}"), ops.clone()).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        patch_as(
+            tb.clone(),
+            "/Patient?identifier=urn:test|only-a".into(),
+            ops.clone()
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:test|only-a"}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                      "data": base64::engine::general_purpose::STANDARD.encode(ops.to_string())},
+         "request": {"method": "PATCH", "url": format!("Patient/{id}")}}
+    ]});
+    let (st, _, resp) = s
+        .fhir(reqwest::Method::POST, "", Some(&tb), Some(bundle))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{resp}");
+    assert!(
+        resp["entry"][1]["response"]["status"]
+            .as_str()
+            .is_some_and(|x| x.starts_with("404")),
+        "{resp}"
+    );
+    let (st, _, mine) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{id}"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(mine["gender"], "female");
+    assert_eq!(mine["meta"]["versionId"], "1");
+    // A token that may only read and search cannot patch or conditionally delete.
+    let (r, kr) = s
+        .register(Alg::Es384, Role::Site, "site-a", "system/*.rs")
+        .await;
+    let tr = s.token(&r, &kr, "system/*.rs").await;
+    assert_eq!(
+        patch_as(tr.clone(), format!("/Patient/{id}"), ops.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            "/Patient?identifier=urn:test|only-a",
+            Some(&tr),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Site A's own patch applies, and cannot strip the site label.
+    assert_eq!(
+        patch_as(ta.clone(), format!("/Patient/{id}"), ops).await,
+        StatusCode::OK
+    );
+    let (_, _, mine) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient/{id}"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(mine["gender"], "male");
+    assert_eq!(site_labels(&mine), vec!["site-a".to_string()]);
+    // And its conditional delete finds it.
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            "/Patient?identifier=urn:test|only-a",
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_of_conditional_delete_and_patch_sqlite() {
+    tenancy_of_conditional_delete_and_patch(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_of_conditional_delete_and_patch_postgres() {
+    tenancy_of_conditional_delete_and_patch(Db::Postgres).await;
+}

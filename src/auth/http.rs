@@ -265,13 +265,13 @@ fn classify(method: &Method, segs: &[&str]) -> Need {
     match (segs, method.as_str()) {
         ([] | ["_history"], "GET") => one("*", Search),
         ([t], "POST") => one(t, Create),
-        ([t], "PUT") => one(t, Update),
+        ([t], "PUT" | "PATCH") => one(t, Update),
         ([t], "DELETE") => one(t, Delete),
         ([t], "GET") | ([t, "_history"], "GET") => one(t, Search),
         ([t, "_search"], "POST") => one(t, Search),
         ([t, "$validate"] | [t, _, "$validate"], "POST") => Need::Any((*t).to_string(), VALIDATE),
         ([t, _], "GET") | ([t, _, "_history", ..], "GET") => one(t, Read),
-        ([t, _], "PUT") => one(t, Update),
+        ([t, _], "PUT" | "PATCH") => one(t, Update),
         ([t, _], "DELETE") => one(t, Delete),
         // Anything else is refused by the router; it still needs some scope on the type.
         ([t, ..], _) => Need::Any((*t).to_string(), &[Create, Read, Update, Delete, Search]),
@@ -542,6 +542,18 @@ mod tests {
         assert_eq!(
             need(&Method::PUT, "/fhir/Procedure"),
             one("Procedure", Update)
+        );
+        assert_eq!(
+            need(&Method::PATCH, "/fhir/Procedure/1"),
+            one("Procedure", Update)
+        );
+        assert_eq!(
+            need(&Method::PATCH, "/fhir/Procedure"),
+            one("Procedure", Update)
+        );
+        assert_eq!(
+            need(&Method::DELETE, "/fhir/Procedure"),
+            one("Procedure", Delete)
         );
         assert_eq!(
             need(&Method::GET, "/fhir/Pat%69ent/1"),

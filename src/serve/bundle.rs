@@ -11,8 +11,9 @@
 
 use super::body::FhirBody;
 use super::error::ApiError;
+use super::patch::PatchDoc;
 use super::rest::{base_url, fhir_response, prefer, Return};
-use super::write::{self, Checked, Criteria, Done, Op, WriteCtx};
+use super::write::{self, Checked, Criteria, Done, Op, Selector, WriteCtx};
 use super::{AppState, RequestId};
 use crate::model::json::{write_str, Json};
 use crate::validate::{Issue, Severity};
@@ -230,7 +231,11 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
         ("POST", None, None) => Op::Create {
             resource: check_entry(state, i, e.resource.as_ref(), &t.res_type).await?,
             id: write::new_id(),
-            criteria: e.if_none_exist.as_deref().map(Criteria::parse).transpose()?,
+            criteria: e
+                .if_none_exist
+                .as_deref()
+                .map(Criteria::parse)
+                .transpose()?,
         },
         ("PUT", Some(id), None) => {
             let resource = check_entry(state, i, e.resource.as_ref(), &t.res_type).await?;
@@ -251,6 +256,28 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
             if_match: e.if_match,
             new_id: write::new_id(),
         },
+        ("DELETE", None, Some(q)) => Op::ConditionalDelete {
+            res_type: t.res_type.clone(),
+            criteria: Criteria::parse(q)?,
+            if_match: e.if_match,
+        },
+        ("PATCH", id, query) => {
+            let target = match (id, query) {
+                (Some(id), None) => Selector::Id(id.clone()),
+                (None, Some(q)) => Selector::Criteria(Criteria::parse(q)?),
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "Bundle.entry[{i}]: PATCH needs Type/id or Type?criteria"
+                    )))
+                }
+            };
+            Op::Patch {
+                res_type: t.res_type.clone(),
+                target,
+                patch: entry_patch(i, e.resource.as_ref(), state.config().max_depth)?,
+                if_match: e.if_match,
+            }
+        }
         ("DELETE", Some(id), None) => Op::Delete {
             res_type: t.res_type.clone(),
             id: id.clone(),
@@ -263,7 +290,7 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
         },
         (m, _, _) => {
             return Err(ApiError::NotSupported(format!(
-                "Bundle.entry[{i}]: {m} {} is not supported in a Bundle (search, conditional delete and PATCH are not offered)",
+                "Bundle.entry[{i}]: {m} {} is not supported in a Bundle (search is not offered)",
                 t.res_type
             )))
         }
@@ -275,12 +302,60 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
     })
 }
 
+/// The patch of a PATCH entry (R4 http.html#patch): a Binary whose `contentType` is
+/// `application/json-patch+json` and whose `data` is the JSON Patch in base64, or a
+/// Parameters resource (FHIRPath Patch).
+fn entry_patch(i: usize, resource: Option<&Json>, max_depth: usize) -> Result<PatchDoc, ApiError> {
+    use base64::Engine as _;
+    let at = |m: String| ApiError::BadRequest(format!("Bundle.entry[{i}]: {m}"));
+    let located = |e: ApiError| match e {
+        ApiError::BadRequest(m) => at(m),
+        other => other,
+    };
+    let needs =
+        "a PATCH entry needs a Binary holding a JSON Patch or a Parameters (FHIRPath Patch)";
+    let Some(resource) = resource else {
+        return Err(at(needs.into()));
+    };
+    match resource.get("resourceType").and_then(Json::as_str) {
+        Some("Binary") => {}
+        Some("Parameters") => return super::rest::patch_document(resource).map_err(located),
+        _ => return Err(at(needs.into())),
+    }
+    let content_type = resource
+        .get("contentType")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    if content_type.split(';').next().map(str::trim) != Some(super::rest::JSON_PATCH) {
+        return Err(at(format!(
+            "the Binary's contentType is {content_type:?}, not {}",
+            super::rest::JSON_PATCH
+        )));
+    }
+    let data = resource
+        .get("data")
+        .and_then(Json::as_str)
+        .ok_or_else(|| at("the Binary has no data".into()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| at(format!("the Binary's data is not base64: {e}")))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| at("the Binary's data is not UTF-8 text".into()))?;
+    let json = Json::parse(text, max_depth)?;
+    match super::rest::patch_document(&json).map_err(located)? {
+        PatchDoc::Json(p) => Ok(PatchDoc::Json(p)),
+        PatchDoc::FhirPath(_) => Err(at(
+            "a Binary of application/json-patch+json holds a JSON Patch, not Parameters".into(),
+        )),
+    }
+}
+
 /// FHIR's processing order of transaction entries.
 fn phase(op: &Op) -> u8 {
     match op {
-        Op::Delete { .. } => 0,
+        Op::Delete { .. } | Op::ConditionalDelete { .. } => 0,
         Op::Create { .. } => 1,
-        Op::Update { .. } | Op::ConditionalUpdate { .. } => 2,
+        Op::Update { .. } | Op::ConditionalUpdate { .. } | Op::Patch { .. } => 2,
         Op::Read { .. } => 3,
     }
 }
@@ -322,7 +397,7 @@ async fn transaction(
         attempt += 1;
         let run = async {
             let mut tx = state.store().begin().await?;
-            let results = run_transaction(&mut tx, &planned).await?;
+            let results = run_transaction(state, &mut tx, &planned).await?;
             let versions = results
                 .iter()
                 .filter(|(_, d)| d.written)
@@ -362,6 +437,11 @@ fn touched(op: &Op) -> Option<String> {
     match op {
         Op::Update { resource, id, .. } => Some(format!("{}/{id}", resource.res_type)),
         Op::Delete { res_type, id, .. } => Some(format!("{res_type}/{id}")),
+        Op::Patch {
+            res_type,
+            target: Selector::Id(id),
+            ..
+        } => Some(format!("{res_type}/{id}")),
         _ => None,
     }
 }
@@ -369,13 +449,14 @@ fn touched(op: &Op) -> Option<String> {
 /// Runs the planned entries (sorted in processing order) in `tx`; returns (entry index,
 /// result) pairs.
 async fn run_transaction(
+    state: &AppState,
     tx: &mut crate::store::Tx,
     planned: &[Planned],
 ) -> Result<Vec<(usize, Done)>, ApiError> {
     let mut results = Vec::with_capacity(planned.len());
     // 1. DELETE.
     for p in planned.iter().filter(|p| phase(&p.op) == 0) {
-        results.push((p.index, write::apply(tx, &p.op).await?));
+        results.push((p.index, write::apply(state, tx, &p.op).await?));
     }
     // 2. Resolve the ids of creates and conditional updates; map fullUrls to them.
     let mut map: HashMap<String, String> = HashMap::new();
@@ -454,6 +535,11 @@ async fn run_transaction(
                 };
                 (resource.res_type.clone(), id, Some(op))
             }
+            Op::Patch { .. } => {
+                // Patches run after the creates and updates before them, in entry order.
+                writes.push((p.index, p.op.clone()));
+                continue;
+            }
             _ => continue,
         };
         if let Some(full) = &p.full_url {
@@ -480,13 +566,24 @@ async fn run_transaction(
                 id,
                 if_match,
             },
+            Op::Patch {
+                res_type,
+                target,
+                patch,
+                if_match,
+            } => Op::Patch {
+                res_type,
+                target,
+                patch: rewrite_patch(tx, index, patch, &map).await?,
+                if_match,
+            },
             other => other,
         };
-        results.push((index, write::apply(tx, &op).await?));
+        results.push((index, write::apply(state, tx, &op).await?));
     }
     // 4. GET.
     for p in planned.iter().filter(|p| phase(&p.op) == 3) {
-        results.push((p.index, write::apply(tx, &p.op).await?));
+        results.push((p.index, write::apply(state, tx, &p.op).await?));
     }
     Ok(results)
 }
@@ -501,6 +598,42 @@ async fn rewrite(
 ) -> Result<Checked, ApiError> {
     let mut refs = Vec::new();
     collect_references(&resource.json, &mut refs);
+    let resolved = resolve(tx, index, refs, map).await?;
+    if !resolved.is_empty() {
+        replace_references(&mut resource.json, &resolved);
+    }
+    Ok(resource)
+}
+
+/// The same rewriting inside the values a patch adds or replaces (`reference` members of
+/// the JSON it carries).
+async fn rewrite_patch(
+    tx: &mut crate::store::Tx,
+    index: usize,
+    mut patch: PatchDoc,
+    map: &HashMap<String, String>,
+) -> Result<PatchDoc, ApiError> {
+    let mut refs = Vec::new();
+    for v in patch.values_mut() {
+        collect_references(v, &mut refs);
+    }
+    let resolved = resolve(tx, index, refs, map).await?;
+    if !resolved.is_empty() {
+        for v in patch.values_mut() {
+            replace_references(v, &resolved);
+        }
+    }
+    Ok(patch)
+}
+
+/// What each of `refs` becomes: the `Type/id` of a Bundle entry's `fullUrl`, or of the one
+/// resource a conditional reference matches; other references stay as written.
+async fn resolve(
+    tx: &mut crate::store::Tx,
+    index: usize,
+    refs: Vec<String>,
+    map: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, ApiError> {
     let mut resolved: HashMap<String, String> = HashMap::new();
     for r in refs {
         if resolved.contains_key(&r) {
@@ -535,10 +668,7 @@ async fn rewrite(
             }
         }
     }
-    if !resolved.is_empty() {
-        replace_references(&mut resource.json, &resolved);
-    }
-    Ok(resource)
+    Ok(resolved)
 }
 
 fn collect_references(json: &Json, out: &mut Vec<String>) {

@@ -15,6 +15,7 @@ const INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -51,13 +52,13 @@ fn statement(state: &AppState) -> String {
     out.push_str(",\"kind\":\"instance\",\"software\":{\"name\":\"imagio-gateway\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.push_str("},\"implementation\":{\"description\":\"A-IMAGIO study data gateway\"},");
-    out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],");
+    out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"patchFormat\":[\"application/json-patch+json\",\"application/fhir+json\"],");
     out.push_str("\"rest\":[{\"mode\":\"server\",\"documentation\":");
     let validation = match state.config().validation {
         super::ValidationMode::Base => "Writes are validated against the FHIR R4 base definitions.",
         super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
     };
-    write_str(&mut out, &format!("{validation} Conditional create and update match on identifier=[system|]value or _id. Search: token, string, date, reference, quantity (UCUM units compared in base units), number and uri parameters of the R4 SearchParameters, _id, _lastUpdated, _tag, _security, _profile, _source; prefixes eq ne lt le gt ge sa eb ap on dates, quantities and numbers; modifiers :missing, :exact, :contains, :not, :text, :identifier, :[type], :below and :above (uri); chained parameters one level deep (subject:Patient.identifier=...); _count, _total, _summary=count; unknown parameters and modifiers are ignored with a warning unless Prefer: handling=strict."));
+    write_str(&mut out, &format!("{validation} Conditional create, update, delete and patch match on identifier=[system|]value or _id; a conditional delete removes one resource (several matches: 412). PATCH takes JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource, application/fhir+json). Search: token, string, date, reference, quantity (UCUM units compared in base units), number and uri parameters of the R4 SearchParameters, _id, _lastUpdated, _tag, _security, _profile, _source; prefixes eq ne lt le gt ge sa eb ap on dates, quantities and numbers; modifiers :missing, :exact, :contains, :not, :text, :identifier, :[type], :below and :above (uri); chained parameters one level deep (subject:Patient.identifier=...); _count, _total, _summary=count; unknown parameters and modifiers are ignored with a warning unless Prefer: handling=strict."));
     out.push_str(",\"security\":");
     out.push_str(&crate::auth::capability_security(state.auth()));
     out.push_str(",\"resource\":[");
@@ -93,7 +94,7 @@ fn statement(state: &AppState) -> String {
             write_str(&mut out, code);
             out.push('}');
         }
-        out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"not-supported\",\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
+        out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"single\",\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
     }
     out.push_str("],\"interaction\":[{\"code\":\"transaction\"},{\"code\":\"batch\"},{\"code\":\"history-system\"}]}]}");
     out

@@ -7,6 +7,7 @@
 //! | `Malformed` (not JSON, too deep, wrong shape of a Bundle) | 400 | `invalid` (or the parse issues) |
 //! | `BadRequest` (resourceType/URL or id mismatch, missing id) | 400 | `invalid` |
 //! | `NotSupported` (criteria or parameter the server does not handle) | 400 | `not-supported` |
+//! | `Forbidden` (the caller's role does not allow it) | 403 | `forbidden` |
 //! | `UnknownType` | 404 | `not-supported` |
 //! | `NotFound` | 404 | `not-found` |
 //! | `Gone` (deleted) | 410 | `deleted` |
@@ -17,6 +18,7 @@
 //! | `TooLarge` | 413 | `too-costly` |
 //! | `UnsupportedMediaType` | 415 | `not-supported` |
 //! | `Invalid` (validation errors) | 422 | the validator's codes, every issue listed |
+//! | `Unprocessable` (a patch that does not apply, a failing `test`) | 422 | `processing` |
 //! | `Store`, `Internal` | 500 | `exception`, generic text |
 //! | `Unavailable` (database unreachable) | 503 | `transient`, generic text |
 //!
@@ -48,6 +50,9 @@ pub enum ApiError {
     /// A feature the server does not offer.
     #[error("{0}")]
     NotSupported(String),
+    /// The caller is authenticated but its role does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     /// Not a resource type of FHIR R4.
     #[error("unknown resource type {0}")]
     UnknownType(String),
@@ -78,6 +83,10 @@ pub enum ApiError {
     /// The resource does not validate: every issue, errors and warnings.
     #[error("the resource does not conform")]
     Invalid(Vec<Issue>),
+    /// A well-formed request that cannot be carried out on the resource as it is (a
+    /// patch whose path does not exist, a failing JSON Patch `test`).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The database failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -100,6 +109,7 @@ impl ApiError {
             ApiError::Malformed { .. } | ApiError::BadRequest(_) | ApiError::NotSupported(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::UnknownType(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -109,7 +119,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Store(StoreError::Conflict) => StatusCode::CONFLICT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -129,11 +139,13 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_)
             | ApiError::UnsupportedMediaType(_) => "not-supported",
             ApiError::NotFound(_) => "not-found",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Gone(_) => "deleted",
             ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
             ApiError::Store(StoreError::Conflict) => "conflict",
             ApiError::MultipleMatches(_) => "multiple-matches",
             ApiError::TooLarge(_) => "too-costly",
+            ApiError::Unprocessable(_) => "processing",
             ApiError::Unavailable(_) => {
                 return outcome("error", "transient", "the database is not reachable")
             }
@@ -166,6 +178,15 @@ impl From<crate::model::json::SyntaxError> for ApiError {
         ApiError::Malformed {
             message: format!("malformed JSON at byte {}: {}", e.offset, e.message),
             issues: Vec::new(),
+        }
+    }
+}
+
+impl From<super::patch::PatchError> for ApiError {
+    fn from(e: super::patch::PatchError) -> Self {
+        match e {
+            super::patch::PatchError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Unprocessable(e.to_string()),
         }
     }
 }

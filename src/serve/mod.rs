@@ -4,22 +4,30 @@
 //! - [`error`]: [`ApiError`], the only place failures become OperationOutcomes.
 //! - `body`: the request body extractor (media type, size limit).
 //! - `rest`: the interactions on `/fhir` (read, vread, create, update, conditional create
-//!   and update, delete, history, `$validate`).
+//!   and update, delete and conditional delete, patch and conditional patch, history,
+//!   `$validate`).
+//! - `patch`: JSON Patch (RFC 6902); `fhirpath_patch`: FHIRPath Patch.
+//! - `ledger`: the ledger admin API (`/admin/submissions`).
 //! - `bundle`: `batch` and `transaction` Bundles on `POST /fhir`.
 //! - `write`: what every write shares: checking and validating a resource, applying
 //!   operations in one store transaction with retries, the ledger entry.
 //! - `capability`: the CapabilityStatement on `/fhir/metadata`.
 //!
 //! Routes (the server's API boundary): `/health`, `/ready`, and under `/fhir`:
-//! `metadata`, `_history`, `{type}`, `{type}/_history`, `{type}/$validate`, `{type}/{id}`,
-//! `{type}/{id}/_history`, `{type}/{id}/_history/{vid}`, `{type}/{id}/$validate`, and
-//! `POST /fhir` for Bundles. The server keeps no state between requests beyond caches of
-//! immutable definitions: everything another replica needs is in the database.
+//! `metadata`, `_history`, `{type}` (create, search, conditional update, delete and
+//! patch), `{type}/_history`, `{type}/$validate`, `{type}/{id}` (read, update, delete,
+//! patch), `{type}/{id}/_history`, `{type}/{id}/_history/{vid}`, `{type}/{id}/$validate`,
+//! and `POST /fhir` for Bundles; the ledger admin API under `/admin/submissions`. The
+//! server keeps no state between requests beyond caches of immutable definitions:
+//! everything another replica needs is in the database.
 
 mod body;
 mod bundle;
 mod capability;
 pub mod error;
+mod fhirpath_patch;
+mod ledger;
+mod patch;
 mod rest;
 mod write;
 
@@ -212,6 +220,8 @@ pub fn router(state: AppState) -> Router {
             "/{type}",
             post(rest::create)
                 .put(rest::conditional_update)
+                .delete(rest::conditional_delete)
+                .patch(rest::conditional_patch)
                 .get(rest::search),
         )
         .route("/{type}/_history", get(rest::history_type))
@@ -219,7 +229,10 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/$validate", post(rest::validate_type))
         .route(
             "/{type}/{id}",
-            get(rest::read).put(rest::update).delete(rest::delete),
+            get(rest::read)
+                .put(rest::update)
+                .delete(rest::delete)
+                .patch(rest::patch),
         )
         .route("/{type}/{id}/_history", get(rest::history_instance))
         .route("/{type}/{id}/_history/{vid}", get(rest::vread))
@@ -229,6 +242,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(crate::auth::routes())
+        .merge(ledger::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -5,7 +5,7 @@
 
 use super::body::FhirBody;
 use super::error::{ApiError, FHIR_JSON};
-use super::write::{self, Checked, Criteria, Done, Op, WriteCtx};
+use super::write::{self, Checked, Criteria, Done, Op, Selector, WriteCtx};
 use super::{AppState, RequestId};
 use crate::model::json::{write_str, Json};
 use crate::store::{time, Stored};
@@ -397,11 +397,185 @@ pub async fn delete(
             if_match,
         };
         let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if let Some(s) = &done.stored {
-            version_headers(&mut r, s);
+        Ok(delete_response(&done))
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// `DELETE /fhir/{type}?criteria`: conditional delete in `single` mode. One match is
+/// deleted as a version (204 with its `ETag`); none is 200 with an informational
+/// OperationOutcome (nothing to delete); several are 412. `If-Match` applies to the match.
+pub async fn conditional_delete(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let ctx = WriteCtx::new(&rid, &method, &uri, None, &[]);
+    let req = WriteRequest {
+        state,
+        ctx,
+        headers,
+        body: None,
+    };
+    let result = async {
+        known_type(&res_type)?;
+        let criteria = Criteria::parse(query.as_deref().unwrap_or_default())?;
+        let if_match = write::if_match(&req.headers)?;
+        let op = Op::ConditionalDelete {
+            res_type,
+            criteria,
+            if_match,
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        Ok(delete_response(&done))
+    }
+    .await;
+    req.finish(result).await
+}
+
+/// The response to a delete: 204 with the delete version's `ETag`, or, when nothing was
+/// deleted and the operation says why, 200 with that OperationOutcome.
+fn delete_response(done: &Done) -> Response {
+    match (&done.stored, &done.warnings) {
+        (None, Some(outcome)) => fhir_response(StatusCode::OK, outcome.clone()),
+        (stored, _) => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            if let Some(s) = stored {
+                version_headers(&mut r, s);
+            }
+            r
         }
-        Ok(r)
+    }
+}
+
+/// The media type of JSON Patch documents (RFC 6902).
+pub const JSON_PATCH: &str = "application/json-patch+json";
+
+/// Reads a PATCH body: a JSON Patch sent as `application/json-patch+json` (or as a JSON
+/// array under a JSON media type), or a FHIRPath Patch (a Parameters resource, sent as
+/// FHIR JSON).
+///
+/// # Errors
+/// 415 for other media types, 400 for malformed JSON or patches.
+pub fn read_patch(body: &FhirBody, max_depth: usize) -> Result<super::patch::PatchDoc, ApiError> {
+    let essence = body
+        .content_type
+        .as_deref()
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if essence != JSON_PATCH {
+        if let Some(e) = &body.refused {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "{e}; a JSON Patch is sent as {JSON_PATCH}"
+            )));
+        }
+    }
+    let json = Json::parse(body.text()?, max_depth)?;
+    patch_document(&json)
+}
+
+/// A patch from a parsed body: a Parameters resource is a FHIRPath Patch, anything else
+/// must be a JSON Patch (an array of operations).
+///
+/// # Errors
+/// 400 for malformed patches.
+pub fn patch_document(json: &Json) -> Result<super::patch::PatchDoc, ApiError> {
+    if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") {
+        return Ok(super::patch::PatchDoc::FhirPath(
+            super::fhirpath_patch::FhirPathPatch::from_parameters(json)?,
+        ));
+    }
+    Ok(super::patch::PatchDoc::Json(
+        super::patch::Patch::from_json(json)?,
+    ))
+}
+
+/// `PATCH /fhir/{type}/{id}`: a JSON Patch or FHIRPath Patch of the current version,
+/// stored as an update.
+#[allow(clippy::too_many_arguments)]
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path((res_type, id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    patch_request(
+        state,
+        &rid,
+        &method,
+        &uri,
+        headers,
+        body,
+        &res_type,
+        Ok(Selector::Id(id)),
+    )
+    .await
+}
+
+/// `PATCH /fhir/{type}?criteria`: conditional patch of the one resource the criteria
+/// match (404 for none, 412 for several).
+#[allow(clippy::too_many_arguments)]
+pub async fn conditional_patch(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+) -> Response {
+    let target = Criteria::parse(query.as_deref().unwrap_or_default()).map(Selector::Criteria);
+    patch_request(state, &rid, &method, &uri, headers, body, &res_type, target).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn patch_request(
+    state: AppState,
+    rid: &RequestId,
+    method: &Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Result<FhirBody, ApiError>,
+    res_type: &str,
+    target: Result<Selector, ApiError>,
+) -> Response {
+    let req = match WriteRequest::new(state, rid, method, uri, headers, body) {
+        Ok(r) => r,
+        Err(failed) => {
+            let (s, c, e) = *failed;
+            return refuse(s, c, e).await;
+        }
+    };
+    let result = async {
+        known_type(res_type)?;
+        let target = target?;
+        let if_match = write::if_match(&req.headers)?;
+        let Some(body) = &req.body else {
+            return Err(ApiError::BadRequest("no body".into()));
+        };
+        let patch = read_patch(body, req.state.config().max_depth)?;
+        let op = Op::Patch {
+            res_type: res_type.to_string(),
+            target,
+            patch,
+            if_match,
+        };
+        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
+        Ok(write_response(
+            &done,
+            prefer(&req.headers),
+            &base_url(&req.headers, &req.state),
+        ))
     }
     .await;
     req.finish(result).await

@@ -230,6 +230,29 @@ pub enum Op {
         /// The id a new resource gets when nothing matches and the body has none.
         new_id: String,
     },
+    /// `DELETE Type?criteria`: the one current resource the criteria match is deleted;
+    /// none is a success that deletes nothing; several are refused (412): the server
+    /// supports conditional delete in `single` mode.
+    ConditionalDelete {
+        /// Type.
+        res_type: String,
+        /// The criteria.
+        criteria: Criteria,
+        /// `If-Match`, checked against the matched resource.
+        if_match: Option<i64>,
+    },
+    /// `PATCH Type/id` or `PATCH Type?criteria` (which must match exactly one resource):
+    /// the current version patched, then checked and stored as an update.
+    Patch {
+        /// Type.
+        res_type: String,
+        /// Which resource.
+        target: Selector,
+        /// The patch (JSON Patch or FHIRPath Patch).
+        patch: super::patch::PatchDoc,
+        /// `If-Match`.
+        if_match: Option<i64>,
+    },
     /// `DELETE Type/id`.
     Delete {
         /// Type.
@@ -250,6 +273,15 @@ pub enum Op {
     },
 }
 
+/// The resource an instance-level or conditional interaction is about.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// `Type/id`.
+    Id(String),
+    /// `Type?criteria`.
+    Criteria(Criteria),
+}
+
 /// The result of one operation.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -265,13 +297,13 @@ pub struct Done {
     pub warnings: Option<String>,
 }
 
-/// Runs one operation in `tx`.
+/// Runs one operation in `tx` (`state` validates patched resources).
 ///
 /// # Errors
 /// The interaction's failures ([`ApiError::PreconditionFailed`], `MultipleMatches`,
-/// `NotFound`, `Gone`, `BadRequest`) and store failures; a lost race is
-/// `ApiError::Store(StoreError::Conflict)`, for the caller to retry.
-pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
+/// `NotFound`, `Gone`, `BadRequest`, `Unprocessable`, `Invalid`) and store failures; a
+/// lost race is `ApiError::Store(StoreError::Conflict)`, for the caller to retry.
+pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
     match op {
         Op::Create {
             resource,
@@ -300,13 +332,22 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     }
                 }
             }
-            put(tx, resource, id, None).await
+            put(tx, resource, id, if_match_expect(None), false).await
         }
         Op::Update {
             resource,
             id,
             if_match,
-        } => put(tx, resource, id, *if_match).await,
+        } => {
+            put(
+                tx,
+                resource,
+                id,
+                if_match_expect(*if_match),
+                if_match.is_some(),
+            )
+            .await
+        }
         Op::ConditionalUpdate {
             resource,
             criteria,
@@ -316,7 +357,17 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
             let found = criteria.matches(tx, &resource.res_type).await?;
             let body_id = resource.json.get("id").and_then(Json::as_str);
             match found.as_slice() {
-                [] => put(tx, resource, body_id.unwrap_or(new_id), *if_match).await,
+                [] => {
+                    let id = body_id.unwrap_or(new_id);
+                    put(
+                        tx,
+                        resource,
+                        id,
+                        if_match_expect(*if_match),
+                        if_match.is_some(),
+                    )
+                    .await
+                }
                 [one] => {
                     if body_id.is_some_and(|b| b != one) {
                         return Err(ApiError::BadRequest(format!(
@@ -325,7 +376,14 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                             body_id.unwrap_or_default()
                         )));
                     }
-                    put(tx, resource, one, *if_match).await
+                    put(
+                        tx,
+                        resource,
+                        one,
+                        if_match_expect(*if_match),
+                        if_match.is_some(),
+                    )
+                    .await
                 }
                 many => Err(ApiError::MultipleMatches(format!(
                     "the criteria match {} {} resources",
@@ -338,31 +396,37 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
             res_type,
             id,
             if_match,
+        } => delete(tx, res_type, id, *if_match).await,
+        Op::ConditionalDelete {
+            res_type,
+            criteria,
+            if_match,
         } => {
-            if let Some(v) = if_match {
-                let current = tx.read(res_type, id).await?;
-                if current.as_ref().map(|c| c.version_id) != Some(*v) {
-                    return Err(ApiError::PreconditionFailed(format!(
-                        "If-Match names version {v} but {res_type}/{id} is at {}",
-                        current.map_or("no version".into(), |c| c.version_id.to_string())
-                    )));
-                }
+            let found = criteria.matches(tx, res_type).await?;
+            match found.as_slice() {
+                [] => Ok(Done {
+                    status: StatusCode::OK,
+                    stored: None,
+                    written: false,
+                    warnings: Some(super::error::outcome(
+                        "information",
+                        "not-found",
+                        &format!("no {res_type} matches the criteria; nothing was deleted"),
+                    )),
+                }),
+                [one] => delete(tx, res_type, one, *if_match).await,
+                many => Err(ApiError::MultipleMatches(format!(
+                    "the criteria match {} {res_type} resources; conditional delete removes one at a time",
+                    many.len()
+                ))),
             }
-            if tx
-                .read(res_type, id)
-                .await?
-                .is_some_and(|c| crate::auth::tenancy::foreign(&c))
-            {
-                return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
-            }
-            let deleted = tx.delete(res_type, id).await?;
-            Ok(Done {
-                status: StatusCode::NO_CONTENT,
-                written: deleted.is_some(),
-                stored: deleted,
-                warnings: None,
-            })
         }
+        Op::Patch {
+            res_type,
+            target,
+            patch,
+            if_match,
+        } => patch_one(state, tx, res_type, target, patch, *if_match).await,
         Op::Read {
             res_type,
             id,
@@ -399,11 +463,127 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
     }
 }
 
+/// Records the delete of `res_type/id` (`If-Match` checked first; another site's resource
+/// is not there for a site client).
+async fn delete(
+    tx: &mut Tx,
+    res_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Done, ApiError> {
+    let current = tx.read(res_type, id).await?;
+    if current.as_ref().is_some_and(crate::auth::tenancy::foreign) {
+        return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
+    }
+    if let Some(v) = if_match {
+        if current.as_ref().map(|c| c.version_id) != Some(v) {
+            return Err(ApiError::PreconditionFailed(format!(
+                "If-Match names version {v} but {res_type}/{id} is at {}",
+                current.map_or("no version".into(), |c| c.version_id.to_string())
+            )));
+        }
+    }
+    let deleted = tx.delete(res_type, id).await?;
+    Ok(Done {
+        status: StatusCode::NO_CONTENT,
+        written: deleted.is_some(),
+        stored: deleted,
+        warnings: None,
+    })
+}
+
+/// Patches the current version of the target: the patched JSON keeps its type and id, is
+/// checked and validated like an update's body, and replaces exactly the version it was
+/// made from (a concurrent write makes it a lost race, run again from a fresh read, or 412
+/// when the client named the version with `If-Match`).
+async fn patch_one(
+    state: &AppState,
+    tx: &mut Tx,
+    res_type: &str,
+    target: &Selector,
+    patch: &super::patch::PatchDoc,
+    if_match: Option<i64>,
+) -> Result<Done, ApiError> {
+    let id = match target {
+        Selector::Id(id) => id.clone(),
+        Selector::Criteria(criteria) => {
+            let found = criteria.matches(tx, res_type).await?;
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(ApiError::NotFound(format!(
+                        "no {res_type} matches the criteria of the conditional patch"
+                    )))
+                }
+                many => {
+                    return Err(ApiError::MultipleMatches(format!(
+                        "the criteria of the conditional patch match {} {res_type} resources",
+                        many.len()
+                    )))
+                }
+            }
+        }
+    };
+    // Patches of one resource queue behind each other (on PostgreSQL; SQLite writers are
+    // serialized already) instead of all but one losing the compare-and-set below.
+    tx.lock(&format!("{res_type}/{id}")).await?;
+    let current = match tx.read(res_type, &id).await? {
+        Some(c) if crate::auth::tenancy::foreign(&c) => None,
+        other => other,
+    };
+    let Some(current) = current else {
+        return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
+    };
+    let Some(content) = current.content.as_deref().filter(|_| !current.deleted) else {
+        return Err(ApiError::Gone(format!(
+            "{res_type}/{id} was deleted (version {})",
+            current.version_id
+        )));
+    };
+    if let Some(v) = if_match {
+        if v != current.version_id {
+            return Err(ApiError::PreconditionFailed(format!(
+                "If-Match names version {v} but {res_type}/{id} is at {}",
+                current.version_id
+            )));
+        }
+    }
+    let mut json = Json::parse(content, state.config().max_depth)?;
+    patch.apply(&mut json)?;
+    if json.get("resourceType").and_then(Json::as_str) != Some(res_type) {
+        return Err(ApiError::Unprocessable(format!(
+            "the patch changes the resourceType of {res_type}/{id}"
+        )));
+    }
+    if json.get("id").and_then(Json::as_str) != Some(id.as_str()) {
+        return Err(ApiError::Unprocessable(format!(
+            "the patch changes or removes the id of {res_type}/{id}"
+        )));
+    }
+    let resource = check(state, &json.to_text(), Some(res_type)).await?;
+    put(
+        tx,
+        &resource,
+        &id,
+        Expect::Version(current.version_id),
+        if_match.is_some(),
+    )
+    .await
+}
+
+/// What an `If-Match` version asks of the store.
+fn if_match_expect(if_match: Option<i64>) -> Expect {
+    if_match.map_or(Expect::Any, Expect::Version)
+}
+
+/// Stores `resource` as `id`, expecting `expect` to be current. A failed expectation is
+/// 412 when the client asked for it (`client_if_match`), else a lost race to retry.
 async fn put(
     tx: &mut Tx,
     resource: &Checked,
     id: &str,
-    if_match: Option<i64>,
+    expect: Expect,
+    client_if_match: bool,
 ) -> Result<Done, ApiError> {
     if !is_valid_id(id) {
         return Err(ApiError::BadRequest(format!(
@@ -425,7 +605,6 @@ async fn put(
     let mut json = resource.json.clone();
     crate::auth::tenancy::label(&mut json);
     let warnings = resource.warnings_outcome();
-    let expect = if_match.map_or(Expect::Any, Expect::Version);
     let index = search_rows(&json);
     match tx
         .put(
@@ -448,10 +627,13 @@ async fn put(
             stored: Some(stored),
             warnings,
         }),
-        Err(StoreError::Conflict) if if_match.is_some() => {
+        Err(StoreError::Conflict) if client_if_match => {
+            let named = match expect {
+                Expect::Version(v) => v.to_string(),
+                Expect::Any => "?".into(),
+            };
             Err(ApiError::PreconditionFailed(format!(
-                "If-Match names version {} but {}/{id} is not at that version",
-                if_match.unwrap_or_default(),
+                "If-Match names version {named} but {}/{id} is not at that version",
                 resource.res_type
             )))
         }
@@ -578,7 +760,7 @@ pub async fn commit(
         attempt += 1;
         let result = async {
             let mut tx = state.store().begin().await?;
-            let done = apply(&mut tx, op).await?;
+            let done = apply(state, &mut tx, op).await?;
             if let Some(ctx) = ledger {
                 let versions = done
                     .stored

@@ -135,9 +135,62 @@ pub struct Submission {
 pub struct LedgerEntry {
     /// Row id, increasing.
     pub id: i64,
-    /// The submission, payload decompressed.
+    /// The size of the payload as sent, in bytes.
+    pub payload_size: i64,
+    /// The submission, payload decompressed (empty in listings: [`Store::ledger`]).
     pub submission: Submission,
 }
+
+/// Which ledger entries to list ([`Store::ledger`]): every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerQuery {
+    /// Only this site's submissions.
+    pub site: Option<String>,
+    /// Only those received at or after this instant (store instant text).
+    pub since: Option<String>,
+    /// Only this outcome (`accepted`, `rejected`, `failed`).
+    pub outcome: Option<String>,
+    /// Only rows older than this id (keyset paging: the last id of the previous page).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub count: i64,
+}
+
+/// Builds a [`LedgerEntry`] from a `submission` row; `$payload` is the payload to keep.
+macro_rules! ledger_entry {
+    ($row:expr, $payload:expr) => {{
+        use sqlx::Row as _;
+        let r = $row;
+        let versions: String = r.try_get("versions")?;
+        let status: i64 = r.try_get("status")?;
+        LedgerEntry {
+            id: r.try_get("id")?,
+            payload_size: r.try_get("payload_size")?,
+            submission: Submission {
+                received: r.try_get("received")?,
+                request_id: r.try_get("request_id")?,
+                client: r.try_get("client")?,
+                site: r.try_get("site")?,
+                method: r.try_get("method")?,
+                url: r.try_get("url")?,
+                content_type: r.try_get("content_type")?,
+                payload: $payload,
+                outcome: r.try_get("outcome")?,
+                status: u16::try_from(status).unwrap_or(0),
+                operation_outcome: r.try_get("operation_outcome")?,
+                versions: versions
+                    .split(' ')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            },
+        }
+    }};
+}
+
+/// The `submission` columns every ledger read selects (the payload apart).
+const LEDGER_COLUMNS: &str = "id, received, request_id, client, site, method, url, \
+     content_type, payload_size, outcome, status, operation_outcome, versions";
 
 /// The database behind the server: SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
@@ -455,46 +508,79 @@ impl Store {
     /// # Errors
     /// On database failure or a payload that does not decompress.
     pub async fn submissions(&self, site: Option<&str>, count: i64) -> Result<Vec<LedgerEntry>> {
-        let sql = "SELECT id, received, request_id, client, site, method, url, content_type, \
-                   payload, outcome, status, operation_outcome, versions FROM submission \
-                   WHERE ($1 = '' OR site = $1) ORDER BY id DESC LIMIT $2";
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS}, payload FROM submission \
+             WHERE ($1 = '' OR site = $1) ORDER BY id DESC LIMIT $2"
+        );
         let rows = on_pool!(self, |c| {
             let mut out = Vec::new();
-            for r in sqlx::query(sql)
+            for r in sqlx::query(&sql)
                 .bind(site.unwrap_or(""))
                 .bind(count)
                 .fetch_all(c)
                 .await?
             {
-                use sqlx::Row as _;
-                let payload: Vec<u8> = r.try_get("payload")?;
-                let versions: String = r.try_get("versions")?;
-                let status: i64 = r.try_get("status")?;
-                out.push(LedgerEntry {
-                    id: r.try_get("id")?,
-                    submission: Submission {
-                        received: r.try_get("received")?,
-                        request_id: r.try_get("request_id")?,
-                        client: r.try_get("client")?,
-                        site: r.try_get("site")?,
-                        method: r.try_get("method")?,
-                        url: r.try_get("url")?,
-                        content_type: r.try_get("content_type")?,
-                        payload: decompress(&payload)?,
-                        outcome: r.try_get("outcome")?,
-                        status: u16::try_from(status).unwrap_or(0),
-                        operation_outcome: r.try_get("operation_outcome")?,
-                        versions: versions
-                            .split(' ')
-                            .filter(|v| !v.is_empty())
-                            .map(str::to_string)
-                            .collect(),
-                    },
-                });
+                let payload: Vec<u8> = {
+                    use sqlx::Row as _;
+                    r.try_get("payload")?
+                };
+                out.push(ledger_entry!(r, decompress(&payload)?));
             }
             out
         });
         Ok(rows)
+    }
+
+    /// Ledger entries matching `q`, newest first, without their payloads (see
+    /// [`Store::submission`]).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn ledger(&self, q: &LedgerQuery) -> Result<Vec<LedgerEntry>> {
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM submission \
+             WHERE ($1 = '' OR site = $1) AND ($2 = '' OR received >= $2) \
+             AND ($3 = '' OR outcome = $3) AND ($4 = 0 OR id < $4) \
+             ORDER BY id DESC LIMIT $5"
+        );
+        let rows = on_pool!(self, |c| {
+            let mut out = Vec::new();
+            for r in sqlx::query(&sql)
+                .bind(q.site.as_deref().unwrap_or(""))
+                .bind(q.since.as_deref().unwrap_or(""))
+                .bind(q.outcome.as_deref().unwrap_or(""))
+                .bind(q.before.unwrap_or(0))
+                .bind(q.count)
+                .fetch_all(c)
+                .await?
+            {
+                out.push(ledger_entry!(r, Vec::new()));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
+    /// One ledger entry with its payload exactly as it was sent.
+    ///
+    /// # Errors
+    /// On database failure or a payload that does not decompress.
+    pub async fn submission(&self, id: i64) -> Result<Option<LedgerEntry>> {
+        let sql = format!("SELECT {LEDGER_COLUMNS}, payload FROM submission WHERE id = $1");
+        let row = on_pool!(
+            self,
+            |c| match sqlx::query(&sql).bind(id).fetch_optional(c).await? {
+                Some(r) => {
+                    let payload: Vec<u8> = {
+                        use sqlx::Row as _;
+                        r.try_get("payload")?
+                    };
+                    Some(ledger_entry!(r, decompress(&payload)?))
+                }
+                None => None,
+            }
+        );
+        Ok(row)
     }
 }
 

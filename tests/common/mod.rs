@@ -25,6 +25,8 @@ pub struct Server {
 pub enum Cleanup {
     File(std::path::PathBuf),
     Schema(String, String),
+    /// Another server (a replica on the same database) cleans up.
+    Nothing,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,36 @@ pub async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Optio
             (store, Cleanup::Schema(url, schema))
         }
     };
+    Some(serve_store(store, cleanup, validation, max_body).await)
+}
+
+/// Two servers (separate `AppState`s, separate connection pools) on one database: the same
+/// SQLite file, or the same PostgreSQL schema (`None` when PostgreSQL is not configured).
+/// The second server cleans up.
+pub async fn start_replicas(db: Db) -> Option<(Server, Server)> {
+    let first = start(db, ValidationMode::Base, 64 * 1024 * 1024).await?;
+    let store = match &first.cleanup {
+        Cleanup::File(path) => Store::open(path.to_str().expect("utf-8 temp path"))
+            .await
+            .expect("open the sqlite file again"),
+        Cleanup::Schema(url, schema) => imagio_gateway::store::postgres::open(url, Some(schema))
+            .await
+            .expect("open the postgres schema again"),
+        Cleanup::Nothing => unreachable!("start always cleans up"),
+    };
+    let mut first = first;
+    let cleanup = std::mem::replace(&mut first.cleanup, Cleanup::Nothing);
+    let second = serve_store(store, cleanup, ValidationMode::Base, 64 * 1024 * 1024).await;
+    Some((first, second))
+}
+
+/// Serves `store` on a free port of 127.0.0.1, authentication off.
+pub async fn serve_store(
+    store: Store,
+    cleanup: Cleanup,
+    validation: ValidationMode,
+    max_body: usize,
+) -> Server {
     let config = Config {
         validation,
         max_body,
@@ -90,14 +122,14 @@ pub async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Optio
         .await
         .expect("serve");
     });
-    Some(Server {
+    Server {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
         store,
         stop: Some(stop),
         task: Some(task),
         cleanup,
-    })
+    }
 }
 
 impl Server {
@@ -183,6 +215,7 @@ impl Server {
             Cleanup::Schema(url, schema) => {
                 let _ = imagio_gateway::store::postgres::drop_schema(url, schema).await;
             }
+            Cleanup::Nothing => {}
         }
     }
 }

@@ -1594,3 +1594,309 @@ fn cli_keys_and_clients() {
     assert!(list.contains("\"revoked\": \"20"), "{list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// Scopes narrowed by search parameters (SMART 2.2 "finer-grained resource constraints")
+
+const OBS_CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
+fn observation(category: &str, id: Option<&str>) -> Value {
+    let mut o = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CAT, "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "1920-8"}]},
+        "valueString": category
+    });
+    if let Some(id) = id {
+        o["id"] = json!(id);
+    }
+    o
+}
+
+fn lab_scope(letters: &str) -> String {
+    format!("system/Observation.{letters}?category={OBS_CAT}|laboratory")
+}
+
+/// The ids of the resources of a searchset or history Bundle, sorted.
+fn bundle_ids(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+async fn narrowed_scopes(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (w, kw) = s.register(Alg::Es384, Role::Site, "a", all).await;
+    let tw = s.token(&w, &kw, all).await;
+    // Data of every category, written by an unrestricted client of the same site.
+    for (id, cat) in [
+        ("lab1", "laboratory"),
+        ("vs1", "vital-signs"),
+        ("img1", "imaging"),
+    ] {
+        let (st, _, b) = s
+            .fhir(
+                reqwest::Method::PUT,
+                &format!("/Observation/{id}"),
+                Some(&tw),
+                Some(observation(cat, Some(id))),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+    }
+    // A client registered with a lab-only scope asks for everything: it gets lab only.
+    let (n, kn) = s
+        .register(Alg::Rs384, Role::Site, "a", &lab_scope("cruds"))
+        .await;
+    let (st, body) = s
+        .token_with(&s.assertion(&n, &kn), "system/Observation.cruds")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], lab_scope("cruds"));
+    let tn = body["access_token"].as_str().expect("token").to_string();
+    let get = |path: String| {
+        let tn = tn.clone();
+        let s = &s;
+        async move { s.fhir(reqwest::Method::GET, &path, Some(&tn), None).await }
+    };
+    // Searches get the narrowing ANDed.
+    let (st, _, b) = get("/Observation".into()).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    assert_eq!(b["total"], 1);
+    let (_, _, b) = get("/Observation?category=vital-signs".into()).await;
+    assert_eq!(bundle_ids(&b), Vec::<String>::new());
+    let (_, _, b) = get("/Observation?_summary=count".into()).await;
+    assert_eq!(b["total"], 1);
+    let r = s
+        .http
+        .post(format!("{}/fhir/Observation/_search", s.base))
+        .bearer_auth(&tn)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("_id=vs1,lab1")
+        .send()
+        .await
+        .expect("post search");
+    let st = r.status();
+    let b: Value = r.json().await.expect("json");
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    // Single resources outside the narrowing are absent: read, vread, history.
+    let (st, _, _) = get("/Observation/lab1".into()).await;
+    assert_eq!(st, StatusCode::OK);
+    for path in [
+        "/Observation/vs1",
+        "/Observation/vs1/_history/1",
+        "/Observation/vs1/_history",
+        "/Observation/img1",
+    ] {
+        let (st, _, b) = get(path.into()).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {b}");
+        assert_eq!(b["issue"][0]["code"], "not-found", "{path}");
+    }
+    let (st, _, b) = get("/Observation/_history".into()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    // Writes: a result outside the narrowing is 403 with an OperationOutcome, and nothing
+    // is stored.
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Observation",
+            Some(&tn),
+            Some(observation("vital-signs", None)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(b["issue"][0]["code"], "forbidden");
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_summary=count",
+            Some(&tw),
+            None,
+        )
+        .await;
+    assert_eq!(count["total"], 3, "the refused create stored nothing");
+    let (st, h, b) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Observation",
+            Some(&tn),
+            Some(observation("laboratory", None)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let created = h["location"]
+        .to_str()
+        .expect("location")
+        .split("/Observation/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("id")
+        .to_string();
+    // Updating a lab result into another category, or another category into lab: 403.
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/lab1",
+            Some(&tn),
+            Some(observation("vital-signs", Some("lab1"))),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/vs1",
+            Some(&tn),
+            Some(observation("laboratory", Some("vs1"))),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (st, _, _) = s
+        .fhir(reqwest::Method::DELETE, "/Observation/vs1", Some(&tn), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _, _) = get("/Observation/vs1".into()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "still hidden");
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Observation/vs1", Some(&tw), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "and not deleted");
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/lab1",
+            Some(&tn),
+            Some({
+                let mut o = observation("laboratory", Some("lab1"));
+                o["valueString"] = json!("changed");
+                o
+            }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            &format!("/Observation/{created}"),
+            Some(&tn),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // Bundle entries are checked one by one: in a batch each answers for itself; a
+    // transaction with one entry outside the narrowing fails as a whole.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/vs1"}},
+        {"request": {"method": "GET", "url": "Observation/lab1"}},
+        {"resource": observation("vital-signs", None),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (st, _, b) = s
+        .fhir(reqwest::Method::POST, "", Some(&tn), Some(batch))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let status = |i: usize| {
+        b["entry"][i]["response"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(status(0).starts_with("404"), "{b}");
+    assert!(status(1).starts_with("200"), "{b}");
+    assert!(status(2).starts_with("403"), "{b}");
+    assert!(status(3).starts_with("201"), "{b}");
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("imaging", None),
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (st, _, b) = s.fhir(reqwest::Method::POST, "", Some(&tn), Some(tx)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_summary=count",
+            Some(&tw),
+            None,
+        )
+        .await;
+    assert_eq!(
+        count["total"], 4,
+        "3 + the batch's lab entry; the transaction wrote nothing"
+    );
+    // A narrowed request under a broad grant is granted as narrowed.
+    let (st, body) = s.token_with(&s.assertion(&w, &kw), &lab_scope("rs")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], lab_scope("rs"));
+    let tl = body["access_token"].as_str().expect("token").to_string();
+    let (_, _, b) = s
+        .fhir(reqwest::Method::GET, "/Observation/vs1", Some(&tl), None)
+        .await;
+    assert_eq!(b["issue"][0]["code"], "not-found");
+    // Unrelated narrowed grants for one type are ORed.
+    let two = format!(
+        "{} system/Observation.rs?category=vital-signs",
+        lab_scope("rs")
+    );
+    let (o, ko) = s.register(Alg::Es384, Role::Site, "a", &two).await;
+    let to = s.token(&o, &ko, "system/Observation.rs").await;
+    let (_, _, b) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_id=lab1,vs1,img1",
+            Some(&to),
+            None,
+        )
+        .await;
+    assert_eq!(bundle_ids(&b), vec!["lab1", "vs1"]);
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Observation/img1", Some(&to), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // A narrowing that is not a search parameter of the type is refused at registration
+    // and at the token endpoint.
+    let refused = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "a".into(),
+            role: Role::Site,
+            scope: "system/Observation.rs?colour=red".into(),
+            jwks: Some(kw.public_jwks()),
+            jwks_url: None,
+        },
+    )
+    .await;
+    assert!(refused.is_err(), "unknown narrowing parameter accepted");
+    let (st, body) = s
+        .token_with(&s.assertion(&w, &kw), "system/Observation.rs?colour=red")
+        .await;
+    assert_oauth_error(st, &body, "invalid_scope", "colour");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_scopes_reach_only_matching_resources_sqlite() {
+    narrowed_scopes(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_scopes_reach_only_matching_resources_postgres() {
+    narrowed_scopes(Db::Postgres).await;
+}

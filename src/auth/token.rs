@@ -312,6 +312,7 @@ impl Auth {
             .await?;
         let requested =
             Scopes::parse(scope).map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
+        super::narrow::check(&requested).map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
         let allowed = Scopes::parse(&client.scope)
             .map_err(|e| OAuthError::Server(format!("client {}: {e}", client.id)))?;
         let granted = allowed.grant(&requested).map_err(|s| {

@@ -7,6 +7,7 @@
 //! | `Malformed` (not JSON, too deep, wrong shape of a Bundle) | 400 | `invalid` (or the parse issues) |
 //! | `BadRequest` (resourceType/URL or id mismatch, missing id) | 400 | `invalid` |
 //! | `NotSupported` (criteria or parameter the server does not handle) | 400 | `not-supported` |
+//! | `Forbidden` (outside the token's narrowed scopes) | 403 | `forbidden` |
 //! | `UnknownType` | 404 | `not-supported` |
 //! | `NotFound` | 404 | `not-found` |
 //! | `Gone` (deleted) | 410 | `deleted` |
@@ -48,6 +49,9 @@ pub enum ApiError {
     /// A feature the server does not offer.
     #[error("{0}")]
     NotSupported(String),
+    /// The token's scopes do not reach this resource (narrowed by search parameters).
+    #[error("{0}")]
+    Forbidden(String),
     /// Not a resource type of FHIR R4.
     #[error("unknown resource type {0}")]
     UnknownType(String),
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::Malformed { .. } | ApiError::BadRequest(_) | ApiError::NotSupported(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::UnknownType(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -129,6 +134,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_)
             | ApiError::UnsupportedMediaType(_) => "not-supported",
             ApiError::NotFound(_) => "not-found",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Gone(_) => "deleted",
             ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
             ApiError::Store(StoreError::Conflict) => "conflict",

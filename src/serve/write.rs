@@ -10,6 +10,8 @@
 
 use super::error::ApiError;
 use super::{AppState, RequestId};
+use crate::auth::narrow;
+use crate::auth::scopes::Interaction;
 use crate::model::json::Json;
 use crate::store::{Expect, StoreError, Stored, Submission, Tx};
 use crate::validate::{has_errors, Issue};
@@ -284,6 +286,12 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     [] => {}
                     [one] => {
                         let existing = tx.read(&resource.res_type, one).await?;
+                        if existing.as_ref().is_some_and(|e| !narrow::readable(e)) {
+                            return Err(ApiError::Forbidden(format!(
+                                "If-None-Exist matches a {} outside the token's narrowed scopes",
+                                resource.res_type
+                            )));
+                        }
                         return Ok(Done {
                             status: StatusCode::OK,
                             stored: existing,
@@ -300,13 +308,13 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     }
                 }
             }
-            put(tx, resource, id, None).await
+            put(tx, resource, id, None, Interaction::Create).await
         }
         Op::Update {
             resource,
             id,
             if_match,
-        } => put(tx, resource, id, *if_match).await,
+        } => put(tx, resource, id, *if_match, Interaction::Update).await,
         Op::ConditionalUpdate {
             resource,
             criteria,
@@ -316,7 +324,16 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
             let found = criteria.matches(tx, &resource.res_type).await?;
             let body_id = resource.json.get("id").and_then(Json::as_str);
             match found.as_slice() {
-                [] => put(tx, resource, body_id.unwrap_or(new_id), *if_match).await,
+                [] => {
+                    put(
+                        tx,
+                        resource,
+                        body_id.unwrap_or(new_id),
+                        *if_match,
+                        Interaction::Update,
+                    )
+                    .await
+                }
                 [one] => {
                     if body_id.is_some_and(|b| b != one) {
                         return Err(ApiError::BadRequest(format!(
@@ -325,7 +342,7 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                             body_id.unwrap_or_default()
                         )));
                     }
-                    put(tx, resource, one, *if_match).await
+                    put(tx, resource, one, *if_match, Interaction::Update).await
                 }
                 many => Err(ApiError::MultipleMatches(format!(
                     "the criteria match {} {} resources",
@@ -348,12 +365,12 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     )));
                 }
             }
-            if tx
-                .read(res_type, id)
-                .await?
-                .is_some_and(|c| crate::auth::tenancy::foreign(&c))
-            {
+            let current = tx.read(res_type, id).await?;
+            if current.as_ref().is_some_and(crate::auth::tenancy::foreign) {
                 return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
+            }
+            if let Some(c) = &current {
+                narrow::check_existing(Interaction::Delete, c).map_err(ApiError::Forbidden)?;
             }
             let deleted = tx.delete(res_type, id).await?;
             Ok(Done {
@@ -385,7 +402,9 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
                     }
                 }
             };
-            match found.filter(|s| s.deleted || crate::auth::tenancy::visible(s)) {
+            let seen =
+                |s: &Stored| s.deleted || (crate::auth::tenancy::visible(s) && narrow::readable(s));
+            match found.filter(seen) {
                 Some(s) if s.deleted => Err(ApiError::Gone(format!("{res_type}/{id} was deleted"))),
                 Some(s) => Ok(Done {
                     status: StatusCode::OK,
@@ -399,11 +418,14 @@ pub async fn apply(tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
     }
 }
 
+/// Writes `resource` as `id`: `interaction` (create or update) is what the caller's scopes
+/// must allow on the result, and, for an update, on the version it replaces.
 async fn put(
     tx: &mut Tx,
     resource: &Checked,
     id: &str,
     if_match: Option<i64>,
+    interaction: Interaction,
 ) -> Result<Done, ApiError> {
     if !is_valid_id(id) {
         return Err(ApiError::BadRequest(format!(
@@ -412,21 +434,24 @@ async fn put(
     }
     // Another site's resource is not there for a site client (tenancy); what a site
     // client writes carries its site label.
-    if tx
-        .read(&resource.res_type, id)
-        .await?
-        .is_some_and(|c| crate::auth::tenancy::foreign(&c))
-    {
+    let current = tx.read(&resource.res_type, id).await?;
+    if current.as_ref().is_some_and(crate::auth::tenancy::foreign) {
         return Err(ApiError::NotFound(format!(
             "{}/{id} is not known",
             resource.res_type
         )));
+    }
+    // A token narrowed by search parameters changes only what they match, before and after.
+    if let (Interaction::Update, Some(c)) = (interaction, &current) {
+        narrow::check_existing(Interaction::Update, c).map_err(ApiError::Forbidden)?;
     }
     let mut json = resource.json.clone();
     crate::auth::tenancy::label(&mut json);
     let warnings = resource.warnings_outcome();
     let expect = if_match.map_or(Expect::Any, Expect::Version);
     let index = search_rows(&json);
+    narrow::check_write(interaction, &resource.res_type, id, &index)
+        .map_err(ApiError::Forbidden)?;
     match tx
         .put(
             &resource.res_type,

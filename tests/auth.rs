@@ -1900,3 +1900,204 @@ async fn narrowed_scopes_reach_only_matching_resources_sqlite() {
 async fn narrowed_scopes_reach_only_matching_resources_postgres() {
     narrowed_scopes(Db::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The reference client pulls back what it pushed
+
+/// Reads an NDJSON file into resources by id.
+fn ndjson(path: &std::path::Path) -> std::collections::BTreeMap<String, Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            (v["id"].as_str().expect("id").to_string(), v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pull_writes_back_what_was_pushed() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_pull"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "p".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let settings = |scope: &str| imagio_gateway::client::Settings {
+        server: s.base.clone(),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: scope.into(),
+    };
+    // Push 5 patients and 3 observations (2 laboratory) in one transaction.
+    let mut entries: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"resource": patient(&format!("pull-{i}")),
+                        "request": {"method": "POST", "url": "Patient"}})
+        })
+        .collect();
+    for cat in ["laboratory", "laboratory", "vital-signs"] {
+        let mut o = observation(cat, None);
+        o["valueQuantity"] = json!({"value": 152.40, "unit": "mg"});
+        if let Some(m) = o.as_object_mut() {
+            m.remove("valueString");
+        }
+        entries.push(json!({"resource": o, "request": {"method": "POST", "url": "Observation"}}));
+    }
+    let file = dir.join("bundle.json");
+    // Written as text so that 152.40 keeps its trailing zero.
+    let text = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        .to_string()
+        .replace("152.4", "152.40");
+    std::fs::write(&file, text).expect("write");
+    let reports = imagio_gateway::client::push(settings("system/*.cruds"), &[file])
+        .await
+        .expect("push");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    // Pull Patients two per page: three pages, five resources, as the server has them.
+    let out = dir.join("out");
+    let plan = imagio_gateway::client::Plan::from_args(
+        &[(1, "Patient".into())],
+        &[(2, "_count=2".into())],
+    )
+    .expect("plan");
+    let pulled = imagio_gateway::client::pull(settings("system/*.rs"), &plan, &out)
+        .await
+        .expect("pull");
+    assert_eq!(pulled.len(), 1);
+    assert!(pulled[0].ok(), "{:?}", pulled[0]);
+    assert_eq!((pulled[0].count, pulled[0].pages), (5, 3));
+    let patients = ndjson(&out.join("Patient.ndjson"));
+    assert_eq!(patients.len(), 5);
+    let token = s
+        .token(
+            &row.id,
+            &{ keys::SigningKey::from_file(&generated.private_path).expect("key") },
+            "system/*.rs",
+        )
+        .await;
+    for (id, pulled) in &patients {
+        let (st, _, stored) = s
+            .fhir(
+                reqwest::Method::GET,
+                &format!("/Patient/{id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(pulled, &stored, "Patient/{id} pulled as stored");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .expect("out")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The command line: --query belongs to the --type before it; numbers keep their text.
+    let bin = env!("CARGO_BIN_EXE_imagio-gateway");
+    let cli_out = dir.join("cli");
+    let args: Vec<String> = [
+        "client",
+        "pull",
+        "--server",
+        &s.base,
+        "--client-id",
+        &row.id,
+        "--key",
+        generated.private_path.to_str().expect("utf-8"),
+        "--out",
+        cli_out.to_str().expect("utf-8"),
+        "--type",
+        "Observation",
+        "--query",
+        &format!("category={OBS_CAT}|laboratory"),
+        "--type",
+        "Patient",
+        "--query",
+        "_count=2",
+    ]
+    .iter()
+    .map(|a| (*a).to_string())
+    .collect();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .expect("run")
+        })
+    };
+    let output = run(args.clone()).await.expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("written Observation") && stdout.contains("2 resources"),
+        "{stdout}"
+    );
+    let labs = ndjson(&cli_out.join("Observation.ndjson"));
+    assert_eq!(labs.len(), 2);
+    let line = std::fs::read_to_string(cli_out.join("Observation.ndjson")).expect("read");
+    assert!(line.contains("152.40"), "decimals as stored: {line}");
+    assert_eq!(ndjson(&cli_out.join("Patient.ndjson")), patients);
+    // A search the server refuses fails its type (exit 1) and leaves no file behind.
+    let bad_out = dir.join("bad");
+    let mut bad = args.clone();
+    let at = bad.iter().position(|a| a == "--out").expect("--out") + 1;
+    bad[at] = bad_out.to_str().expect("utf-8").to_string();
+    let q = bad
+        .iter()
+        .position(|a| a.starts_with("category="))
+        .expect("query");
+    bad[q] = "date=not-a-date".into();
+    let output = run(bad).await.expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("failed Observation") && stdout.contains("400"),
+        "{stdout}"
+    );
+    assert!(!bad_out.join("Observation.ndjson").exists());
+    assert!(bad_out.join("Patient.ndjson").exists());
+    // Without --type: the study types the token may search.
+    let default_out = dir.join("default");
+    let pulled = imagio_gateway::client::pull(
+        settings("system/Patient.rs system/Observation.rs"),
+        &imagio_gateway::client::Plan::default(),
+        &default_out,
+    )
+    .await
+    .expect("pull");
+    let mut names: Vec<&str> = pulled.iter().map(|r| r.res_type.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["Observation", "Patient"]);
+    assert_eq!(ndjson(&default_out.join("Observation.ndjson")).len(), 3);
+    // A key the server does not know: nothing can start (exit 2).
+    let other = keys::generate_files(Alg::Es384, &dir.join("other")).expect("keys");
+    let mut unknown = args;
+    let k = unknown.iter().position(|a| a == "--key").expect("--key") + 1;
+    unknown[k] = other.private_path.to_str().expect("utf-8").to_string();
+    let output = run(unknown).await.expect("join");
+    assert_eq!(output.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}

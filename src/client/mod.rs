@@ -1,10 +1,15 @@
-//! The reference site client (`imagio-gateway client push`): what a hospital's integration
-//! engine runs from cron. It finds the token endpoint by SMART discovery, gets an access
+//! The reference site client (`imagio-gateway client push` and `client pull`): what a
+//! hospital's integration engine runs from cron. It finds the token endpoint by SMART discovery, gets an access
 //! token with the `oauth2` crate's client-credentials flow authenticated by a JWT client
 //! assertion it signs with the site's private key (RFC 7523; `oauth2` has no
 //! `private_key_jwt`, so the assertion travels as extra parameters), renews the token before
 //! it expires (and once on a 401), posts Bundles to the FHIR base and single resources to
 //! their type, retries 429 and 503 with backoff, and reports per file what the server said.
+//! [`pull`] searches types into NDJSON files.
+
+mod pull;
+
+pub use pull::{pull, study_types, Plan, PullReport, PullRequest};
 
 use crate::auth::keys::{KeyError, SigningKey};
 use oauth2::basic::BasicClient;
@@ -45,9 +50,10 @@ pub struct Settings {
     pub scope: String,
 }
 
-/// A valid access token and when to renew it.
+/// A valid access token, what it grants and when to renew it.
 struct Token {
     value: String,
+    scope: Option<String>,
     renew_at: Instant,
 }
 
@@ -191,11 +197,37 @@ impl Session {
         })?;
         let lifetime = resp.expires_in().unwrap_or(Duration::from_secs(300));
         let value = resp.access_token().secret().clone();
+        let scope = resp.scopes().map(|list| {
+            list.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         self.token = Some(Token {
             value: value.clone(),
+            scope,
             renew_at: Instant::now() + lifetime.saturating_sub(Duration::from_secs(30)),
         });
         Ok(value)
+    }
+
+    /// The scopes the current token grants, as the token endpoint said (the requested
+    /// ones when it did not say).
+    ///
+    /// # Errors
+    /// When no token can be had.
+    pub async fn granted(&mut self) -> Result<String, ClientError> {
+        self.token().await?;
+        Ok(self
+            .token
+            .as_ref()
+            .and_then(|t| t.scope.clone())
+            .unwrap_or_else(|| self.settings.scope.clone()))
+    }
+
+    /// The FHIR base URL of the server (`https://gateway.example.org/fhir`).
+    pub fn fhir_base(&self) -> &str {
+        &self.fhir_base
     }
 
     /// Sends one FHIR JSON document: a batch or transaction Bundle to the base, anything
@@ -216,31 +248,51 @@ impl Session {
         } else {
             format!("{}/{rtype}", self.fhir_base)
         };
+        let (status, body) = self
+            .call(reqwest::Method::POST, &url, Some(text.to_string()))
+            .await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// One authenticated request with the retries of [`Session::send`]; returns the status
+    /// and the body.
+    ///
+    /// # Errors
+    /// When no token can be had or the server cannot be reached.
+    pub async fn call(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut delay = Duration::from_millis(500);
         let mut renewed = false;
         for attempt in 1.. {
             let token = self.token().await?;
-            let resp = self
+            let mut request = self
                 .http
-                .post(&url)
+                .request(method.clone(), url)
                 .bearer_auth(token)
-                .header("content-type", "application/fhir+json")
-                .header("accept", "application/fhir+json")
-                .body(text.to_string())
+                .header("accept", "application/fhir+json");
+            if let Some(b) = &body {
+                request = request
+                    .header("content-type", "application/fhir+json")
+                    .body(b.clone());
+            }
+            let resp = request
                 .send()
                 .await
-                .map_err(|e| ClientError::Http(format!("{url}: {e}")))?;
+                .map_err(|e| ClientError::Http(format!("{url}: {}", error_chain(&e))))?;
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let body = resp
+            let bytes = resp
                 .bytes()
                 .await
                 .map_err(|e| ClientError::Http(e.to_string()))?;
-            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match status {
                 401 if !renewed => {
                     self.token = None;
@@ -251,11 +303,27 @@ impl Session {
                     tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                _ => return Ok((status, json)),
+                _ => return Ok((status, bytes.to_vec())),
             }
         }
         Err(ClientError::Http("unreachable retry loop end".into()))
     }
+}
+
+/// An error with its sources, which say why a connection failed (refused, certificate
+/// not trusted, ...).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The outcome of one file.
@@ -328,7 +396,8 @@ fn summarize(status: u16, body: &Value) -> String {
     }
 }
 
-fn issues(oo: &Value) -> String {
+/// The issues of an OperationOutcome on one line.
+pub(crate) fn issues(oo: &Value) -> String {
     let list: Vec<String> = oo
         .get("issue")
         .and_then(Value::as_array)

@@ -55,6 +55,10 @@ enum Command {
         /// Lifetime of access tokens, in seconds.
         #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         token_lifetime: u64,
+        /// PEM certificates of a private CA to trust, besides the system's roots, when
+        /// fetching clients' JWKS URLs over HTTPS.
+        #[arg(long, env = "IMAGIO_JWKS_CA_CERT", value_name = "FILE")]
+        jwks_ca_cert: Option<PathBuf>,
     },
     /// Make key pairs for SMART Backend Services clients.
     Keys {
@@ -201,6 +205,10 @@ enum ClientCommand {
         /// The scopes to ask for.
         #[arg(long, default_value = "system/*.cruds")]
         scope: String,
+        /// PEM certificates of a private CA to trust for an https:// server, besides the
+        /// system's roots.
+        #[arg(long, env = "IMAGIO_CA_CERT", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
     },
     /// Search resource types into one NDJSON file per type (Type.ndjson in --out).
     ///
@@ -228,6 +236,10 @@ enum ClientCommand {
         /// The scopes to ask for.
         #[arg(long, default_value = "system/*.rs")]
         scope: String,
+        /// PEM certificates of a private CA to trust for an https:// server, besides the
+        /// system's roots.
+        #[arg(long, env = "IMAGIO_CA_CERT", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
         /// The folder to write Type.ndjson files into (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -284,19 +296,29 @@ fn main() -> ExitCode {
             no_auth,
             public_url,
             token_lifetime,
-        } => serve(imagio_gateway::serve::Config {
-            listen,
-            database_url,
-            validation,
-            profiles_dir: cli.profiles_dir,
-            max_body,
-            max_depth,
-            auth: imagio_gateway::auth::AuthConfig {
-                disabled: no_auth,
-                public_url,
-                token_lifetime,
-            },
-        }),
+            jwks_ca_cert,
+        } => {
+            if let Some(f) = &jwks_ca_cert {
+                if let Err(e) = imagio_gateway::client::ca_certificates(f) {
+                    eprintln!("error: --jwks-ca-cert: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            serve(imagio_gateway::serve::Config {
+                listen,
+                database_url,
+                validation,
+                profiles_dir: cli.profiles_dir,
+                max_body,
+                max_depth,
+                auth: imagio_gateway::auth::AuthConfig {
+                    disabled: no_auth,
+                    public_url,
+                    token_lifetime,
+                    jwks_ca_cert,
+                },
+            })
+        }
         Command::Keys {
             command: KeysCommand::Generate { alg, out },
         } => match imagio_gateway::auth::keys::generate_files(alg, &out) {
@@ -347,6 +369,7 @@ fn main() -> ExitCode {
                     key,
                     kid,
                     scope,
+                    ca_cert,
                 },
         } => with_runtime(push(
             imagio_gateway::client::Settings {
@@ -355,6 +378,7 @@ fn main() -> ExitCode {
                 key,
                 kid,
                 scope,
+                ca_cert,
             },
             paths,
         )),
@@ -366,6 +390,7 @@ fn main() -> ExitCode {
                     key,
                     kid,
                     scope,
+                    ca_cert,
                     out,
                     types,
                     queries,
@@ -399,6 +424,7 @@ fn main() -> ExitCode {
                     key,
                     kid,
                     scope,
+                    ca_cert,
                 },
                 plan,
                 out,

@@ -310,6 +310,7 @@ async fn whole_flow(db: Db, alg: Alg) {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
         .await
@@ -1443,6 +1444,7 @@ async fn client_retries_429_and_503_and_renews_expired_tokens() {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
         .await
@@ -1496,6 +1498,7 @@ async fn client_pushes_the_synthea_samples() {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings, &[samples])
         .await
@@ -1942,6 +1945,7 @@ async fn client_pull_writes_back_what_was_pushed() {
         key: generated.private_path.clone(),
         kid: None,
         scope: scope.into(),
+        ca_cert: None,
     };
     // Push 5 patients and 3 observations (2 laboratory) in one transaction.
     let mut entries: Vec<Value> = (0..5)
@@ -2100,4 +2104,199 @@ async fn client_pull_writes_back_what_was_pushed() {
     assert_eq!(output.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
     s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTPS: the reference client and the JWKS fetcher trust the system's roots plus a
+// private CA given to them, and refuse an untrusted certificate with a clear error
+
+/// A certificate for 127.0.0.1 and localhost, self-signed (its own CA, as a hospital's
+/// private CA would be); returns the PEM to trust and the TLS acceptor that serves it.
+fn test_tls() -> (String, tokio_rustls::TlsAcceptor) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate");
+    let pem = certified.cert.pem();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        certified.signing_key.serialize_der().into(),
+    );
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    (
+        pem,
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    )
+}
+
+/// A TLS front on `listener` forwarding every connection to `backend` (what a hospital's
+/// reverse proxy does in front of the gateway).
+fn tls_front(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    backend: String,
+) {
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pushes_and_pulls_over_https_with_a_private_ca() {
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let https = format!(
+        "https://127.0.0.1:{}",
+        front.local_addr().expect("addr").port()
+    );
+    // The gateway names its public HTTPS URL: assertions are addressed to it.
+    let Some(s) = start_with(
+        Db::Sqlite,
+        AuthConfig {
+            public_url: Some(https.clone()),
+            ..AuthConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (ca_pem, acceptor) = test_tls();
+    tls_front(
+        front,
+        acceptor,
+        s.base.trim_start_matches("http://").to_string(),
+    );
+    let dir = std::env::temp_dir().join(unique("imagio_tls"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let ca = dir.join("hospital-ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write ca");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "tls".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let file = dir.join("p.json");
+    std::fs::write(&file, patient("over-tls").to_string()).expect("write");
+    let settings = |ca_cert: Option<std::path::PathBuf>| imagio_gateway::client::Settings {
+        server: https.clone(),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+        ca_cert,
+    };
+    // Not trusted without the CA: refused before anything is sent, and the error says why.
+    let err = imagio_gateway::client::push(settings(None), std::slice::from_ref(&file))
+        .await
+        .expect_err("an untrusted certificate must be refused");
+    let text = err.to_string();
+    eprintln!("refused as it should be: {text}");
+    assert!(text.contains("certificate"), "{text}");
+    // With the hospital's CA: discovery, token and push all over HTTPS.
+    let reports = imagio_gateway::client::push(settings(Some(ca.clone())), &[file])
+        .await
+        .expect("push over https");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    let plan =
+        imagio_gateway::client::Plan::from_args(&[(1, "Patient".into())], &[]).expect("plan");
+    let pulled = imagio_gateway::client::pull(settings(Some(ca.clone())), &plan, &dir.join("out"))
+        .await
+        .expect("pull over https");
+    assert_eq!(pulled[0].count, 1, "{:?}", pulled[0]);
+    // A file that holds no certificate is refused as such.
+    let bad = imagio_gateway::client::push(settings(Some(generated.jwks_path.clone())), &[])
+        .await
+        .expect_err("not a CA file");
+    assert!(bad.to_string().contains("certificate"), "{bad}");
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_over_https_needs_the_configured_ca() {
+    let (ca_pem, acceptor) = test_tls();
+    let key = SigningKey::generate(Alg::Rs384).expect("key");
+    let (plain, fetches) = jwks_server(key.public_jwks()).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = front.local_addr().expect("addr").port();
+    let backend = plain
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host")
+        .to_string();
+    let path = plain
+        .trim_start_matches("http://")
+        .split_once('/')
+        .map_or(String::new(), |(_, p)| p.to_string());
+    tls_front(front, acceptor, backend);
+    let url = format!("https://127.0.0.1:{port}/{path}");
+    let dir = std::env::temp_dir().join(unique("imagio_jwks_tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write");
+    for trusted in [false, true] {
+        let Some(s) = start_with(
+            Db::Sqlite,
+            AuthConfig {
+                jwks_ca_cert: trusted.then(|| ca.clone()),
+                ..AuthConfig::default()
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let id = unique("client");
+        clients::add(
+            &s.store,
+            &NewClient {
+                id: Some(id.clone()),
+                site: "a".into(),
+                role: Role::Site,
+                scope: "system/*.rs".into(),
+                jwks: None,
+                jwks_url: Some(url.clone()),
+            },
+        )
+        .await
+        .expect("register");
+        let (st, body) = s.token_with(&s.assertion(&id, &key), "system/*.rs").await;
+        if trusted {
+            assert_eq!(st, StatusCode::OK, "{body}");
+        } else {
+            assert_oauth_error(st, &body, "invalid_client", "certificate");
+        }
+        s.stop().await;
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once, over the trusted connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -72,6 +72,9 @@ pub struct AuthConfig {
     pub public_url: Option<String>,
     /// Lifetime of access tokens, in seconds.
     pub token_lifetime: u64,
+    /// PEM certificates of a private CA to trust, besides the system's roots, when
+    /// fetching clients' JWKS URLs over HTTPS.
+    pub jwks_ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -80,6 +83,7 @@ impl Default for AuthConfig {
             disabled: false,
             public_url: None,
             token_lifetime: 300,
+            jwks_ca_cert: None,
         }
     }
 }

@@ -33,6 +33,9 @@ pub enum ClientError {
     /// Reading the input files.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The CA certificates to trust, or the TLS set-up.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// How to reach the gateway and who to be.
@@ -48,6 +51,8 @@ pub struct Settings {
     pub kid: Option<String>,
     /// The scopes to ask for.
     pub scope: String,
+    /// PEM certificates of a private CA (a hospital's) to trust besides the system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A valid access token, what it grants and when to renew it.
@@ -76,10 +81,7 @@ impl Session {
     pub async fn connect(settings: Settings) -> Result<Session, ClientError> {
         let key = SigningKey::from_file(&settings.key)?;
         let kid = settings.kid.clone().unwrap_or_else(|| key.kid.clone());
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = http_client(settings.ca_cert.as_deref(), Duration::from_secs(300))?;
         let server = settings.server.trim_end_matches('/').to_string();
         let fhir_base = if server.ends_with("/fhir") {
             server.clone()
@@ -91,7 +93,7 @@ impl Session {
             .get(&discovery)
             .send()
             .await
-            .map_err(|e| ClientError::Http(format!("{discovery}: {e}")))?;
+            .map_err(|e| ClientError::Http(format!("{discovery}: {}", error_chain(&e))))?;
         if !resp.status().is_success() {
             return Err(ClientError::Token(format!(
                 "{discovery}: status {}",
@@ -307,6 +309,62 @@ impl Session {
             }
         }
         Err(ClientError::Http("unreachable retry loop end".into()))
+    }
+}
+
+/// The certificates of a PEM file (a private CA, one or more certificates).
+///
+/// # Errors
+/// When the file cannot be read or holds no PEM certificate.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|e| ClientError::Io(path.to_path_buf(), e))?;
+    let bad = |why: String| {
+        ClientError::Tls(format!(
+            "{}: not a PEM certificate file ({why})",
+            path.display()
+        ))
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The HTTP client for the gateway's outgoing calls (the reference client, JWKS URLs):
+/// HTTPS with rustls, trusting the system's CA certificates (the Mozilla roots compiled
+/// in when the system has none) and those of `ca_cert`.
+///
+/// # Errors
+/// When `ca_cert` cannot be used, or TLS cannot be set up.
+pub fn http_client(
+    ca_cert: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
+    let extra = match ca_cert {
+        Some(p) => ca_certificates(p)?,
+        None => Vec::new(),
+    };
+    let system = reqwest::Client::builder()
+        .timeout(timeout)
+        .tls_certs_merge(extra.iter().cloned())
+        .build();
+    match system {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(
+                error = %error_chain(&e),
+                "no usable system CA certificates; trusting the compiled-in Mozilla roots"
+            );
+            let mozilla = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .tls_certs_only(mozilla.chain(extra))
+                .build()
+                .map_err(|e| ClientError::Tls(format!("TLS set-up: {}", error_chain(&e))))
+        }
     }
 }
 

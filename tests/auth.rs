@@ -1799,6 +1799,24 @@ async fn narrowed_scopes(db: Db) {
         )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
+    // A conditional create whose criteria find a resource outside the narrowing does not
+    // hand it out: 403; inside it, the existing resource as usual (200).
+    for (criteria, want) in [
+        ("_id=vs1", StatusCode::FORBIDDEN),
+        ("_id=lab1", StatusCode::OK),
+    ] {
+        let r = s
+            .http
+            .post(format!("{}/fhir/Observation", s.base))
+            .bearer_auth(&tn)
+            .header("content-type", FHIR)
+            .header("if-none-exist", criteria)
+            .body(observation("laboratory", None).to_string())
+            .send()
+            .await
+            .expect("conditional create");
+        assert_eq!(r.status(), want, "{criteria}");
+    }
     // Bundle entries are checked one by one: in a batch each answers for itself; a
     // transaction with one entry outside the narrowing fails as a whole.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [

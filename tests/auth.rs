@@ -1817,6 +1817,12 @@ async fn narrowed_scopes(db: Db) {
             .expect("conditional create");
         assert_eq!(r.status(), want, "{criteria}");
     }
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=vs1"}}
+    ]});
+    let (st, _, b) = s.fhir(reqwest::Method::POST, "", Some(&tn), Some(tx)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
     // Bundle entries are checked one by one: in a batch each answers for itself; a
     // transaction with one entry outside the narrowing fails as a whole.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
@@ -2315,6 +2321,34 @@ async fn jwks_url_over_https_needs_the_configured_ca() {
         fetches.load(Ordering::SeqCst),
         1,
         "fetched once, over the trusted connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve --jwks-ca-cert` with a file that holds no certificate stops before serving.
+#[test]
+fn serve_refuses_a_jwks_ca_file_without_certificates() {
+    let bin = env!("CARGO_BIN_EXE_imagio-gateway");
+    let dir = std::env::temp_dir().join(unique("imagio_ca_cli"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwks-ca-cert"])
+        .arg(&bad)
+        .current_dir(&dir)
+        .env_remove("IMAGIO_DATABASE_URL")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--jwks-ca-cert") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("imagio.sqlite").exists(),
+        "stopped before opening the database"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

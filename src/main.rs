@@ -55,6 +55,10 @@ enum Command {
         /// Lifetime of access tokens, in seconds.
         #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         token_lifetime: u64,
+        /// PEM certificates of a private CA to trust, besides the system's roots, when
+        /// fetching clients' JWKS URLs over HTTPS.
+        #[arg(long, env = "IMAGIO_JWKS_CA_CERT", value_name = "FILE")]
+        jwks_ca_cert: Option<PathBuf>,
     },
     /// Make key pairs for SMART Backend Services clients.
     Keys {
@@ -75,7 +79,7 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
-    /// The reference site client: push FHIR data to a gateway.
+    /// The reference site client: push FHIR data to a gateway, pull it back.
     Client {
         #[command(subcommand)]
         command: ClientCommand,
@@ -249,6 +253,50 @@ enum ClientCommand {
         /// The scopes to ask for.
         #[arg(long, default_value = "system/*.cruds")]
         scope: String,
+        /// PEM certificates of a private CA to trust for an https:// server, besides the
+        /// system's roots.
+        #[arg(long, env = "IMAGIO_CA_CERT", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Search resource types into one NDJSON file per type (Type.ndjson in --out).
+    ///
+    /// Each search follows its `next` links to the end; each file is written under a
+    /// temporary name and renamed when complete. `--query` belongs to the `--type` before
+    /// it (several combine with AND); a `--query` before any `--type` applies to every type,
+    /// e.g. `--query _lastUpdated=gt2026-01-01T00:00:00Z` for an incremental pull. Without
+    /// `--type`, every study type the token may search is pulled. Prints one line per type;
+    /// exit 0 when every type was written, 1 when some failed, 2 when nothing could start.
+    /// Bulk Data `$export` is not offered by the gateway yet: `pull` will use it when it
+    /// is.
+    Pull {
+        /// The gateway (its base URL or its FHIR base).
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// The registered client id.
+        #[arg(long)]
+        client_id: String,
+        /// The private key (PEM).
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+        /// The registered key id (default: the key's RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The scopes to ask for.
+        #[arg(long, default_value = "system/*.rs")]
+        scope: String,
+        /// PEM certificates of a private CA to trust for an https:// server, besides the
+        /// system's roots.
+        #[arg(long, env = "IMAGIO_CA_CERT", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        /// The folder to write Type.ndjson files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A resource type to pull (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Search parameters, `name=value` or `a=b&c=d` (repeatable; see above).
+        #[arg(long = "query", value_name = "NAME=VALUE")]
+        queries: Vec<String>,
     },
 }
 
@@ -281,7 +329,11 @@ enum DefinitionsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Serve {
             listen,
@@ -292,19 +344,29 @@ fn main() -> ExitCode {
             no_auth,
             public_url,
             token_lifetime,
-        } => serve(imagio_gateway::serve::Config {
-            listen,
-            database_url,
-            validation,
-            profiles_dir: cli.profiles_dir,
-            max_body,
-            max_depth,
-            auth: imagio_gateway::auth::AuthConfig {
-                disabled: no_auth,
-                public_url,
-                token_lifetime,
-            },
-        }),
+            jwks_ca_cert,
+        } => {
+            if let Some(f) = &jwks_ca_cert {
+                if let Err(e) = imagio_gateway::client::ca_certificates(f) {
+                    eprintln!("error: --jwks-ca-cert: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            serve(imagio_gateway::serve::Config {
+                listen,
+                database_url,
+                validation,
+                profiles_dir: cli.profiles_dir,
+                max_body,
+                max_depth,
+                auth: imagio_gateway::auth::AuthConfig {
+                    disabled: no_auth,
+                    public_url,
+                    token_lifetime,
+                    jwks_ca_cert,
+                },
+            })
+        }
         Command::Keys {
             command: KeysCommand::Generate { alg, out },
         } => match imagio_gateway::auth::keys::generate_files(alg, &out) {
@@ -355,6 +417,7 @@ fn main() -> ExitCode {
                     key,
                     kid,
                     scope,
+                    ca_cert,
                 },
         } => with_runtime(push(
             imagio_gateway::client::Settings {
@@ -363,9 +426,58 @@ fn main() -> ExitCode {
                 key,
                 kid,
                 scope,
+                ca_cert,
             },
             paths,
         )),
+        Command::Client {
+            command:
+                ClientCommand::Pull {
+                    server,
+                    client_id,
+                    key,
+                    kid,
+                    scope,
+                    ca_cert,
+                    out,
+                    types,
+                    queries,
+                },
+        } => {
+            // The positions of --type and --query among the arguments pair them.
+            let pull_matches = matches
+                .subcommand_matches("client")
+                .and_then(|m| m.subcommand_matches("pull"));
+            let positioned = |id: &str, values: Vec<String>| -> Vec<(usize, String)> {
+                let at: Vec<usize> = pull_matches
+                    .and_then(|m| m.indices_of(id))
+                    .map(|i| i.collect())
+                    .unwrap_or_default();
+                at.into_iter().zip(values).collect()
+            };
+            let plan = match imagio_gateway::client::Plan::from_args(
+                &positioned("types", types),
+                &positioned("queries", queries),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            with_runtime(pull(
+                imagio_gateway::client::Settings {
+                    server,
+                    client_id,
+                    key,
+                    kid,
+                    scope,
+                    ca_cert,
+                },
+                plan,
+                out,
+            ))
+        }
         Command::Profiles { command } => match command {
             ProfilesCommand::Doc { format, out } => imagio_gateway::profiles::doc::run(
                 cli.profiles_dir.as_deref(),
@@ -479,6 +591,54 @@ async fn push(settings: imagio_gateway::client::Settings, paths: Vec<PathBuf>) -
                 reports.len() - rejected
             );
             if rejected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `client pull`: one line per type (`written` with the count and file, or `failed` with
+/// why); exit 0 when every type was written, 1 when some failed, 2 when nothing could start.
+async fn pull(
+    settings: imagio_gateway::client::Settings,
+    plan: imagio_gateway::client::Plan,
+    out: PathBuf,
+) -> ExitCode {
+    match imagio_gateway::client::pull(settings, &plan, &out).await {
+        Ok(reports) => {
+            let mut failed = 0;
+            for r in &reports {
+                match (&r.file, &r.error) {
+                    (Some(f), None) => println!(
+                        "written {} {}: {} resources in {} pages",
+                        r.res_type,
+                        f.display(),
+                        r.count,
+                        r.pages
+                    ),
+                    (_, e) => {
+                        failed += 1;
+                        println!(
+                            "failed {}: {}",
+                            r.res_type,
+                            e.as_deref().unwrap_or("no file written")
+                        );
+                    }
+                }
+            }
+            let total: usize = reports.iter().map(|r| r.count).sum();
+            println!(
+                "{} types: {} written ({total} resources), {failed} failed",
+                reports.len(),
+                reports.len() - failed
+            );
+            if failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -310,6 +310,7 @@ async fn whole_flow(db: Db, alg: Alg) {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
         .await
@@ -1443,6 +1444,7 @@ async fn client_retries_429_and_503_and_renews_expired_tokens() {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings.clone(), std::slice::from_ref(&file))
         .await
@@ -1496,6 +1498,7 @@ async fn client_pushes_the_synthea_samples() {
         key: generated.private_path.clone(),
         kid: None,
         scope: "system/*.cruds".into(),
+        ca_cert: None,
     };
     let reports = imagio_gateway::client::push(settings, &[samples])
         .await
@@ -1905,4 +1908,759 @@ async fn tenancy_of_conditional_delete_and_patch_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenancy_of_conditional_delete_and_patch_postgres() {
     tenancy_of_conditional_delete_and_patch(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Scopes narrowed by search parameters (SMART 2.2 "finer-grained resource constraints")
+
+const OBS_CAT: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
+fn observation(category: &str, id: Option<&str>) -> Value {
+    let mut o = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CAT, "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "1920-8"}]},
+        "valueString": category
+    });
+    if let Some(id) = id {
+        o["id"] = json!(id);
+    }
+    o
+}
+
+fn lab_scope(letters: &str) -> String {
+    format!("system/Observation.{letters}?category={OBS_CAT}|laboratory")
+}
+
+/// The ids of the resources of a searchset or history Bundle, sorted.
+fn bundle_ids(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+async fn narrowed_scopes(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (w, kw) = s.register(Alg::Es384, Role::Site, "a", all).await;
+    let tw = s.token(&w, &kw, all).await;
+    // Data of every category, written by an unrestricted client of the same site.
+    for (id, cat) in [
+        ("lab1", "laboratory"),
+        ("vs1", "vital-signs"),
+        ("img1", "imaging"),
+    ] {
+        let (st, _, b) = s
+            .fhir(
+                reqwest::Method::PUT,
+                &format!("/Observation/{id}"),
+                Some(&tw),
+                Some(observation(cat, Some(id))),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+    }
+    // A client registered with a lab-only scope asks for everything: it gets lab only.
+    let (n, kn) = s
+        .register(Alg::Rs384, Role::Site, "a", &lab_scope("cruds"))
+        .await;
+    let (st, body) = s
+        .token_with(&s.assertion(&n, &kn), "system/Observation.cruds")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], lab_scope("cruds"));
+    let tn = body["access_token"].as_str().expect("token").to_string();
+    let get = |path: String| {
+        let tn = tn.clone();
+        let s = &s;
+        async move { s.fhir(reqwest::Method::GET, &path, Some(&tn), None).await }
+    };
+    // Searches get the narrowing ANDed.
+    let (st, _, b) = get("/Observation".into()).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    assert_eq!(b["total"], 1);
+    let (_, _, b) = get("/Observation?category=vital-signs".into()).await;
+    assert_eq!(bundle_ids(&b), Vec::<String>::new());
+    let (_, _, b) = get("/Observation?_summary=count".into()).await;
+    assert_eq!(b["total"], 1);
+    let r = s
+        .http
+        .post(format!("{}/fhir/Observation/_search", s.base))
+        .bearer_auth(&tn)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("_id=vs1,lab1")
+        .send()
+        .await
+        .expect("post search");
+    let st = r.status();
+    let b: Value = r.json().await.expect("json");
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    // Single resources outside the narrowing are absent: read, vread, history.
+    let (st, _, _) = get("/Observation/lab1".into()).await;
+    assert_eq!(st, StatusCode::OK);
+    for path in [
+        "/Observation/vs1",
+        "/Observation/vs1/_history/1",
+        "/Observation/vs1/_history",
+        "/Observation/img1",
+    ] {
+        let (st, _, b) = get(path.into()).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {b}");
+        assert_eq!(b["issue"][0]["code"], "not-found", "{path}");
+    }
+    let (st, _, b) = get("/Observation/_history".into()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(bundle_ids(&b), vec!["lab1"]);
+    // Writes: a result outside the narrowing is 403 with an OperationOutcome, and nothing
+    // is stored.
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Observation",
+            Some(&tn),
+            Some(observation("vital-signs", None)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(b["issue"][0]["code"], "forbidden");
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_summary=count",
+            Some(&tw),
+            None,
+        )
+        .await;
+    assert_eq!(count["total"], 3, "the refused create stored nothing");
+    let (st, h, b) = s
+        .fhir(
+            reqwest::Method::POST,
+            "/Observation",
+            Some(&tn),
+            Some(observation("laboratory", None)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let created = h["location"]
+        .to_str()
+        .expect("location")
+        .split("/Observation/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("id")
+        .to_string();
+    // Updating a lab result into another category, or another category into lab: 403.
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/lab1",
+            Some(&tn),
+            Some(observation("vital-signs", Some("lab1"))),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/vs1",
+            Some(&tn),
+            Some(observation("laboratory", Some("vs1"))),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (st, _, _) = s
+        .fhir(reqwest::Method::DELETE, "/Observation/vs1", Some(&tn), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _, _) = get("/Observation/vs1".into()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "still hidden");
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Observation/vs1", Some(&tw), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "and not deleted");
+    let (st, _, b) = s
+        .fhir(
+            reqwest::Method::PUT,
+            "/Observation/lab1",
+            Some(&tn),
+            Some({
+                let mut o = observation("laboratory", Some("lab1"));
+                o["valueString"] = json!("changed");
+                o
+            }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            &format!("/Observation/{created}"),
+            Some(&tn),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // A conditional create whose criteria find a resource outside the narrowing does not
+    // hand it out: 403; inside it, the existing resource as usual (200).
+    for (criteria, want) in [
+        ("_id=vs1", StatusCode::FORBIDDEN),
+        ("_id=lab1", StatusCode::OK),
+    ] {
+        let r = s
+            .http
+            .post(format!("{}/fhir/Observation", s.base))
+            .bearer_auth(&tn)
+            .header("content-type", FHIR)
+            .header("if-none-exist", criteria)
+            .body(observation("laboratory", None).to_string())
+            .send()
+            .await
+            .expect("conditional create");
+        assert_eq!(r.status(), want, "{criteria}");
+    }
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=vs1"}}
+    ]});
+    let (st, _, b) = s.fhir(reqwest::Method::POST, "", Some(&tn), Some(tx)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    // Bundle entries are checked one by one: in a batch each answers for itself; a
+    // transaction with one entry outside the narrowing fails as a whole.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/vs1"}},
+        {"request": {"method": "GET", "url": "Observation/lab1"}},
+        {"resource": observation("vital-signs", None),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (st, _, b) = s
+        .fhir(reqwest::Method::POST, "", Some(&tn), Some(batch))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let status = |i: usize| {
+        b["entry"][i]["response"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(status(0).starts_with("404"), "{b}");
+    assert!(status(1).starts_with("200"), "{b}");
+    assert!(status(2).starts_with("403"), "{b}");
+    assert!(status(3).starts_with("201"), "{b}");
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("laboratory", None),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": observation("imaging", None),
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (st, _, b) = s.fhir(reqwest::Method::POST, "", Some(&tn), Some(tx)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_summary=count",
+            Some(&tw),
+            None,
+        )
+        .await;
+    assert_eq!(
+        count["total"], 4,
+        "3 + the batch's lab entry; the transaction wrote nothing"
+    );
+    // A narrowed request under a broad grant is granted as narrowed.
+    let (st, body) = s.token_with(&s.assertion(&w, &kw), &lab_scope("rs")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], lab_scope("rs"));
+    let tl = body["access_token"].as_str().expect("token").to_string();
+    let (_, _, b) = s
+        .fhir(reqwest::Method::GET, "/Observation/vs1", Some(&tl), None)
+        .await;
+    assert_eq!(b["issue"][0]["code"], "not-found");
+    // Unrelated narrowed grants for one type are ORed.
+    let two = format!(
+        "{} system/Observation.rs?category=vital-signs",
+        lab_scope("rs")
+    );
+    let (o, ko) = s.register(Alg::Es384, Role::Site, "a", &two).await;
+    let to = s.token(&o, &ko, "system/Observation.rs").await;
+    let (_, _, b) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_id=lab1,vs1,img1",
+            Some(&to),
+            None,
+        )
+        .await;
+    assert_eq!(bundle_ids(&b), vec!["lab1", "vs1"]);
+    let (st, _, _) = s
+        .fhir(reqwest::Method::GET, "/Observation/img1", Some(&to), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // A narrowing that is not a search parameter of the type is refused at registration
+    // and at the token endpoint.
+    let refused = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "a".into(),
+            role: Role::Site,
+            scope: "system/Observation.rs?colour=red".into(),
+            jwks: Some(kw.public_jwks()),
+            jwks_url: None,
+        },
+    )
+    .await;
+    assert!(refused.is_err(), "unknown narrowing parameter accepted");
+    let (st, body) = s
+        .token_with(&s.assertion(&w, &kw), "system/Observation.rs?colour=red")
+        .await;
+    assert_oauth_error(st, &body, "invalid_scope", "colour");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_scopes_reach_only_matching_resources_sqlite() {
+    narrowed_scopes(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_scopes_reach_only_matching_resources_postgres() {
+    narrowed_scopes(Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The reference client pulls back what it pushed
+
+/// Reads an NDJSON file into resources by id.
+fn ndjson(path: &std::path::Path) -> std::collections::BTreeMap<String, Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            (v["id"].as_str().expect("id").to_string(), v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pull_writes_back_what_was_pushed() {
+    let Some(s) = start(Db::Sqlite).await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_pull"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "p".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let settings = |scope: &str| imagio_gateway::client::Settings {
+        server: s.base.clone(),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: scope.into(),
+        ca_cert: None,
+    };
+    // Push 5 patients and 3 observations (2 laboratory) in one transaction.
+    let mut entries: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"resource": patient(&format!("pull-{i}")),
+                        "request": {"method": "POST", "url": "Patient"}})
+        })
+        .collect();
+    for cat in ["laboratory", "laboratory", "vital-signs"] {
+        let mut o = observation(cat, None);
+        o["valueQuantity"] = json!({"value": 152.40, "unit": "mg"});
+        if let Some(m) = o.as_object_mut() {
+            m.remove("valueString");
+        }
+        entries.push(json!({"resource": o, "request": {"method": "POST", "url": "Observation"}}));
+    }
+    let file = dir.join("bundle.json");
+    // Written as text so that 152.40 keeps its trailing zero.
+    let text = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        .to_string()
+        .replace("152.4", "152.40");
+    std::fs::write(&file, text).expect("write");
+    let reports = imagio_gateway::client::push(settings("system/*.cruds"), &[file])
+        .await
+        .expect("push");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    // Pull Patients two per page: three pages, five resources, as the server has them.
+    let out = dir.join("out");
+    let plan = imagio_gateway::client::Plan::from_args(
+        &[(1, "Patient".into())],
+        &[(2, "_count=2".into())],
+    )
+    .expect("plan");
+    let pulled = imagio_gateway::client::pull(settings("system/*.rs"), &plan, &out)
+        .await
+        .expect("pull");
+    assert_eq!(pulled.len(), 1);
+    assert!(pulled[0].ok(), "{:?}", pulled[0]);
+    assert_eq!((pulled[0].count, pulled[0].pages), (5, 3));
+    let patients = ndjson(&out.join("Patient.ndjson"));
+    assert_eq!(patients.len(), 5);
+    let token = s
+        .token(
+            &row.id,
+            &{ keys::SigningKey::from_file(&generated.private_path).expect("key") },
+            "system/*.rs",
+        )
+        .await;
+    for (id, pulled) in &patients {
+        let (st, _, stored) = s
+            .fhir(
+                reqwest::Method::GET,
+                &format!("/Patient/{id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(pulled, &stored, "Patient/{id} pulled as stored");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .expect("out")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The command line: --query belongs to the --type before it; numbers keep their text.
+    let bin = env!("CARGO_BIN_EXE_imagio-gateway");
+    let cli_out = dir.join("cli");
+    let args: Vec<String> = [
+        "client",
+        "pull",
+        "--server",
+        &s.base,
+        "--client-id",
+        &row.id,
+        "--key",
+        generated.private_path.to_str().expect("utf-8"),
+        "--out",
+        cli_out.to_str().expect("utf-8"),
+        "--type",
+        "Observation",
+        "--query",
+        &format!("category={OBS_CAT}|laboratory"),
+        "--type",
+        "Patient",
+        "--query",
+        "_count=2",
+    ]
+    .iter()
+    .map(|a| (*a).to_string())
+    .collect();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .expect("run")
+        })
+    };
+    let output = run(args.clone()).await.expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("written Observation") && stdout.contains("2 resources"),
+        "{stdout}"
+    );
+    let labs = ndjson(&cli_out.join("Observation.ndjson"));
+    assert_eq!(labs.len(), 2);
+    let line = std::fs::read_to_string(cli_out.join("Observation.ndjson")).expect("read");
+    assert!(line.contains("152.40"), "decimals as stored: {line}");
+    assert_eq!(ndjson(&cli_out.join("Patient.ndjson")), patients);
+    // A search the server refuses fails its type (exit 1) and leaves no file behind.
+    let bad_out = dir.join("bad");
+    let mut bad = args.clone();
+    let at = bad.iter().position(|a| a == "--out").expect("--out") + 1;
+    bad[at] = bad_out.to_str().expect("utf-8").to_string();
+    let q = bad
+        .iter()
+        .position(|a| a.starts_with("category="))
+        .expect("query");
+    bad[q] = "date=not-a-date".into();
+    let output = run(bad).await.expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("failed Observation") && stdout.contains("400"),
+        "{stdout}"
+    );
+    assert!(!bad_out.join("Observation.ndjson").exists());
+    assert!(bad_out.join("Patient.ndjson").exists());
+    // Without --type: the study types the token may search.
+    let default_out = dir.join("default");
+    let pulled = imagio_gateway::client::pull(
+        settings("system/Patient.rs system/Observation.rs"),
+        &imagio_gateway::client::Plan::default(),
+        &default_out,
+    )
+    .await
+    .expect("pull");
+    let mut names: Vec<&str> = pulled.iter().map(|r| r.res_type.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, vec!["Observation", "Patient"]);
+    assert_eq!(ndjson(&default_out.join("Observation.ndjson")).len(), 3);
+    // A key the server does not know: nothing can start (exit 2).
+    let other = keys::generate_files(Alg::Es384, &dir.join("other")).expect("keys");
+    let mut unknown = args;
+    let k = unknown.iter().position(|a| a == "--key").expect("--key") + 1;
+    unknown[k] = other.private_path.to_str().expect("utf-8").to_string();
+    let output = run(unknown).await.expect("join");
+    assert_eq!(output.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTPS: the reference client and the JWKS fetcher trust the system's roots plus a
+// private CA given to them, and refuse an untrusted certificate with a clear error
+
+/// A certificate for 127.0.0.1 and localhost, self-signed (its own CA, as a hospital's
+/// private CA would be); returns the PEM to trust and the TLS acceptor that serves it.
+fn test_tls() -> (String, tokio_rustls::TlsAcceptor) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate");
+    let pem = certified.cert.pem();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        certified.signing_key.serialize_der().into(),
+    );
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    (
+        pem,
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    )
+}
+
+/// A TLS front on `listener` forwarding every connection to `backend` (what a hospital's
+/// reverse proxy does in front of the gateway).
+fn tls_front(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    backend: String,
+) {
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pushes_and_pulls_over_https_with_a_private_ca() {
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let https = format!(
+        "https://127.0.0.1:{}",
+        front.local_addr().expect("addr").port()
+    );
+    // The gateway names its public HTTPS URL: assertions are addressed to it.
+    let Some(s) = start_with(
+        Db::Sqlite,
+        AuthConfig {
+            public_url: Some(https.clone()),
+            ..AuthConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (ca_pem, acceptor) = test_tls();
+    tls_front(
+        front,
+        acceptor,
+        s.base.trim_start_matches("http://").to_string(),
+    );
+    let dir = std::env::temp_dir().join(unique("imagio_tls"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let ca = dir.join("hospital-ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write ca");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "tls".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let file = dir.join("p.json");
+    std::fs::write(&file, patient("over-tls").to_string()).expect("write");
+    let settings = |ca_cert: Option<std::path::PathBuf>| imagio_gateway::client::Settings {
+        server: https.clone(),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+        ca_cert,
+    };
+    // Not trusted without the CA: refused before anything is sent, and the error says why.
+    let err = imagio_gateway::client::push(settings(None), std::slice::from_ref(&file))
+        .await
+        .expect_err("an untrusted certificate must be refused");
+    let text = err.to_string();
+    eprintln!("refused as it should be: {text}");
+    assert!(text.contains("certificate"), "{text}");
+    // With the hospital's CA: discovery, token and push all over HTTPS.
+    let reports = imagio_gateway::client::push(settings(Some(ca.clone())), &[file])
+        .await
+        .expect("push over https");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    let plan =
+        imagio_gateway::client::Plan::from_args(&[(1, "Patient".into())], &[]).expect("plan");
+    let pulled = imagio_gateway::client::pull(settings(Some(ca.clone())), &plan, &dir.join("out"))
+        .await
+        .expect("pull over https");
+    assert_eq!(pulled[0].count, 1, "{:?}", pulled[0]);
+    // A file that holds no certificate is refused as such.
+    let bad = imagio_gateway::client::push(settings(Some(generated.jwks_path.clone())), &[])
+        .await
+        .expect_err("not a CA file");
+    assert!(bad.to_string().contains("certificate"), "{bad}");
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_over_https_needs_the_configured_ca() {
+    let (ca_pem, acceptor) = test_tls();
+    let key = SigningKey::generate(Alg::Rs384).expect("key");
+    let (plain, fetches) = jwks_server(key.public_jwks()).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = front.local_addr().expect("addr").port();
+    let backend = plain
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host")
+        .to_string();
+    let path = plain
+        .trim_start_matches("http://")
+        .split_once('/')
+        .map_or(String::new(), |(_, p)| p.to_string());
+    tls_front(front, acceptor, backend);
+    let url = format!("https://127.0.0.1:{port}/{path}");
+    let dir = std::env::temp_dir().join(unique("imagio_jwks_tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("write");
+    for trusted in [false, true] {
+        let Some(s) = start_with(
+            Db::Sqlite,
+            AuthConfig {
+                jwks_ca_cert: trusted.then(|| ca.clone()),
+                ..AuthConfig::default()
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let id = unique("client");
+        clients::add(
+            &s.store,
+            &NewClient {
+                id: Some(id.clone()),
+                site: "a".into(),
+                role: Role::Site,
+                scope: "system/*.rs".into(),
+                jwks: None,
+                jwks_url: Some(url.clone()),
+            },
+        )
+        .await
+        .expect("register");
+        let (st, body) = s.token_with(&s.assertion(&id, &key), "system/*.rs").await;
+        if trusted {
+            assert_eq!(st, StatusCode::OK, "{body}");
+        } else {
+            assert_oauth_error(st, &body, "invalid_client", "certificate");
+        }
+        s.stop().await;
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once, over the trusted connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve --jwks-ca-cert` with a file that holds no certificate stops before serving.
+#[test]
+fn serve_refuses_a_jwks_ca_file_without_certificates() {
+    let bin = env!("CARGO_BIN_EXE_imagio-gateway");
+    let dir = std::env::temp_dir().join(unique("imagio_ca_cli"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwks-ca-cert"])
+        .arg(&bad)
+        .current_dir(&dir)
+        .env_remove("IMAGIO_DATABASE_URL")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--jwks-ca-cert") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("imagio.sqlite").exists(),
+        "stopped before opening the database"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

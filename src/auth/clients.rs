@@ -69,7 +69,8 @@ impl NewClient {
 /// [`ClientError::Invalid`] for a bad scope, JWKS or URL, or an id in use.
 pub async fn add(store: &Store, c: &NewClient) -> Result<ClientRow, ClientError> {
     let invalid = |m: String| ClientError::Invalid(m);
-    Scopes::parse(&c.scope).map_err(|e| invalid(e.to_string()))?;
+    let scopes = Scopes::parse(&c.scope).map_err(|e| invalid(e.to_string()))?;
+    super::narrow::check(&scopes).map_err(|e| invalid(e.to_string()))?;
     if c.site.is_empty()
         || !c
             .site

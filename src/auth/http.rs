@@ -279,21 +279,13 @@ fn classify(method: &Method, segs: &[&str]) -> Need {
     }
 }
 
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn check(p: &Principal, need: &Need, query: &[(String, String)]) -> Result<(), String> {
+/// Whether the scopes allow the interaction at all; a narrowed scope allows it on the
+/// resources matching its search parameters, which the handlers enforce (`auth::narrow`).
+fn check(p: &Principal, need: &Need) -> Result<(), String> {
     match need {
         Need::Public | Need::Token | Need::Bundle => Ok(()),
         Need::One(t, i) => {
-            if p.scopes.allows(t, *i, query) {
+            if p.scopes.allows(t, *i) {
                 Ok(())
             } else {
                 Err(format!(
@@ -304,7 +296,7 @@ fn check(p: &Principal, need: &Need, query: &[(String, String)]) -> Result<(), S
             }
         }
         Need::Any(t, is) => {
-            if is.iter().any(|i| p.scopes.allows(t, *i, query)) {
+            if is.iter().any(|i| p.scopes.allows(t, *i)) {
                 Ok(())
             } else {
                 Err(format!(
@@ -348,13 +340,9 @@ fn check_bundle(p: &Principal, body: &[u8]) -> Result<(), String> {
             Some(i) if url.contains("://") => &url[i + 6..],
             _ => url,
         };
-        let (path, query) = match url.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (url, None),
-        };
+        let path = url.split_once('?').map_or(url, |(p, _)| p);
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        check(p, &classify(&method, &segs), &query_pairs(query))
-            .map_err(|e| format!("Bundle entry {n}: {e}"))?;
+        check(p, &classify(&method, &segs)).map_err(|e| format!("Bundle entry {n}: {e}"))?;
     }
     Ok(())
 }
@@ -394,8 +382,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             Err(e) => return unauthorized(Some("invalid_token"), &e),
         }
     };
-    let query = query_pairs(req.uri().query());
-    if let Err(e) = check(&principal, &need, &query) {
+    if let Err(e) = check(&principal, &need) {
         return forbidden(&e);
     }
     let mut req = req;

@@ -3,6 +3,7 @@
 //!
 //! - [`keys`]: ES384/RS384 key pairs, PEM and JWK, `keys generate`.
 //! - [`scopes`]: `system/` scopes in the v1 and v2 syntaxes and what they allow.
+//! - [`narrow`]: scopes narrowed by search parameters, applied to searches, reads and writes.
 //! - `token`: the token endpoint (client assertion checks, replay store, scope grant) and
 //!   the gateway's access tokens (signed with its own keys, kept in the database).
 //! - `http`: the routes (discovery, token, the gateway's JWKS, the admin API) and
@@ -18,6 +19,7 @@
 pub mod clients;
 mod http;
 pub mod keys;
+pub mod narrow;
 pub mod scopes;
 pub mod tenancy;
 mod token;
@@ -70,6 +72,9 @@ pub struct AuthConfig {
     pub public_url: Option<String>,
     /// Lifetime of access tokens, in seconds.
     pub token_lifetime: u64,
+    /// PEM certificates of a private CA to trust, besides the system's roots, when
+    /// fetching clients' JWKS URLs over HTTPS.
+    pub jwks_ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -78,6 +83,7 @@ impl Default for AuthConfig {
             disabled: false,
             public_url: None,
             token_lifetime: 300,
+            jwks_ca_cert: None,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! `system/Observation.rs?category=laboratory`) and the v1 syntax (`system/Procedure.read`,
 //! `.write`, `.*`). v1 `read` means v2 `rs`, `write` means `cud`, `*` means `cruds`.
 //!
-//! A scope narrowed with `?param=value` grants only searches whose query carries the same
-//! parameters with the same values; it grants no other interaction (the gateway does not
-//! yet evaluate search parameters against single resources).
+//! A v2 scope may be narrowed with search parameters ("finer-grained resource constraints
+//! using search parameters"): `system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory`
+//! grants its interactions only on the resources that search would find. What a set of
+//! scopes leaves of one interaction on one type is a [`Reach`]; `auth::narrow` enforces it
+//! (searches get it ANDed, single resources are matched against it).
 
 use std::fmt;
 
@@ -116,7 +118,7 @@ impl Scope {
                 return Err(err());
             }
             for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-                if k.is_empty() {
+                if !constraint_param(&k) || v.is_empty() {
                     return Err(err());
                 }
                 pairs.push((k.into_owned(), v.into_owned()));
@@ -129,25 +131,16 @@ impl Scope {
         })
     }
 
-    /// Whether this scope lets `interaction` on `resource` happen, for a request whose
-    /// query string parameters are `query`.
-    pub fn allows(
-        &self,
-        resource: &str,
-        interaction: Interaction,
-        query: &[(String, String)],
-    ) -> bool {
-        if self.resource.as_deref().is_some_and(|r| r != resource) {
-            return false;
-        }
-        if self.perms & interaction.bit() == 0 {
-            return false;
-        }
-        self.query.is_empty()
-            || (interaction == Interaction::Search && self.query.iter().all(|p| query.contains(p)))
+    /// Whether this scope lets `interaction` on `resource` happen at all: on some resources
+    /// of the type when it is narrowed, on all otherwise.
+    pub fn allows(&self, resource: &str, interaction: Interaction) -> bool {
+        self.resource.as_deref().is_none_or(|r| r == resource)
+            && self.perms & interaction.bit() != 0
     }
 
-    /// What both `self` and `other` grant, if anything.
+    /// What both `self` and `other` grant, if anything: the common letters, with the
+    /// search parameters of both (a parameter both narrow with different values shares
+    /// nothing).
     pub fn intersect(&self, other: &Scope) -> Option<Scope> {
         let resource = match (&self.resource, &other.resource) {
             (Some(a), Some(b)) if a != b => return None,
@@ -183,14 +176,51 @@ impl fmt::Display for Scope {
                 write!(f, "{l}")?;
             }
         }
-        if !self.query.is_empty() {
-            let q = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&self.query)
-                .finish();
-            write!(f, "?{q}")?;
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            let sep = if i == 0 { '?' } else { '&' };
+            write!(f, "{sep}{}={}", escape(k), escape(v))?;
         }
         Ok(())
     }
+}
+
+/// Whether `name` may narrow a scope: a search parameter (with its modifier), `_id` or
+/// `_lastUpdated`; not the result parameters (`_count`, `_sort`, `_include`, ...).
+fn constraint_param(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or_default();
+    !base.is_empty()
+        && (base == "_id"
+            || base == "_lastUpdated"
+            || (base
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !base.starts_with('_')))
+}
+
+/// Percent-encodes what would break a scope's query apart (space, `%`, `&`, `=`, `+`, `#`,
+/// controls, non-ASCII); `|`, `:` and `/` stay readable, as the SMART examples write them.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_graphic() && !b" %&=+#".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a set of scopes leaves of one interaction on one resource type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// No scope allows it.
+    Nothing,
+    /// Some scope allows it on every resource of the type.
+    Everything,
+    /// Allowed only on resources matching one of these searches (each a list of
+    /// parameters, ANDed; the searches are ORed).
+    Matching(Vec<Vec<(String, String)>>),
 }
 
 /// A set of scopes (what a client may be granted, or what a token grants).
@@ -209,16 +239,29 @@ impl Scopes {
             .map(Scopes)
     }
 
-    /// Whether any scope allows the interaction (see [`Scope::allows`]).
-    pub fn allows(
-        &self,
-        resource: &str,
-        interaction: Interaction,
-        query: &[(String, String)],
-    ) -> bool {
-        self.0
-            .iter()
-            .any(|s| s.allows(resource, interaction, query))
+    /// Whether any scope allows the interaction on some resources of the type (see
+    /// [`Scope::allows`]).
+    pub fn allows(&self, resource: &str, interaction: Interaction) -> bool {
+        self.0.iter().any(|s| s.allows(resource, interaction))
+    }
+
+    /// On which resources of `resource` the scopes allow `interaction`: unrelated narrowed
+    /// scopes are ORed, and one scope without narrowing allows everything.
+    pub fn reach(&self, resource: &str, interaction: Interaction) -> Reach {
+        let mut matching: Vec<Vec<(String, String)>> = Vec::new();
+        for s in self.0.iter().filter(|s| s.allows(resource, interaction)) {
+            if s.query.is_empty() {
+                return Reach::Everything;
+            }
+            if !matching.contains(&s.query) {
+                matching.push(s.query.clone());
+            }
+        }
+        if matching.is_empty() {
+            Reach::Nothing
+        } else {
+            Reach::Matching(matching)
+        }
     }
 
     /// What to grant for `requested` out of `self` (the allowed scopes): the intersection,
@@ -264,23 +307,16 @@ mod tests {
     use super::*;
     use Interaction::*;
 
-    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect()
-    }
-
     #[test]
     fn v2_and_v1_syntax() {
         let s = Scope::parse("system/Procedure.cruds").expect("v2");
         for i in [Create, Read, Update, Delete, Search] {
-            assert!(s.allows("Procedure", i, &[]));
-            assert!(!s.allows("Patient", i, &[]));
+            assert!(s.allows("Procedure", i));
+            assert!(!s.allows("Patient", i));
         }
         let rs = Scope::parse("system/*.rs").expect("v2 wildcard");
-        assert!(rs.allows("Patient", Read, &[]) && rs.allows("Observation", Search, &[]));
-        assert!(!rs.allows("Patient", Create, &[]) && !rs.allows("Patient", Update, &[]));
+        assert!(rs.allows("Patient", Read) && rs.allows("Observation", Search));
+        assert!(!rs.allows("Patient", Create) && !rs.allows("Patient", Update));
         let read = Scope::parse("system/Procedure.read").expect("v1 read");
         assert_eq!(read.to_string(), "system/Procedure.rs");
         let write = Scope::parse("system/Procedure.write").expect("v1 write");
@@ -304,17 +340,53 @@ mod tests {
         }
     }
 
+    const LAB: &str =
+        "system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
+
     #[test]
-    fn narrowing_grants_matching_searches_only() {
-        let s = Scope::parse("system/Observation.rs?category=laboratory").expect("narrow");
-        assert!(s.allows(
-            "Observation",
-            Search,
-            &q(&[("category", "laboratory"), ("x", "1")])
+    fn narrowed_scopes_parse_and_print_as_written() {
+        let s = Scope::parse(LAB).expect("narrowed");
+        assert_eq!(
+            s.query,
+            vec![(
+                "category".to_string(),
+                "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_string()
+            )]
+        );
+        assert_eq!(s.to_string(), LAB);
+        let odd = Scope::parse("system/Patient.rs?name=a%20b%26c&_id=x").expect("escaped");
+        assert_eq!(odd.query[0].1, "a b&c");
+        assert_eq!(Scope::parse(&odd.to_string()).expect("round trip"), odd);
+        // The narrowed interactions are allowed (on matching resources only, see Reach).
+        assert!(s.allows("Observation", Read) && s.allows("Observation", Search));
+        assert!(!s.allows("Observation", Create));
+        for bad in [
+            "system/Observation.rs?_count=10",
+            "system/Observation.rs?_include=Observation:subject",
+            "system/Observation.rs?category=",
+            "system/Observation.rs?=x",
+            "system/Observation.rs?",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reach_ors_narrowed_scopes_and_a_broad_scope_wins() {
+        let lab = Scopes::parse(&format!("{LAB} system/Observation.rs?category=vital-signs"))
+            .expect("scopes");
+        match lab.reach("Observation", Read) {
+            Reach::Matching(m) => assert_eq!(m.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lab.reach("Observation", Create), Reach::Nothing);
+        assert_eq!(lab.reach("Patient", Read), Reach::Nothing);
+        let both = Scopes::parse(&format!("{LAB} system/*.r")).expect("scopes");
+        assert_eq!(both.reach("Observation", Read), Reach::Everything);
+        assert!(matches!(
+            both.reach("Observation", Search),
+            Reach::Matching(_)
         ));
-        assert!(!s.allows("Observation", Search, &q(&[("category", "vital-signs")])));
-        assert!(!s.allows("Observation", Search, &[]));
-        assert!(!s.allows("Observation", Read, &[]));
     }
 
     #[test]
@@ -329,5 +401,39 @@ mod tests {
         assert_eq!(allowed.grant(&req), Err("system/Patient.cud".into()));
         let req = Scopes::parse("system/Observation.rs").expect("req");
         assert!(allowed.grant(&req).is_err());
+    }
+
+    #[test]
+    fn grant_narrows_both_ways() {
+        // A narrowed request under a broad grant is granted as narrowed.
+        let broad = Scopes::parse("system/*.cruds").expect("allowed");
+        let req = Scopes::parse(LAB).expect("req");
+        assert_eq!(broad.grant(&req).expect("grant").to_string(), LAB);
+        // A broad request under a narrowed grant is granted narrowed (and only `rs`).
+        let narrow = Scopes::parse(LAB).expect("allowed");
+        let req = Scopes::parse("system/Observation.cruds").expect("req");
+        assert_eq!(narrow.grant(&req).expect("grant").to_string(), LAB);
+        // Two unrelated narrowed grants for one type are both granted (ORed by Reach).
+        let two =
+            Scopes::parse(&format!("{LAB} system/Observation.rs?code=1234-5")).expect("allowed");
+        let req = Scopes::parse("system/Observation.rs").expect("req");
+        let granted = two.grant(&req).expect("grant");
+        assert_eq!(granted.0.len(), 2, "{granted}");
+        assert!(matches!(
+            granted.reach("Observation", Search),
+            Reach::Matching(m) if m.len() == 2
+        ));
+        // Narrowings of one parameter with different values share nothing.
+        let req = Scopes::parse("system/Observation.rs?category=vital-signs").expect("req");
+        assert!(narrow.grant(&req).is_err());
+        // Different parameters add up (the requested ones first).
+        let req = Scopes::parse("system/Observation.r?code=1234-5").expect("req");
+        assert_eq!(
+            narrow.grant(&req).expect("grant").to_string(),
+            format!(
+                "system/Observation.r?code=1234-5&{}",
+                LAB.split_once('?').map_or("", |(_, q)| q)
+            )
+        );
     }
 }

@@ -131,10 +131,15 @@ impl Auth {
         if let Some(url) = &config.public_url {
             let _ = base.set(url.trim_end_matches('/').to_string());
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        // `serve` checks the CA file before it starts; should it fail here after all, only
+        // the system's roots are trusted (a private CA's JWKS URLs then fail, closed).
+        let http =
+            crate::client::http_client(config.jwks_ca_cert.as_deref(), Duration::from_secs(10))
+                .or_else(|e| {
+                    tracing::error!(error = %e, "JWKS fetching: the CA file cannot be used");
+                    crate::client::http_client(None, Duration::from_secs(10))
+                })
+                .unwrap_or_default();
         Auth {
             inner: Arc::new(Inner {
                 store,
@@ -312,6 +317,7 @@ impl Auth {
             .await?;
         let requested =
             Scopes::parse(scope).map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
+        super::narrow::check(&requested).map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
         let allowed = Scopes::parse(&client.scope)
             .map_err(|e| OAuthError::Server(format!("client {}: {e}", client.id)))?;
         let granted = allowed.grant(&requested).map_err(|s| {
@@ -500,7 +506,7 @@ impl Auth {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(crate::client::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(failed(format!("status {}", resp.status())));
         }

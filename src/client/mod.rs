@@ -1,10 +1,15 @@
-//! The reference site client (`imagio-gateway client push`): what a hospital's integration
-//! engine runs from cron. It finds the token endpoint by SMART discovery, gets an access
+//! The reference site client (`imagio-gateway client push` and `client pull`): what a
+//! hospital's integration engine runs from cron. It finds the token endpoint by SMART discovery, gets an access
 //! token with the `oauth2` crate's client-credentials flow authenticated by a JWT client
 //! assertion it signs with the site's private key (RFC 7523; `oauth2` has no
 //! `private_key_jwt`, so the assertion travels as extra parameters), renews the token before
 //! it expires (and once on a 401), posts Bundles to the FHIR base and single resources to
 //! their type, retries 429 and 503 with backoff, and reports per file what the server said.
+//! [`pull`] searches types into NDJSON files.
+
+mod pull;
+
+pub use pull::{pull, study_types, Plan, PullReport, PullRequest};
 
 use crate::auth::keys::{KeyError, SigningKey};
 use oauth2::basic::BasicClient;
@@ -28,6 +33,9 @@ pub enum ClientError {
     /// Reading the input files.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The CA certificates to trust, or the TLS set-up.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// How to reach the gateway and who to be.
@@ -43,11 +51,14 @@ pub struct Settings {
     pub kid: Option<String>,
     /// The scopes to ask for.
     pub scope: String,
+    /// PEM certificates of a private CA (a hospital's) to trust besides the system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
-/// A valid access token and when to renew it.
+/// A valid access token, what it grants and when to renew it.
 struct Token {
     value: String,
+    scope: Option<String>,
     renew_at: Instant,
 }
 
@@ -70,10 +81,7 @@ impl Session {
     pub async fn connect(settings: Settings) -> Result<Session, ClientError> {
         let key = SigningKey::from_file(&settings.key)?;
         let kid = settings.kid.clone().unwrap_or_else(|| key.kid.clone());
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = http_client(settings.ca_cert.as_deref(), Duration::from_secs(300))?;
         let server = settings.server.trim_end_matches('/').to_string();
         let fhir_base = if server.ends_with("/fhir") {
             server.clone()
@@ -85,7 +93,7 @@ impl Session {
             .get(&discovery)
             .send()
             .await
-            .map_err(|e| ClientError::Http(format!("{discovery}: {e}")))?;
+            .map_err(|e| ClientError::Http(format!("{discovery}: {}", error_chain(&e))))?;
         if !resp.status().is_success() {
             return Err(ClientError::Token(format!(
                 "{discovery}: status {}",
@@ -191,11 +199,37 @@ impl Session {
         })?;
         let lifetime = resp.expires_in().unwrap_or(Duration::from_secs(300));
         let value = resp.access_token().secret().clone();
+        let scope = resp.scopes().map(|list| {
+            list.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         self.token = Some(Token {
             value: value.clone(),
+            scope,
             renew_at: Instant::now() + lifetime.saturating_sub(Duration::from_secs(30)),
         });
         Ok(value)
+    }
+
+    /// The scopes the current token grants, as the token endpoint said (the requested
+    /// ones when it did not say).
+    ///
+    /// # Errors
+    /// When no token can be had.
+    pub async fn granted(&mut self) -> Result<String, ClientError> {
+        self.token().await?;
+        Ok(self
+            .token
+            .as_ref()
+            .and_then(|t| t.scope.clone())
+            .unwrap_or_else(|| self.settings.scope.clone()))
+    }
+
+    /// The FHIR base URL of the server (`https://gateway.example.org/fhir`).
+    pub fn fhir_base(&self) -> &str {
+        &self.fhir_base
     }
 
     /// Sends one FHIR JSON document: a batch or transaction Bundle to the base, anything
@@ -216,31 +250,51 @@ impl Session {
         } else {
             format!("{}/{rtype}", self.fhir_base)
         };
+        let (status, body) = self
+            .call(reqwest::Method::POST, &url, Some(text.to_string()))
+            .await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// One authenticated request with the retries of [`Session::send`]; returns the status
+    /// and the body.
+    ///
+    /// # Errors
+    /// When no token can be had or the server cannot be reached.
+    pub async fn call(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut delay = Duration::from_millis(500);
         let mut renewed = false;
         for attempt in 1.. {
             let token = self.token().await?;
-            let resp = self
+            let mut request = self
                 .http
-                .post(&url)
+                .request(method.clone(), url)
                 .bearer_auth(token)
-                .header("content-type", "application/fhir+json")
-                .header("accept", "application/fhir+json")
-                .body(text.to_string())
+                .header("accept", "application/fhir+json");
+            if let Some(b) = &body {
+                request = request
+                    .header("content-type", "application/fhir+json")
+                    .body(b.clone());
+            }
+            let resp = request
                 .send()
                 .await
-                .map_err(|e| ClientError::Http(format!("{url}: {e}")))?;
+                .map_err(|e| ClientError::Http(format!("{url}: {}", error_chain(&e))))?;
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let body = resp
+            let bytes = resp
                 .bytes()
                 .await
                 .map_err(|e| ClientError::Http(e.to_string()))?;
-            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match status {
                 401 if !renewed => {
                     self.token = None;
@@ -251,11 +305,83 @@ impl Session {
                     tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                _ => return Ok((status, json)),
+                _ => return Ok((status, bytes.to_vec())),
             }
         }
         Err(ClientError::Http("unreachable retry loop end".into()))
     }
+}
+
+/// The certificates of a PEM file (a private CA, one or more certificates).
+///
+/// # Errors
+/// When the file cannot be read or holds no PEM certificate.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|e| ClientError::Io(path.to_path_buf(), e))?;
+    let bad = |why: String| {
+        ClientError::Tls(format!(
+            "{}: not a PEM certificate file ({why})",
+            path.display()
+        ))
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The HTTP client for the gateway's outgoing calls (the reference client, JWKS URLs):
+/// HTTPS with rustls, trusting the system's CA certificates (the Mozilla roots compiled
+/// in when the system has none) and those of `ca_cert`.
+///
+/// # Errors
+/// When `ca_cert` cannot be used, or TLS cannot be set up.
+pub fn http_client(
+    ca_cert: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
+    let extra = match ca_cert {
+        Some(p) => ca_certificates(p)?,
+        None => Vec::new(),
+    };
+    let system = reqwest::Client::builder()
+        .timeout(timeout)
+        .tls_certs_merge(extra.iter().cloned())
+        .build();
+    match system {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(
+                error = %error_chain(&e),
+                "no usable system CA certificates; trusting the compiled-in Mozilla roots"
+            );
+            let mozilla = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .tls_certs_only(mozilla.chain(extra))
+                .build()
+                .map_err(|e| ClientError::Tls(format!("TLS set-up: {}", error_chain(&e))))
+        }
+    }
+}
+
+/// An error with its sources, which say why a connection failed (refused, certificate
+/// not trusted, ...).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The outcome of one file.
@@ -328,7 +454,8 @@ fn summarize(status: u16, body: &Value) -> String {
     }
 }
 
-fn issues(oo: &Value) -> String {
+/// The issues of an OperationOutcome on one line.
+pub(crate) fn issues(oo: &Value) -> String {
     let list: Vec<String> = oo
         .get("issue")
         .and_then(Value::as_array)

@@ -476,6 +476,15 @@ async fn run_transaction(
                     [] => (resource.res_type.clone(), id.clone(), Some(p.op.clone())),
                     [one] => {
                         let existing = tx.read(&resource.res_type, one).await?;
+                        if existing
+                            .as_ref()
+                            .is_some_and(|e| !crate::auth::narrow::readable(e))
+                        {
+                            return Err(ApiError::Forbidden(format!(
+                                "Bundle.entry[{}]: ifNoneExist matches a {} outside the token's narrowed scopes",
+                                p.index, resource.res_type
+                            )));
+                        }
                         results.push((
                             p.index,
                             Done {

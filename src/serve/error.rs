@@ -7,7 +7,7 @@
 //! | `Malformed` (not JSON, too deep, wrong shape of a Bundle) | 400 | `invalid` (or the parse issues) |
 //! | `BadRequest` (resourceType/URL or id mismatch, missing id) | 400 | `invalid` |
 //! | `NotSupported` (criteria or parameter the server does not handle) | 400 | `not-supported` |
-//! | `Forbidden` (the caller's role does not allow it) | 403 | `forbidden` |
+//! | `Forbidden` (the caller's role does not allow it, or outside the token's narrowed scopes) | 403 | `forbidden` |
 //! | `UnknownType` | 404 | `not-supported` |
 //! | `NotFound` | 404 | `not-found` |
 //! | `Gone` (deleted) | 410 | `deleted` |
@@ -50,7 +50,8 @@ pub enum ApiError {
     /// A feature the server does not offer.
     #[error("{0}")]
     NotSupported(String),
-    /// The caller is authenticated but its role does not allow the request.
+    /// The caller is authenticated but its role does not allow the request, or its
+    /// scopes (narrowed by search parameters) do not reach the resource.
     #[error("{0}")]
     Forbidden(String),
     /// Not a resource type of FHIR R4.

@@ -111,7 +111,8 @@ fn write_response(done: &Done, ret: Return, base: &str) -> Response {
 }
 
 /// `found` when the caller may see it: another site's data is hidden from site clients (see
-/// `auth::tenancy`); a delete, which has no content, is judged by the version before it.
+/// `auth::tenancy`), and so is what the token's narrowed read scopes do not reach
+/// (`auth::narrow`); a delete, which has no content, is judged by the version before it.
 async fn visible(
     state: &AppState,
     found: Option<crate::store::Stored>,
@@ -125,7 +126,8 @@ async fn visible(
     } else {
         None
     };
-    let ok = crate::auth::tenancy::visible(judged.as_ref().unwrap_or(&s));
+    let judged = judged.as_ref().unwrap_or(&s);
+    let ok = crate::auth::tenancy::visible(judged) && crate::auth::narrow::readable(judged);
     Ok(ok.then_some(s))
 }
 
@@ -643,10 +645,12 @@ async fn search_bundle(
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let parsed = crate::search::parse(res_type, &pairs).map_err(ApiError::BadRequest)?;
+    let mut parsed = crate::search::parse(res_type, &pairs).map_err(ApiError::BadRequest)?;
     if strict(headers) && !parsed.unknown.is_empty() {
         return Err(ApiError::BadRequest(parsed.unknown.join("; ")));
     }
+    // A token narrowed by search parameters finds only what they match.
+    crate::auth::narrow::narrow_search(res_type, &mut parsed);
     let store = state.store();
     let (count, offset) = (parsed.count, parsed.offset);
     let (page, total, more) = if crate::auth::tenancy::restricted() {
@@ -830,6 +834,8 @@ async fn history(
         // label), so a page may hold fewer than `_count` entries.
         versions.retain(crate::auth::tenancy::visible);
     }
+    // Versions outside the token's narrowed scopes are left out too.
+    versions.retain(|v| crate::auth::narrow::in_history(v, id.is_some()));
     let base = base_url(headers, state);
     let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");
     out.push_str(&versions.len().to_string());

@@ -10,6 +10,8 @@
 
 use super::error::ApiError;
 use super::{AppState, RequestId};
+use crate::auth::narrow;
+use crate::auth::scopes::Interaction;
 use crate::model::json::Json;
 use crate::store::{Expect, StoreError, Stored, Submission, Tx};
 use crate::validate::{has_errors, Issue};
@@ -316,6 +318,12 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                     [] => {}
                     [one] => {
                         let existing = tx.read(&resource.res_type, one).await?;
+                        if existing.as_ref().is_some_and(|e| !narrow::readable(e)) {
+                            return Err(ApiError::Forbidden(format!(
+                                "If-None-Exist matches a {} outside the token's narrowed scopes",
+                                resource.res_type
+                            )));
+                        }
                         return Ok(Done {
                             status: StatusCode::OK,
                             stored: existing,
@@ -332,7 +340,7 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                     }
                 }
             }
-            put(tx, resource, id, if_match_expect(None), false).await
+            put(tx, resource, id, if_match_expect(None), false, Interaction::Create).await
         }
         Op::Update {
             resource,
@@ -345,6 +353,7 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                 id,
                 if_match_expect(*if_match),
                 if_match.is_some(),
+                Interaction::Update,
             )
             .await
         }
@@ -365,6 +374,7 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                         id,
                         if_match_expect(*if_match),
                         if_match.is_some(),
+                        Interaction::Update,
                     )
                     .await
                 }
@@ -382,6 +392,7 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                         one,
                         if_match_expect(*if_match),
                         if_match.is_some(),
+                        Interaction::Update,
                     )
                     .await
                 }
@@ -449,7 +460,9 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                     }
                 }
             };
-            match found.filter(|s| s.deleted || crate::auth::tenancy::visible(s)) {
+            let seen =
+                |s: &Stored| s.deleted || (crate::auth::tenancy::visible(s) && narrow::readable(s));
+            match found.filter(seen) {
                 Some(s) if s.deleted => Err(ApiError::Gone(format!("{res_type}/{id} was deleted"))),
                 Some(s) => Ok(Done {
                     status: StatusCode::OK,
@@ -474,6 +487,9 @@ async fn delete(
     let current = tx.read(res_type, id).await?;
     if current.as_ref().is_some_and(crate::auth::tenancy::foreign) {
         return Err(ApiError::NotFound(format!("{res_type}/{id} is not known")));
+    }
+    if let Some(c) = &current {
+        narrow::check_existing(Interaction::Delete, c).map_err(ApiError::Forbidden)?;
     }
     if let Some(v) = if_match {
         if current.as_ref().map(|c| c.version_id) != Some(v) {
@@ -567,6 +583,7 @@ async fn patch_one(
         &id,
         Expect::Version(current.version_id),
         if_match.is_some(),
+        Interaction::Update,
     )
     .await
 }
@@ -578,12 +595,16 @@ fn if_match_expect(if_match: Option<i64>) -> Expect {
 
 /// Stores `resource` as `id`, expecting `expect` to be current. A failed expectation is
 /// 412 when the client asked for it (`client_if_match`), else a lost race to retry.
+///
+/// `interaction` (create or update) is what the caller's scopes must allow on the result,
+/// and, for an update, on the version it replaces.
 async fn put(
     tx: &mut Tx,
     resource: &Checked,
     id: &str,
     expect: Expect,
     client_if_match: bool,
+    interaction: Interaction,
 ) -> Result<Done, ApiError> {
     if !is_valid_id(id) {
         return Err(ApiError::BadRequest(format!(
@@ -592,20 +613,23 @@ async fn put(
     }
     // Another site's resource is not there for a site client (tenancy); what a site
     // client writes carries its site label.
-    if tx
-        .read(&resource.res_type, id)
-        .await?
-        .is_some_and(|c| crate::auth::tenancy::foreign(&c))
-    {
+    let current = tx.read(&resource.res_type, id).await?;
+    if current.as_ref().is_some_and(crate::auth::tenancy::foreign) {
         return Err(ApiError::NotFound(format!(
             "{}/{id} is not known",
             resource.res_type
         )));
     }
+    // A token narrowed by search parameters changes only what they match, before and after.
+    if let (Interaction::Update, Some(c)) = (interaction, &current) {
+        narrow::check_existing(Interaction::Update, c).map_err(ApiError::Forbidden)?;
+    }
     let mut json = resource.json.clone();
     crate::auth::tenancy::label(&mut json);
     let warnings = resource.warnings_outcome();
     let index = search_rows(&json);
+    narrow::check_write(interaction, &resource.res_type, id, &index)
+        .map_err(ApiError::Forbidden)?;
     match tx
         .put(
             &resource.res_type,

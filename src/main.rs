@@ -136,7 +136,7 @@ struct LoadArgs {
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
     /// load: transaction Bundles in flight during ingest.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// load: keep-alive connections during reads and searches.
     #[arg(long, default_value_t = 8)]

@@ -127,6 +127,8 @@ enum Command {
         /// Folder of FHIR JSON files to measure on (default: ../shared/samples/synthea).
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     // --- mappings (issue 7) ---
     /// Map site CSV exports into a transaction Bundle of study resources, with a report of
@@ -176,6 +178,31 @@ enum MappingCommand {
         #[arg(long)]
         update: bool,
     },
+}
+
+/// The options of `bench load`.
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// load: run on PostgreSQL (a new database is made on this server and dropped
+    /// afterwards); default a temporary SQLite file.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// load: transaction Bundles in flight during ingest.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// load: keep-alive connections during reads and searches.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// load: resources to store (re-posting the Bundles with new UUIDs) before reads and
+    /// searches.
+    #[arg(long, default_value_t = 100_000)]
+    resources: usize,
+    /// load: how long the read phase and the search phase each run (10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = imagio_gateway::bench::load::parse_duration)]
+    duration: std::time::Duration,
+    /// load: start the server with --no-auth instead of registered clients and tokens.
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Subcommand)]
@@ -528,7 +555,20 @@ fn main() -> ExitCode {
         Command::Fhirpath { expression, input } => {
             imagio_gateway::fhirpath::cli::run(&expression, input.as_deref())
         }
-        Command::Bench { what, data } => imagio_gateway::bench::run(what, data.as_deref()),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Load,
+            data,
+            load,
+        } => imagio_gateway::bench::load::run(&imagio_gateway::bench::load::Options {
+            data: data.unwrap_or_else(|| PathBuf::from(imagio_gateway::bench::DEFAULT_DATA)),
+            database_url: load.database_url,
+            concurrency: load.concurrency,
+            connections: load.connections,
+            resources: load.resources,
+            duration: load.duration,
+            no_auth: load.no_auth,
+        }),
+        Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         // --- mappings (issue 7) ---
         Command::Map {
             mapping,

@@ -28,6 +28,9 @@ const MAX_ASSERTION_AHEAD: i64 = 300;
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY: u64 = 30;
 
+/// How many verified access tokens [`Auth`] remembers (a few per client in practice).
+const MAX_VERIFIED: usize = 10_000;
+
 /// An OAuth 2.0 error answer (RFC 6749 §5.2).
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -114,6 +117,11 @@ struct Inner {
     keys: tokio::sync::RwLock<Vec<(SigningKey, Option<i64>)>>,
     jwks: tokio::sync::Mutex<HashMap<String, CachedJwks>>,
     http: reqwest::Client,
+    /// The claims of access tokens whose signature, issuer and audience were verified, by
+    /// the token's text, until it expires: an ES384 signature check costs over a
+    /// millisecond of CPU and a client sends its token for minutes. The client is still
+    /// looked up on every request.
+    verified: std::sync::Mutex<HashMap<String, Value>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -148,6 +156,7 @@ impl Auth {
                 keys: tokio::sync::RwLock::new(Vec::new()),
                 jwks: tokio::sync::Mutex::new(HashMap::new()),
                 http,
+                verified: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -529,6 +538,34 @@ impl Auth {
     /// # Errors
     /// Why it is not valid (for `WWW-Authenticate` and the OperationOutcome).
     pub async fn verify_access_token(&self, token: &str) -> Result<Principal, String> {
+        let claims = match self.verified_claims(token) {
+            Some(c) => c,
+            None => {
+                let claims = self.verify_signature(token).await?;
+                self.remember(token, &claims);
+                claims
+            }
+        };
+        let s = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default();
+        // A revoked client's tokens stop working at once, not when they expire.
+        match self.inner.store.client(s("sub")).await {
+            Ok(Some(c)) if c.revoked.is_none() => {}
+            Ok(_) => return Err("the token's client is revoked or unknown".into()),
+            Err(e) => return Err(format!("cannot check the token's client: {e}")),
+        }
+        let role = Role::from_name(s("role")).ok_or("token has no role")?;
+        let scopes = Scopes::parse(s("scope")).map_err(|e| e.to_string())?;
+        Ok(Principal {
+            client_id: s("sub").to_string(),
+            site: s("site").to_string(),
+            role,
+            scopes,
+        })
+    }
+
+    /// Checks a token's signature (by a gateway key), `iss`, `aud` and `exp`; returns its
+    /// claims.
+    async fn verify_signature(&self, token: &str) -> Result<Value, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("token: {e}"))?;
         let kid = header.kid.ok_or("token has no kid")?;
         let mut key = self.find_gateway_key(&kid).await;
@@ -546,27 +583,43 @@ impl Auth {
         validation.set_audience(&[self.fhir_url()]);
         validation.set_issuer(&[self.base_url()]);
         validation.leeway = 0;
-        let claims = jsonwebtoken::decode::<Value>(token, &dk, &validation)
+        Ok(jsonwebtoken::decode::<Value>(token, &dk, &validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => "token has expired".to_string(),
                 _ => format!("token: {e}"),
             })?
-            .claims;
-        let s = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default();
-        // A revoked client's tokens stop working at once, not when they expire.
-        match self.inner.store.client(s("sub")).await {
-            Ok(Some(c)) if c.revoked.is_none() => {}
-            Ok(_) => return Err("the token's client is revoked or unknown".into()),
-            Err(e) => return Err(format!("cannot check the token's client: {e}")),
+            .claims)
+    }
+
+    /// The claims of a token verified before that has not expired since.
+    fn verified_claims(&self, token: &str) -> Option<Value> {
+        let mut cache = self.inner.verified.lock().ok()?;
+        let claims = cache.get(token)?;
+        if claims.get("exp").and_then(Value::as_i64)? > unix_now() {
+            return Some(claims.clone());
         }
-        let role = Role::from_name(s("role")).ok_or("token has no role")?;
-        let scopes = Scopes::parse(s("scope")).map_err(|e| e.to_string())?;
-        Ok(Principal {
-            client_id: s("sub").to_string(),
-            site: s("site").to_string(),
-            role,
-            scopes,
-        })
+        cache.remove(token);
+        None
+    }
+
+    /// Remembers a verified token's claims; when the cache is full, expired tokens are
+    /// dropped first, and everything if that is not enough.
+    fn remember(&self, token: &str, claims: &Value) {
+        let Ok(mut cache) = self.inner.verified.lock() else {
+            return;
+        };
+        if cache.len() >= MAX_VERIFIED {
+            let now = unix_now();
+            cache.retain(|_, c| {
+                c.get("exp")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|e| e > now)
+            });
+            if cache.len() >= MAX_VERIFIED {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), claims.clone());
     }
 
     async fn find_gateway_key(&self, kid: &str) -> Option<SigningKey> {

@@ -340,7 +340,15 @@ pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiEr
                     }
                 }
             }
-            put(tx, resource, id, if_match_expect(None), false, Interaction::Create).await
+            put(
+                tx,
+                resource,
+                id,
+                if_match_expect(None),
+                false,
+                Interaction::Create,
+            )
+            .await
         }
         Op::Update {
             resource,

@@ -605,6 +605,23 @@ where
     qb
 }
 
+/// `head` followed by `VALUES (...), (...)` with every value bound.
+fn values_query<'a, DB: sqlx::Database, const N: usize>(
+    head: &str,
+    rows: &'a [[&'a str; N]],
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::new(head);
+    qb.push_values(rows, |mut b, row| {
+        for v in row {
+            b.push_bind(*v);
+        }
+    });
+    qb
+}
+
 fn current_sql() -> String {
     format!(
         "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
@@ -747,9 +764,12 @@ impl Tx {
         };
         self.write_version(&stored, previous.as_ref().map(|p| p.version_id))
             .await?;
-        self.index_identifiers(res_type, id, identifiers(content))
+        // A resource never stored before has no index rows to replace.
+        let fresh = previous.is_none();
+        self.index_identifiers(res_type, id, identifiers(content), fresh)
             .await?;
-        // A resource never stored before has no index rows to remove.
+        // A resource whose current version is live has index rows to replace; a new one,
+        // or one re-created after a delete, has none.
         let live = previous.as_ref().is_some_and(|p| !p.deleted);
         self.index_search(res_type, id, index, live).await?;
         let replaced = previous.filter(|p| !p.deleted);
@@ -780,7 +800,8 @@ impl Tx {
         };
         self.write_version(&stored, Some(previous.version_id))
             .await?;
-        self.index_identifiers(res_type, id, Vec::new()).await?;
+        self.index_identifiers(res_type, id, Vec::new(), false)
+            .await?;
         self.index_search(res_type, id, &[], true).await?;
         Ok(Some(stored))
     }
@@ -838,40 +859,38 @@ impl Tx {
         Ok(())
     }
 
-    /// Replaces the identifier rows of a resource.
+    /// Replaces the identifier rows of a resource (`fresh`: it has none yet).
     async fn index_identifiers(
         &mut self,
         res_type: &str,
         id: &str,
         identifiers: Vec<(String, String)>,
+        fresh: bool,
     ) -> Result<()> {
-        on_tx!(self, |c| sqlx::query(
-            "DELETE FROM resource_identifier WHERE res_type = $1 AND res_id = $2"
-        )
-        .bind(res_type)
-        .bind(id)
-        .execute(c)
-        .await?
-        .rows_affected());
-        for (system, value) in identifiers {
+        if !fresh {
             on_tx!(self, |c| sqlx::query(
-                "INSERT INTO resource_identifier (res_type, res_id, system, value) \
-                 VALUES ($1, $2, $3, $4)"
+                "DELETE FROM resource_identifier WHERE res_type = $1 AND res_id = $2"
             )
             .bind(res_type)
             .bind(id)
-            .bind(&system)
-            .bind(&value)
             .execute(c)
             .await?
             .rows_affected());
         }
-        Ok(())
+        let rows: Vec<[&str; 4]> = identifiers
+            .iter()
+            .map(|(system, value)| [res_type, id, system.as_str(), value.as_str()])
+            .collect();
+        self.insert_rows(
+            "INSERT INTO resource_identifier (res_type, res_id, system, value) ",
+            &rows,
+        )
+        .await
     }
 
     /// Replaces the search index rows of a resource (`existing`: it may have some; a new
     /// resource, or one re-created after a delete, has none, which saves a statement per
-    /// index table).
+    /// index table): one multi-row `INSERT` per table.
     async fn index_search(
         &mut self,
         res_type: &str,
@@ -889,8 +908,11 @@ impl Tx {
                 .await?
                 .rows_affected());
         }
+        let (mut tokens, mut strings, mut dates, mut references) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut texts, mut ref_ids, mut uris) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
-            let (sql, param, a, b): (&str, &str, &str, Option<&str>) = match row {
+            match row {
                 IndexRow::Quantity {
                     param,
                     system,
@@ -910,72 +932,96 @@ impl Tx {
                         canon,
                     )
                     .await?;
-                    continue;
                 }
-                IndexRow::TokenText { param, text } => (
-                    "INSERT INTO search_token_text (res_type, res_id, param, text) \
-                     VALUES ($1, $2, $3, $4)",
-                    param,
-                    text,
-                    None,
-                ),
+                IndexRow::TokenText { param, text } => {
+                    texts.push([res_type, id, param.as_str(), text.as_str()]);
+                }
                 IndexRow::ReferenceIdentifier {
                     param,
                     system,
                     value,
-                } => (
-                    "INSERT INTO search_reference_identifier (res_type, res_id, param, system, \
-                     value) VALUES ($1, $2, $3, $4, $5)",
-                    param,
-                    system,
-                    Some(value),
-                ),
-                IndexRow::Uri { param, uri } => (
-                    "INSERT INTO search_uri (res_type, res_id, param, uri) VALUES ($1, $2, $3, $4)",
-                    param,
-                    uri,
-                    None,
-                ),
+                } => ref_ids.push([
+                    res_type,
+                    id,
+                    param.as_str(),
+                    system.as_str(),
+                    value.as_str(),
+                ]),
+                IndexRow::Uri { param, uri } => {
+                    uris.push([res_type, id, param.as_str(), uri.as_str()]);
+                }
                 IndexRow::Token {
                     param,
                     system,
                     code,
-                } => (
-                    "INSERT INTO search_token (res_type, res_id, param, system, code) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                    param,
-                    system,
-                    Some(code),
-                ),
-                IndexRow::String { param, value } => (
-                    "INSERT INTO search_string (res_type, res_id, param, value) \
-                     VALUES ($1, $2, $3, $4)",
-                    param,
-                    value,
-                    None,
-                ),
-                IndexRow::Date { param, low, high } => (
-                    "INSERT INTO search_date (res_type, res_id, param, low, high) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                    param,
-                    low,
-                    Some(high),
-                ),
-                IndexRow::Reference { param, target } => (
-                    "INSERT INTO search_reference (res_type, res_id, param, target) \
-                     VALUES ($1, $2, $3, $4)",
-                    param,
-                    target,
-                    None,
-                ),
-            };
-            on_tx!(self, |c| {
-                let q = sqlx::query(sql).bind(res_type).bind(id).bind(param).bind(a);
-                match b {
-                    Some(b) => q.bind(b).execute(c).await?.rows_affected(),
-                    None => q.execute(c).await?.rows_affected(),
+                } => tokens.push([res_type, id, param.as_str(), system.as_str(), code.as_str()]),
+                IndexRow::String { param, value } => {
+                    strings.push([res_type, id, param.as_str(), value.as_str()]);
                 }
-            });
+                IndexRow::Date { param, low, high } => {
+                    dates.push([res_type, id, param.as_str(), low.as_str(), high.as_str()]);
+                }
+                IndexRow::Reference { param, target } => {
+                    references.push([res_type, id, param.as_str(), target.as_str()]);
+                }
+            }
+        }
+        self.insert_rows(
+            "INSERT INTO search_token (res_type, res_id, param, system, code) ",
+            &tokens,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_string (res_type, res_id, param, value) ",
+            &strings,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_date (res_type, res_id, param, low, high) ",
+            &dates,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_reference (res_type, res_id, param, target) ",
+            &references,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_token_text (res_type, res_id, param, text) ",
+            &texts,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_reference_identifier (res_type, res_id, param, system, value) ",
+            &ref_ids,
+        )
+        .await?;
+        self.insert_rows(
+            "INSERT INTO search_uri (res_type, res_id, param, uri) ",
+            &uris,
+        )
+        .await
+    }
+
+    /// Inserts text rows with `head` (`INSERT INTO t (columns) `), up to 200 rows per
+    /// statement: each statement is a round trip (to the SQLite worker thread or the
+    /// PostgreSQL server), so one per row made index writes the bulk of a write's cost.
+    async fn insert_rows<const N: usize>(&mut self, head: &str, rows: &[[&str; N]]) -> Result<()> {
+        for chunk in rows.chunks(200) {
+            match &mut self.inner {
+                TxInner::Sqlite(t) => {
+                    values_query::<sqlx::Sqlite, N>(head, chunk)
+                        .build()
+                        .execute(&mut **t)
+                        .await?;
+                }
+                TxInner::Postgres(t) => {
+                    values_query::<sqlx::Postgres, N>(head, chunk)
+                        .build()
+                        .execute(&mut **t)
+                        .await?;
+                }
+            }
         }
         Ok(())
     }

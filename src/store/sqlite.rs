@@ -71,6 +71,9 @@ pub async fn open(path: &Path) -> Result<Store> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
+        // Statement journals (multi-row INSERTs inside a transaction) and sort trees in
+        // memory, not in temporary files written with a system call per page.
+        .pragma("temp_store", "memory")
         .foreign_keys(true);
     let write = SqlitePoolOptions::new()
         .max_connections(1)

@@ -2,7 +2,10 @@
 //! reported in issues can be reproduced with one command on any machine.
 //!
 //! Each suite measures our code and, where the issue asks for a comparison, the reference
-//! implementation side by side in the same run, over the same input.
+//! implementation side by side in the same run, over the same input. `load` measures the
+//! whole server (a child process) under concurrent HTTP load: see [`load`].
+
+pub mod load;
 
 use crate::model;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 /// The benchmark suites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
-    /// Every suite.
+    /// The in-process suites: parse, fhirpath and validate.
     All,
     /// FHIR JSON parse + serialize throughput against serde_json::Value.
     Parse,
@@ -20,14 +23,18 @@ pub enum Suite {
     Fhirpath,
     /// Profile validation: throughput, latency, memory.
     Validate,
+    /// The server under load: ingest of transaction Bundles, reads and searches at
+    /// `--resources` stored, the server's memory (not part of `all`).
+    Load,
 }
 
-/// Runs a suite and prints its figures; `data` is the folder of FHIR JSON files to use.
+/// The folder the suites read when none is given.
+pub const DEFAULT_DATA: &str = "../shared/samples/synthea";
+
+/// Runs an in-process suite and prints its figures; `data` is the folder of FHIR JSON files
+/// to use. `Suite::Load` is [`load::run`], which takes its own options.
 pub fn run(suite: Suite, data: Option<&Path>) -> ExitCode {
-    let dir = data.map_or_else(
-        || PathBuf::from("../shared/samples/synthea"),
-        Path::to_path_buf,
-    );
+    let dir = data.map_or_else(|| PathBuf::from(DEFAULT_DATA), Path::to_path_buf);
     let inputs = match load(&dir) {
         Ok(v) if !v.is_empty() => v,
         Ok(_) => {

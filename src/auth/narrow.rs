@@ -108,6 +108,13 @@ fn clauses_of(res_type: &str, pairs: &[(String, String)]) -> Result<Vec<Clause>,
     if parsed.clauses.len() != pairs.len() {
         return Err("a narrowing parameter has no value".into());
     }
+    if !parsed.clauses.iter().flatten().all(evaluable) {
+        return Err(
+            "quantity, number and chained parameters cannot narrow a scope (only token, \
+             string, date, reference and uri parameters, their modifiers, _id and _lastUpdated)"
+                .into(),
+        );
+    }
     Ok(parsed.clauses)
 }
 
@@ -181,6 +188,67 @@ fn cond_matches(c: &Cond, id: &str, last_updated: &str, rows: &[IndexRow]) -> bo
             }
             _ => false,
         }),
+        Cond::TokenText { param, value } => rows.iter().any(|r| match r {
+            IndexRow::TokenText { param: p, text } if p == param => {
+                text.to_lowercase().starts_with(value.as_str())
+            }
+            _ => false,
+        }),
+        Cond::RefIdentifier {
+            param,
+            system,
+            value,
+        } => rows.iter().any(|r| match r {
+            IndexRow::ReferenceIdentifier {
+                param: p,
+                system: s,
+                value: v,
+            } if p == param => {
+                system.as_ref().is_none_or(|want| want == s) && (value.is_empty() || value == v)
+            }
+            _ => false,
+        }),
+        Cond::Uri { param, mode, value } => rows.iter().any(|r| match r {
+            IndexRow::Uri { param: p, uri } if p == param => match *mode {
+                "below" => uri.starts_with(value.as_str()),
+                "above" => crate::search::uri_prefixes(value).contains(uri),
+                _ => uri == value,
+            },
+            _ => false,
+        }),
+        Cond::Missing { param, missing, .. } => {
+            let has = rows.iter().any(|r| row_param(r) == param);
+            has != *missing
+        }
+        Cond::Not(inner) => !inner
+            .iter()
+            .any(|c| cond_matches(c, id, last_updated, rows)),
+        // Refused in narrowings by `clauses_of`: they need other resources (a chain) or
+        // the search's numeric comparisons (quantities), which are not evaluated here.
+        Cond::Quantity { .. } | Cond::Chain { .. } => false,
+    }
+}
+
+/// The parameter code of an index row.
+fn row_param(r: &IndexRow) -> &str {
+    match r {
+        IndexRow::Token { param, .. }
+        | IndexRow::String { param, .. }
+        | IndexRow::Date { param, .. }
+        | IndexRow::Reference { param, .. }
+        | IndexRow::TokenText { param, .. }
+        | IndexRow::ReferenceIdentifier { param, .. }
+        | IndexRow::Quantity { param, .. }
+        | IndexRow::Uri { param, .. } => param,
+    }
+}
+
+/// Whether a condition can be judged on one resource's index rows alone.
+fn evaluable(c: &Cond) -> bool {
+    match c {
+        Cond::Quantity { .. } | Cond::Chain { .. } => false,
+        Cond::Not(inner) => inner.iter().all(evaluable),
+        _ => true,
     }
 }
 

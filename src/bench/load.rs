@@ -326,6 +326,7 @@ async fn register(url: &str, work: &Path) -> Result<Clients, LoadError> {
             key: key_path.clone(),
             kid: None,
             scope: scope.into(),
+            ca_cert: None,
         });
     }
     store.close().await;

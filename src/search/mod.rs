@@ -46,7 +46,7 @@ mod index;
 mod query;
 
 pub use index::{date_range, index, param_targets, param_type};
-pub use query::{parse, where_sql, Clause, Cond, Parsed, Piece};
+pub use query::{parse, uri_prefixes, where_sql, Clause, Cond, Parsed, Piece};
 use rust_decimal::Decimal;
 
 /// One index row of a resource.

@@ -607,7 +607,7 @@ fn number_cmp(out: &mut Vec<Piece>, cols: (&str, &str), prefix: &str, [lo, n, hi
 
 /// The prefixes of a uri at its path boundaries, itself included, for `:above`
 /// (`http://a.org/fhir/ValueSet/1`: `http://a.org`, `http://a.org/`, `http://a.org/fhir`, ...).
-fn uri_prefixes(value: &str) -> Vec<String> {
+pub fn uri_prefixes(value: &str) -> Vec<String> {
     let from = value.find("://").map_or(0, |i| i + 3);
     let mut out: Vec<String> = value
         .char_indices()

@@ -71,6 +71,25 @@ pub fn owner(content: &str) -> Option<String> {
         .and_then(|c| c.get("code")?.as_str().map(str::to_string))
 }
 
+/// The site label of a resource about to be stored (the first label of [`SITE_SYSTEM`]
+/// with a code, as [`owner`] reads stored text): what the store keeps as the owning site.
+pub fn owner_of(resource: &Json) -> Option<String> {
+    resource
+        .get("meta")?
+        .get("security")?
+        .items()
+        .iter()
+        .find(|c| c.get("system").and_then(Json::as_str) == Some(SITE_SYSTEM))
+        .and_then(|c| c.get("code")?.as_str().map(str::to_string))
+}
+
+/// The site the caller's searches and history are limited to (the store filters on its
+/// `site` column): `Some` for a site client, `None` for sponsors, admins and code outside
+/// a request.
+pub fn site_filter() -> Option<String> {
+    caller_site()
+}
+
 /// Whether the caller may see this version. A site client sees only its site's resources;
 /// a delete (which keeps no content, so no label) is hidden from site clients.
 pub fn visible(stored: &Stored) -> bool {

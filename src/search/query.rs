@@ -69,6 +69,9 @@ pub struct Parsed {
     pub unknown: Vec<String>,
     /// The parameters that were used, to rebuild `self`/`next` links.
     pub used: Vec<(String, String)>,
+    /// `_sort`, `_include`, `_revinclude`, `_elements`, `_summary`, `_cursor`: what comes
+    /// back and in which order (`super::result`).
+    pub shape: super::result::Shape,
 }
 
 const PREFIXES: [&str; 9] = ["eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap"];
@@ -84,6 +87,9 @@ pub fn parse(res_type: &str, pairs: &[(String, String)]) -> Result<Parsed, Strin
         ..Default::default()
     };
     for (key, value) in pairs {
+        if super::result::parse_param(&mut p, res_type, key, value)? {
+            continue;
+        }
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),

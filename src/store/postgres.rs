@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0002_search.sql"),
     ),
     (3, "auth", include_str!("migrations/postgres/0003_auth.sql")),
+    (5, "site", include_str!("migrations/postgres/0005_site.sql")),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

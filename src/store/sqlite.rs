@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_search.sql"),
     ),
     (3, "auth", include_str!("migrations/sqlite/0003_auth.sql")),
+    (5, "site", include_str!("migrations/sqlite/0005_site.sql")),
 ];
 
 /// The two pools of a SQLite store.

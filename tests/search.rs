@@ -307,6 +307,8 @@ mod scenarios {
             let mut seen = first.clone();
             let mut pages = vec![first.clone()];
             let mut b = fetch(s, &next).await;
+            let again = ordered(&fetch(s, &link(&b, "first").expect("first link")).await);
+            assert_eq!(again.len(), 3, "{sort}: first page");
             loop {
                 let page = ordered(&b);
                 assert!(page.len() <= 3);

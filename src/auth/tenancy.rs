@@ -5,6 +5,10 @@
 //! history, conditional matches, updates and deletes behave as for an unknown id (404).
 //! Sponsor and admin clients see every site; what they write keeps the labels they send.
 //!
+//! The store keeps each version's label as its `site` column ([`owner_of`], migration
+//! 0005), so searches, their includes, totals and history are filtered in SQL with
+//! [`site_filter`]; single-resource checks use [`visible`] and [`foreign`].
+//!
 //! The checks use the caller of the request being handled ([`super::current`]); with no
 //! caller (code outside a request) nothing is filtered.
 
@@ -107,11 +111,6 @@ pub fn visible(stored: &Stored) -> bool {
 /// site client and a version (not a delete) that is not labelled with its site.
 pub fn foreign(stored: &Stored) -> bool {
     caller_site().is_some() && !stored.deleted && !visible(stored)
-}
-
-/// Whether the caller is a site client, whose view is limited to its site's resources.
-pub fn restricted() -> bool {
-    caller_site().is_some()
 }
 
 #[cfg(test)]

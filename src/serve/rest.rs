@@ -534,6 +534,9 @@ async fn search_bundle(
         at: p.clone(),
     };
     let mut links = vec![("self", link(cursor.as_ref(), parsed.offset))];
+    if cursor.is_some() || parsed.offset > 0 {
+        links.push(("first", link(None, 0)));
+    }
     if !parsed.summary_count && count > 0 {
         let first = page.first().map(|(_, p)| p);
         let last = page.last().map(|(_, p)| p);

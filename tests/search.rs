@@ -647,6 +647,7 @@ VALUES ('Patient', 'p1', 2, 't2', TRUE), ('Patient', 'p2', 1, 't3', FALSE),
             .expect("sqlite");
         for sql in [
             include_str!("../src/store/migrations/sqlite/0001_resources.sql"),
+            include_str!("../src/store/migrations/sqlite/0002_search.sql"),
             ROWS,
             include_str!("../src/store/migrations/sqlite/0005_site.sql"),
         ] {
@@ -684,6 +685,7 @@ VALUES ('Patient', 'p1', 2, 't2', TRUE), ('Patient', 'p2', 1, 't3', FALSE),
             .expect("pool");
         for sql in [
             include_str!("../src/store/migrations/postgres/0001_resources.sql"),
+            include_str!("../src/store/migrations/postgres/0002_search.sql"),
             ROWS,
             include_str!("../src/store/migrations/postgres/0005_site.sql"),
         ] {

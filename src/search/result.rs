@@ -305,12 +305,16 @@ fn site_sql(out: &mut Vec<Piece>, site: Option<&str>, table: &str) {
     }
 }
 
-/// The SQL value of a sort key of resource row `r` (NULL when the resource has none).
-fn key_sql(sort: &Sort, out: &mut Vec<Piece>) {
+/// The SQL value of sort key number `i` of resource row `r` (NULL when the resource has
+/// none), grouped by resource: the aggregate expression, and the join that brings the index
+/// rows (alias `x{i}`) for a parameter. A join with `GROUP BY`, not a correlated subquery:
+/// SQLite answers `SELECT MAX(high) ... WHERE res_id = ?` by walking the `(param, high)`
+/// index from its end, which is a scan of the whole parameter for every resource.
+fn key_sql(i: usize, sort: &Sort) -> (String, Vec<Piece>) {
     let agg = if sort.desc { "MAX" } else { "MIN" };
     let (name, kind) = match &sort.by {
-        SortBy::Id => return sql(out, "r.res_id"),
-        SortBy::LastUpdated => return sql(out, "r.last_updated"),
+        SortBy::Id => return (format!("{agg}(r.res_id)"), Vec::new()),
+        SortBy::LastUpdated => return (format!("{agg}(r.last_updated)"), Vec::new()),
         SortBy::Param { name, kind } => (name, *kind),
     };
     let (table, column) = match kind {
@@ -320,15 +324,14 @@ fn key_sql(sort: &Sort, out: &mut Vec<Piece>) {
         "token" => ("search_token", "code"),
         _ => ("search_reference", "target"),
     };
-    sql(
-        out,
-        &format!(
-            "(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res_type = r.res_type \
-             AND x.res_id = r.res_id AND x.param = "
-        ),
-    );
-    bind(out, name);
-    sql(out, ")");
+    let join = vec![
+        Piece::Sql(format!(
+            " LEFT JOIN {table} x{i} ON x{i}.res_type = r.res_type \
+             AND x{i}.res_id = r.res_id AND x{i}.param = "
+        )),
+        Piece::Bind(name.clone()),
+    ];
+    (format!("{agg}(x{i}.{column})"), join)
 }
 
 /// The query of one page of matches: the version columns `columns` (over `v`) and the sort
@@ -343,36 +346,47 @@ pub fn page_sql(
     columns: &str,
 ) -> Vec<Piece> {
     let sorts = &parsed.shape.sort;
+    let keys: String = (0..sorts.len()).map(|i| format!(", {{t}}.k{i}")).collect();
     let mut out = Vec::new();
-    let mut head = format!("SELECT {columns}");
-    for i in 0..sorts.len() {
-        head.push_str(&format!(", s.k{i} AS k{i}"));
-    }
-    head.push_str(" FROM (SELECT r.res_type, r.res_id, r.version_id");
-    sql(&mut out, &head);
-    for (i, s) in sorts.iter().enumerate() {
-        sql(&mut out, ", ");
-        key_sql(s, &mut out);
-        sql(&mut out, &format!(" AS k{i}"));
-    }
-    sql(&mut out, " FROM resource r WHERE ");
-    out.extend(super::where_sql(res_type, parsed));
-    site_sql(&mut out, site, "r");
+    // Three levels: `s` computes the sort keys of the matches, `p` picks the page from them
+    // (only ids and keys, so the sort does not carry resource texts), and the outer query
+    // joins the page's versions.
     sql(
         &mut out,
-        ") s JOIN resource_version v ON v.res_type = s.res_type AND v.res_id = s.res_id \
-         AND v.version_id = s.version_id",
+        &format!(
+            "SELECT {columns}{} FROM (SELECT s.res_type, s.res_id, s.version_id{} \
+             FROM (SELECT r.res_type, r.res_id, r.version_id",
+            (0..sorts.len())
+                .map(|i| format!(", p.k{i} AS k{i}"))
+                .collect::<String>(),
+            keys.replace("{t}", "s")
+        ),
     );
-    // The sort components: (expression, ascending in the forward order).
+    let mut joins = Vec::new();
+    for (i, s) in sorts.iter().enumerate() {
+        let (expr, join) = key_sql(i, s);
+        sql(&mut out, &format!(", {expr} AS k{i}"));
+        joins.extend(join);
+    }
+    sql(&mut out, " FROM resource r");
+    out.extend(joins);
+    sql(&mut out, " WHERE ");
+    out.extend(super::where_sql(res_type, parsed));
+    site_sql(&mut out, site, "r");
+    if !sorts.is_empty() {
+        sql(&mut out, " GROUP BY r.res_type, r.res_id, r.version_id");
+    }
+    sql(&mut out, ") s");
+    // The sort components over `{t}`: (expression, ascending in the forward order).
     let mut comps: Vec<(String, bool)> = Vec::new();
     for (i, s) in sorts.iter().enumerate() {
         comps.push((
-            format!("(CASE WHEN s.k{i} IS NULL THEN 1 ELSE 0 END)"),
+            format!("(CASE WHEN {{t}}.k{i} IS NULL THEN 1 ELSE 0 END)"),
             true,
         ));
-        comps.push((format!("COALESCE(s.k{i}, '')"), !s.desc));
+        comps.push((format!("COALESCE({{t}}.k{i}, '')"), !s.desc));
     }
-    comps.push(("s.res_id".to_string(), true));
+    comps.push(("{t}.res_id".to_string(), true));
     let before = parsed.shape.cursor.as_ref().is_some_and(|c| c.before);
     if let Some(c) = &parsed.shape.cursor {
         let mut values: Vec<Piece> = Vec::new();
@@ -389,7 +403,7 @@ pub fn page_sql(
             }
             sql(&mut out, "(");
             for l in 0..j {
-                sql(&mut out, &format!("{} = ", comps[l].0));
+                sql(&mut out, &format!("{} = ", comps[l].0.replace("{t}", "s")));
                 out.push(values[l].clone());
                 sql(&mut out, " AND ");
             }
@@ -401,21 +415,40 @@ pub fn page_sql(
                 (false, false) => "<",
                 (false, true) => "<=",
             };
-            sql(&mut out, &format!("{} {op} ", comps[j].0));
+            sql(
+                &mut out,
+                &format!("{} {op} ", comps[j].0.replace("{t}", "s")),
+            );
             out.push(values[j].clone());
             sql(&mut out, ")");
         }
         sql(&mut out, ")");
     }
-    let order: Vec<String> = comps
-        .iter()
-        .map(|(e, up)| format!("{e} {}", if *up != before { "ASC" } else { "DESC" }))
-        .collect();
-    sql(&mut out, &format!(" ORDER BY {}", order.join(", ")));
-    sql(&mut out, &format!(" LIMIT {limit}"));
+    let order = |t: &str| -> String {
+        comps
+            .iter()
+            .map(|(e, up)| {
+                format!(
+                    "{} {}",
+                    e.replace("{t}", t),
+                    if *up != before { "ASC" } else { "DESC" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    sql(&mut out, &format!(" ORDER BY {} LIMIT {limit}", order("s")));
     if parsed.offset > 0 && !before {
         sql(&mut out, &format!(" OFFSET {}", parsed.offset));
     }
+    sql(
+        &mut out,
+        &format!(
+            ") p JOIN resource_version v ON v.res_type = p.res_type AND v.res_id = p.res_id \
+             AND v.version_id = p.version_id ORDER BY {}",
+            order("p")
+        ),
+    );
     out
 }
 

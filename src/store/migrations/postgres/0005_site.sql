@@ -32,3 +32,18 @@ UPDATE resource r SET site = COALESCE((
 
 CREATE INDEX resource_site ON resource (site, res_type);
 CREATE INDEX resource_version_site_seq ON resource_version (site, seq);
+
+-- `_sort` reads a resource's lowest or highest value of one parameter
+-- (`WHERE res_type = ? AND res_id = ? AND param = ?`): the owner indexes (used by writes to
+-- replace a resource's rows) are extended by the parameter and value, so that lookup is one
+-- index probe and does not fall back on the (res_type, param, ...) lookup index, which scans
+-- every row of the parameter for each resource (measured on SQLite with 10,000 Patients: the
+-- first page of _sort=family took 300 s that way, 35 ms with this index).
+DROP INDEX search_token_owner;
+CREATE INDEX search_token_owner ON search_token (res_type, res_id, param, code);
+DROP INDEX search_string_owner;
+CREATE INDEX search_string_owner ON search_string (res_type, res_id, param, value);
+DROP INDEX search_date_owner;
+CREATE INDEX search_date_owner ON search_date (res_type, res_id, param, low, high);
+DROP INDEX search_reference_owner;
+CREATE INDEX search_reference_owner ON search_reference (res_type, res_id, param, target);

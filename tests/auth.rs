@@ -1351,6 +1351,267 @@ async fn tenancy_sites_cannot_reach_each_other_postgres() {
     tenancy(Db::Postgres).await;
 }
 
+/// The ids of the entries of a Bundle with this `search.mode` (any mode for `None`).
+fn entry_ids(b: &Value, mode: Option<&str>) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|x| mode.is_none_or(|m| x["search"]["mode"] == m))
+                .filter_map(|x| x["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `/...` path under `/fhir` of a Bundle link.
+fn link_path(b: &Value, relation: &str) -> Option<String> {
+    let url = b["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)?["url"]
+        .as_str()?;
+    Some(url[url.find("/fhir/")? + 5..].to_string())
+}
+
+/// Searches, totals, includes and history of a site client are filtered by site in the
+/// store: full pages of its own resources only, exact totals, no other site's resource
+/// through `_include` or `_revinclude`; the sponsor sees every site.
+async fn tenancy_search(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (a, ka) = s.register(Alg::Es384, Role::Site, "site-a", all).await;
+    let (b, kb) = s.register(Alg::Rs384, Role::Site, "site-b", all).await;
+    let (sp, ksp) = s
+        .register(Alg::Es384, Role::Sponsor, "hq", "system/*.rs")
+        .await;
+    let ta = s.token(&a, &ka, all).await;
+    let tb = s.token(&b, &kb, all).await;
+    let tsp = s.token(&sp, &ksp, "system/*.rs").await;
+    let create = |token: &str, body: Value| {
+        let (s, token) = (&s, token.to_string());
+        async move {
+            let t = body["resourceType"].as_str().expect("type").to_string();
+            let (st, _, b) = s
+                .fhir(
+                    reqwest::Method::POST,
+                    &format!("/{t}"),
+                    Some(&token),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{b}");
+            b["id"].as_str().expect("id").to_string()
+        }
+    };
+    // Site A's resources interleave with B's in every order.
+    let mut mine_a = Vec::new();
+    let mut mine_b = Vec::new();
+    for i in 0..5 {
+        mine_a.push(create(&ta, patient(&format!("a{i}"))).await);
+        mine_b.push(create(&tb, patient(&format!("b{i}"))).await);
+    }
+    // A page of B's search is full and holds B's resources only; the total is exact.
+    let mut seen = Vec::new();
+    let (st, _, mut page) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Patient?gender=female&_count=2&_total=accurate",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 5);
+    loop {
+        let ids = entry_ids(&page, Some("match"));
+        seen.extend(ids.clone());
+        match link_path(&page, "next") {
+            Some(next) => {
+                assert_eq!(ids.len(), 2, "a page before the last is full: {page}");
+                page = s.fhir(reqwest::Method::GET, &next, Some(&tb), None).await.2;
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    mine_b.sort();
+    assert_eq!(seen, mine_b);
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Patient?gender=female&_summary=count",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(count["total"], 5);
+    let (_, _, count) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Patient?gender=female&_summary=count",
+            Some(&tsp),
+            None,
+        )
+        .await;
+    assert_eq!(count["total"], 10, "the sponsor counts every site");
+    // B points an Observation at A's patient: B's _include does not bring A's patient,
+    // A's _revinclude does not bring B's Observation.
+    let a0 = mine_a[0].clone();
+    let ob = create(
+        &tb,
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"text": "x"}, "subject": {"reference": format!("Patient/{a0}")}}),
+    )
+    .await;
+    let oa = create(
+        &ta,
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"text": "x"}, "subject": {"reference": format!("Patient/{a0}")}}),
+    )
+    .await;
+    let (_, _, inc) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_include=Observation:subject",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(entry_ids(&inc, Some("match")), vec![ob.clone()]);
+    assert!(entry_ids(&inc, Some("include")).is_empty(), "{inc}");
+    let (_, _, inc) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?_include=Observation:*",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert!(entry_ids(&inc, Some("include")).is_empty(), "{inc}");
+    let (_, _, rev) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient?_id={a0}&_revinclude=Observation:subject"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(entry_ids(&rev, Some("match")), vec![a0.clone()]);
+    // A chain through A's patient finds nothing for B (it would confirm A's identifier),
+    // while the sponsor finds both Observations through it.
+    for (token, want) in [(&tb, 0), (&tsp, 2)] {
+        let (st, _, found) = s
+            .fhir(
+                reqwest::Method::GET,
+                "/Observation?subject:Patient.identifier=urn:test|a0&_total=accurate",
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{found}");
+        assert_eq!(found["total"], want, "{found}");
+    }
+    let (_, _, found) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Observation?patient.gender=female&_total=accurate",
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(found["total"], 0, "{found}");
+    assert_eq!(entry_ids(&rev, Some("include")), vec![oa.clone()], "{rev}");
+    let (_, _, inc) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Observation?_id={oa}&_include=Observation:subject"),
+            Some(&ta),
+            None,
+        )
+        .await;
+    assert_eq!(
+        entry_ids(&inc, Some("include")),
+        vec![a0.clone()],
+        "own target"
+    );
+    // B cannot even see A's Observation by id through search.
+    let (_, _, none) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Observation?_id={oa}"),
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert!(entry_ids(&none, None).is_empty(), "{none}");
+    let (_, _, rev) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/Patient?_id={a0}&_revinclude=Observation:subject"),
+            Some(&tsp),
+            None,
+        )
+        .await;
+    let mut both = entry_ids(&rev, Some("include"));
+    both.sort();
+    let mut want = vec![oa.clone(), ob.clone()];
+    want.sort();
+    assert_eq!(both, want, "the sponsor sees both sites");
+    // History pages are full of the caller's own versions; deletes of its own show.
+    let (st, _, _) = s
+        .fhir(
+            reqwest::Method::DELETE,
+            &format!("/Patient/{}", mine_b[0]),
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert!(st.is_success());
+    for path in ["/Patient/_history?_count=3", "/_history?_count=3"] {
+        let (_, _, h) = s.fhir(reqwest::Method::GET, path, Some(&tb), None).await;
+        let entries = h["entry"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 3, "{path}: {h}");
+        for e in &entries {
+            let url = e["fullUrl"].as_str().unwrap_or_default();
+            assert!(
+                mine_b.iter().any(|id| url.ends_with(id)) || url.ends_with(&ob),
+                "{path}: {url} is not B's"
+            );
+        }
+        assert_eq!(entries[0]["request"]["method"], "DELETE", "{path}");
+    }
+    let (_, _, h) = s
+        .fhir(
+            reqwest::Method::GET,
+            "/Patient/_history?_count=100",
+            Some(&ta),
+            None,
+        )
+        .await;
+    let urls: Vec<String> = h["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x["fullUrl"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(urls.len(), 5, "{h}");
+    assert!(urls.iter().all(|u| mine_a.iter().any(|id| u.ends_with(id))));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_search_history_and_includes_sqlite() {
+    tenancy_search(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_search_history_and_includes_postgres() {
+    tenancy_search(Db::Postgres).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The reference client against a scripted server: retries and token renewal
 

@@ -5,6 +5,10 @@
 //! history, conditional matches, updates and deletes behave as for an unknown id (404).
 //! Sponsor and admin clients see every site; what they write keeps the labels they send.
 //!
+//! The store keeps each version's label as its `site` column ([`owner_of`], migration
+//! 0005), so searches, their includes, totals and history are filtered in SQL with
+//! [`site_filter`]; single-resource checks use [`visible`] and [`foreign`].
+//!
 //! The checks use the caller of the request being handled ([`super::current`]); with no
 //! caller (code outside a request) nothing is filtered.
 
@@ -71,6 +75,25 @@ pub fn owner(content: &str) -> Option<String> {
         .and_then(|c| c.get("code")?.as_str().map(str::to_string))
 }
 
+/// The site label of a resource about to be stored (the first label of [`SITE_SYSTEM`]
+/// with a code, as [`owner`] reads stored text): what the store keeps as the owning site.
+pub fn owner_of(resource: &Json) -> Option<String> {
+    resource
+        .get("meta")?
+        .get("security")?
+        .items()
+        .iter()
+        .find(|c| c.get("system").and_then(Json::as_str) == Some(SITE_SYSTEM))
+        .and_then(|c| c.get("code")?.as_str().map(str::to_string))
+}
+
+/// The site the caller's searches and history are limited to (the store filters on its
+/// `site` column): `Some` for a site client, `None` for sponsors, admins and code outside
+/// a request.
+pub fn site_filter() -> Option<String> {
+    caller_site()
+}
+
 /// Whether the caller may see this version. A site client sees only its site's resources;
 /// a delete (which keeps no content, so no label) is hidden from site clients.
 pub fn visible(stored: &Stored) -> bool {
@@ -88,11 +111,6 @@ pub fn visible(stored: &Stored) -> bool {
 /// site client and a version (not a delete) that is not labelled with its site.
 pub fn foreign(stored: &Stored) -> bool {
     caller_site().is_some() && !stored.deleted && !visible(stored)
-}
-
-/// Whether the caller is a site client, whose view is limited to its site's resources.
-pub fn restricted() -> bool {
-    caller_site().is_some()
 }
 
 #[cfg(test)]

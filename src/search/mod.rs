@@ -45,8 +45,15 @@ mod index;
 
 mod query;
 
+mod result;
+
 pub use index::{date_range, index, param_targets, param_type};
 pub use query::{parse, uri_prefixes, where_sql, Clause, Cond, Parsed, Piece};
+pub use result::{
+    count_sql, encode_cursor, include_targets_sql, page_sql, relative_target, resources_sql,
+    revinclude_sql, subset, Cursor, Include, Position, Shape, Sort, SortBy, Summary, CURSOR_PARAM,
+    SUBSETTED,
+};
 use rust_decimal::Decimal;
 
 /// One index row of a resource.

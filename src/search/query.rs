@@ -106,6 +106,9 @@ pub enum Cond {
         target: String,
         /// Conditions (OR) on the referenced resource.
         inner: Vec<Cond>,
+        /// Only referenced resources of this site count (set for site clients by
+        /// [`Parsed::restrict_chains`], so a chain never reveals another site's data).
+        site: Option<String>,
     },
     /// `_id`.
     Id(String),
@@ -147,6 +150,9 @@ pub struct Parsed {
     pub unknown: Vec<String>,
     /// The parameters that were used, to rebuild `self`/`next` links.
     pub used: Vec<(String, String)>,
+    /// `_sort`, `_include`, `_revinclude`, `_elements`, `_summary`, `_cursor`: what comes
+    /// back and in which order (`super::result`).
+    pub shape: super::result::Shape,
 }
 
 const PREFIXES: [&str; 9] = ["eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap"];
@@ -170,6 +176,9 @@ pub fn parse(res_type: &str, pairs: &[(String, String)]) -> Result<Parsed, Strin
         ..Default::default()
     };
     for (key, value) in pairs {
+        if super::result::parse_param(&mut p, res_type, key, value)? {
+            continue;
+        }
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),
@@ -388,6 +397,7 @@ fn chain(
             param: name.to_string(),
             target,
             inner,
+            site: None,
         }]
     })
 }
@@ -880,6 +890,7 @@ impl Cond {
                 param,
                 target,
                 inner,
+                site,
             } => {
                 // One query: the referencing rows whose target is `Type/id` of a current
                 // resource of the target type satisfying the inner conditions.
@@ -888,7 +899,13 @@ impl Cond {
                 b(out, &format!("{target}/"));
                 s(out, " || t.res_id FROM resource t WHERE t.res_type = ");
                 b(out, target);
-                s(out, " AND NOT t.deleted AND (");
+                s(out, " AND NOT t.deleted");
+                if let Some(site) = site {
+                    s(out, " AND t.site = ");
+                    b(out, site);
+                    s(out, " AND t.site <> ''");
+                }
+                s(out, " AND (");
                 for (i, c) in inner.iter().enumerate() {
                     if i > 0 {
                         s(out, " OR ");
@@ -899,6 +916,24 @@ impl Cond {
                 }
                 s(out, ")))");
             }
+        }
+    }
+}
+
+impl Parsed {
+    /// Makes every chained condition consider only referenced resources of `site`: a site
+    /// client's chain must not match through another site's resource (that would confirm,
+    /// say, another site's patient identifier).
+    pub fn restrict_chains(&mut self, site: &str) {
+        fn visit(c: &mut Cond, site: &str) {
+            match c {
+                Cond::Chain { site: s, .. } => *s = Some(site.to_string()),
+                Cond::Not(inner) => inner.iter_mut().for_each(|c| visit(c, site)),
+                _ => {}
+            }
+        }
+        for clause in &mut self.clauses {
+            clause.iter_mut().for_each(|c| visit(c, site));
         }
     }
 }
@@ -1064,6 +1099,7 @@ mod tests {
                 param,
                 target,
                 inner,
+                ..
             } => {
                 assert_eq!((param.as_str(), target.as_str()), ("subject", "Patient"));
                 assert!(matches!(inner[0], Cond::Token { .. }));

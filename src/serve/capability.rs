@@ -23,6 +23,9 @@ const INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// What the CapabilityStatement says of search results (`search::result`).
+const SEARCH_RESULTS: &str = "Results: _sort (comma list, - for descending; _id, _lastUpdated and string, date, token and reference parameters; several values sort by the lowest ascending and the highest descending, no value last; by id without _sort); paging by _count with next and previous links carrying an opaque _cursor (keyset paging: pages do not shift when resources are created, updated or deleted between fetches), _offset as a starting point; _include and _revinclude one level (Type:param[:Target], Type:* for every reference parameter; :iterate is not supported); _elements (tagged SUBSETTED) and _summary=true|text|data|false|count. Site clients' searches, totals, includes and history hold their site's resources only.";
+
 /// The concrete R4 resource types, from the embedded definitions.
 fn resource_types() -> &'static [String] {
     static TYPES: OnceLock<Vec<String>> = OnceLock::new();
@@ -58,7 +61,7 @@ fn statement(state: &AppState) -> String {
         super::ValidationMode::Base => "Writes are validated against the FHIR R4 base definitions.",
         super::ValidationMode::Study => "Writes are validated against the FHIR R4 base definitions and the A-IMAGIO study profiles (those a resource claims in meta.profile, otherwise the study profile of its type when the study has one for it).",
     };
-    write_str(&mut out, &format!("{validation} Conditional create, update, delete and patch match on identifier=[system|]value or _id; a conditional delete removes one resource (several matches: 412). PATCH takes JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource, application/fhir+json). Search: token, string, date, reference, quantity (UCUM units compared in base units), number and uri parameters of the R4 SearchParameters, _id, _lastUpdated, _tag, _security, _profile, _source; prefixes eq ne lt le gt ge sa eb ap on dates, quantities and numbers; modifiers :missing, :exact, :contains, :not, :text, :identifier, :[type], :below and :above (uri); chained parameters one level deep (subject:Patient.identifier=...); _count, _total, _summary=count; unknown parameters and modifiers are ignored with a warning unless Prefer: handling=strict."));
+    write_str(&mut out, &format!("{validation} Conditional create, update, delete and patch match on identifier=[system|]value or _id; a conditional delete removes one resource (several matches: 412). PATCH takes JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource, application/fhir+json). Search: token, string, date, reference, quantity (UCUM units compared in base units), number and uri parameters of the R4 SearchParameters, _id, _lastUpdated, _tag, _security, _profile, _source; prefixes eq ne lt le gt ge sa eb ap on dates, quantities and numbers; modifiers :missing, :exact, :contains, :not, :text, :identifier, :[type], :below and :above (uri); chained parameters one level deep (subject:Patient.identifier=...); _total, _summary=count; unknown parameters and modifiers are ignored with a warning unless Prefer: handling=strict. {SEARCH_RESULTS}"));
     out.push_str(",\"security\":");
     out.push_str(&crate::auth::capability_security(state.auth()));
     out.push_str(",\"resource\":[");
@@ -94,7 +97,9 @@ fn statement(state: &AppState) -> String {
             write_str(&mut out, code);
             out.push('}');
         }
-        out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"single\",\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
+        out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"single\",\"searchInclude\":[");
+        write_str(&mut out, &format!("{t}:*"));
+        out.push_str("],\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
     }
     out.push_str("],\"interaction\":[{\"code\":\"transaction\"},{\"code\":\"batch\"},{\"code\":\"history-system\"}]}]}");
     out

@@ -632,10 +632,12 @@ fn strict(headers: &HeaderMap) -> bool {
     })
 }
 
-/// A `searchset` Bundle of the current resources of `res_type` matching `query`, ordered
-/// by `(lastUpdated, id)`, paged by `_count`/`_offset` with `self` and `next` links. Site
-/// clients see only their site's resources (matched resources of other sites are dropped
-/// before paging, so pages and totals are those of what the caller may see).
+/// A `searchset` Bundle of the current resources of `res_type` matching `query`, in the
+/// order of `_sort` (by id without it), one page of `_count` from the position of `_cursor`
+/// (keyset paging: `self`, `next` and `previous` links carry the position), with the
+/// `_include`d and `_revinclude`d resources after the matches. Site clients see only their
+/// site's resources, matches and included alike: the store filters on the owning site, so
+/// pages are full and totals exact.
 async fn search_bundle(
     state: &AppState,
     headers: &HeaderMap,
@@ -651,82 +653,146 @@ async fn search_bundle(
     }
     // A token narrowed by search parameters finds only what they match.
     crate::auth::narrow::narrow_search(res_type, &mut parsed);
+    if let Some(c) = &parsed.shape.cursor {
+        if c.at.keys.len() != parsed.shape.sort.len() {
+            return Err(ApiError::BadRequest(format!(
+                "the {} does not belong to this _sort",
+                crate::search::CURSOR_PARAM
+            )));
+        }
+    }
+    let site = crate::auth::tenancy::site_filter();
+    let site = site.as_deref();
+    if let Some(site) = site {
+        parsed.restrict_chains(site);
+    }
     let store = state.store();
-    let (count, offset) = (parsed.count, parsed.offset);
-    let (page, total, more) = if crate::auth::tenancy::restricted() {
-        let mut all = store.search(res_type, &parsed, None).await?;
-        all.retain(crate::auth::tenancy::visible);
-        let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
-        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
-        let to = from
-            .saturating_add(usize::try_from(count).unwrap_or(0))
-            .min(all.len());
-        let more = to < all.len();
-        let page = if parsed.summary_count {
-            Vec::new()
-        } else {
-            all.drain(from..to).collect()
-        };
-        (page, Some(total), more)
-    } else if parsed.summary_count {
+    let count = parsed.count;
+    let base = base_url(headers, state);
+    let cursor = parsed.shape.cursor.clone();
+    let before = cursor.as_ref().is_some_and(|c| c.before);
+    let (page, total, more) = if parsed.summary_count {
         (
             Vec::new(),
-            Some(store.search_count(res_type, &parsed).await?),
+            Some(store.search_count(res_type, &parsed, site).await?),
             false,
         )
     } else {
-        let mut page = store
-            .search(res_type, &parsed, Some((count + 1, offset)))
-            .await?;
+        let mut page = store.search(res_type, &parsed, site, count + 1).await?;
         let more = page.len() > usize::try_from(count).unwrap_or(usize::MAX);
         page.truncate(usize::try_from(count).unwrap_or(usize::MAX));
+        if before {
+            page.reverse();
+        }
         let total = if parsed.total {
-            Some(store.search_count(res_type, &parsed).await?)
-        } else if !more && (offset == 0 || !page.is_empty()) {
-            Some(offset + i64::try_from(page.len()).unwrap_or(0))
+            Some(store.search_count(res_type, &parsed, site).await?)
+        } else if cursor.is_none() && !more && (parsed.offset == 0 || !page.is_empty()) {
+            Some(parsed.offset + i64::try_from(page.len()).unwrap_or(0))
         } else {
             None
         };
         (page, total, more)
     };
-    let base = base_url(headers, state);
-    let link = |off: i64| {
+    let link = |cursor: Option<&crate::search::Cursor>, offset: i64| {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in &parsed.used {
             ser.append_pair(k, v);
         }
         ser.append_pair("_count", &count.to_string());
-        if off > 0 {
-            ser.append_pair("_offset", &off.to_string());
+        if let Some(c) = cursor {
+            ser.append_pair(
+                crate::search::CURSOR_PARAM,
+                &crate::search::encode_cursor(c),
+            );
+        } else if offset > 0 {
+            ser.append_pair("_offset", &offset.to_string());
         }
         format!("{base}/{res_type}?{}", ser.finish())
     };
+    let at = |p: &crate::search::Position, before: bool, inclusive: bool| crate::search::Cursor {
+        before,
+        inclusive,
+        at: p.clone(),
+    };
+    let mut links = vec![("self", link(cursor.as_ref(), parsed.offset))];
+    if cursor.is_some() || parsed.offset > 0 {
+        links.push(("first", link(None, 0)));
+    }
+    if !parsed.summary_count && count > 0 {
+        let first = page.first().map(|(_, p)| p);
+        let last = page.last().map(|(_, p)| p);
+        // next: after the last of this page, when more follow (always after a page reached
+        // backwards: the page it came from follows).
+        match (last, &cursor) {
+            (Some(l), _) if more || before => {
+                links.push(("next", link(Some(&at(l, false, false)), 0)));
+            }
+            // Nothing before the cursor any more: next starts at its position.
+            (None, Some(c)) if c.before => {
+                links.push(("next", link(Some(&at(&c.at, false, true)), 0)));
+            }
+            _ => {}
+        }
+        // previous: before the first of this page, when a page precedes it.
+        let preceded = if before {
+            more
+        } else {
+            cursor.is_some() || parsed.offset > 0
+        };
+        if preceded {
+            match (first, &cursor) {
+                (Some(f), _) => links.push(("previous", link(Some(&at(f, true, false)), 0))),
+                (None, Some(c)) if !c.before => {
+                    links.push(("previous", link(Some(&at(&c.at, true, true)), 0)));
+                }
+                _ => {}
+            }
+        }
+    }
     let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"searchset\"");
     if let Some(t) = total {
         out.push_str(",\"total\":");
         out.push_str(&t.to_string());
     }
-    out.push_str(",\"link\":[{\"relation\":\"self\",\"url\":");
-    write_str(&mut out, &link(offset));
-    out.push('}');
-    if more && !parsed.summary_count {
-        out.push_str(",{\"relation\":\"next\",\"url\":");
-        write_str(&mut out, &link(offset + count));
+    out.push_str(",\"link\":[");
+    for (i, (relation, url)) in links.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"relation\":");
+        write_str(&mut out, relation);
+        out.push_str(",\"url\":");
+        write_str(&mut out, url);
         out.push('}');
     }
     out.push_str("],\"entry\":[");
     let mut first = true;
-    for v in &page {
-        let Some(c) = &v.content else { continue };
+    let mut entry = |out: &mut String, v: &Stored, content: &str, mode: &str| {
         if !first {
             out.push(',');
         }
         first = false;
         out.push_str("{\"fullUrl\":");
-        write_str(&mut out, &format!("{base}/{}/{}", v.res_type, v.id));
+        write_str(out, &format!("{base}/{}/{}", v.res_type, v.id));
         out.push_str(",\"resource\":");
-        out.push_str(c);
-        out.push_str(",\"search\":{\"mode\":\"match\"}}");
+        out.push_str(content);
+        out.push_str(",\"search\":{\"mode\":");
+        write_str(out, mode);
+        out.push_str("}}");
+    };
+    for (v, _) in &page {
+        let Some(c) = &v.content else { continue };
+        entry(
+            &mut out,
+            v,
+            &crate::search::subset(&v.res_type, c, &parsed.shape),
+            "match",
+        );
+    }
+    for v in included(state, res_type, &parsed, &page, site).await? {
+        if let Some(c) = &v.content {
+            entry(&mut out, &v, c, "include");
+        }
     }
     if !parsed.unknown.is_empty() {
         if !first {
@@ -745,6 +811,46 @@ async fn search_bundle(
     }
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out))
+}
+
+/// The resources `_include`d and `_revinclude`d by a page of matches (of `site` only, when
+/// given), each once and none that is a match, in the order of the parameters.
+async fn included(
+    state: &AppState,
+    res_type: &str,
+    parsed: &crate::search::Parsed,
+    page: &[(Stored, crate::search::Position)],
+    site: Option<&str>,
+) -> Result<Vec<Stored>, ApiError> {
+    let shape = &parsed.shape;
+    if page.is_empty() || (shape.include.is_empty() && shape.revinclude.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = page
+        .iter()
+        .map(|(v, _)| (v.res_type.clone(), v.id.clone()))
+        .collect();
+    let ids: Vec<&str> = page.iter().map(|(v, _)| v.id.as_str()).collect();
+    let mut out = Vec::new();
+    for inc in &shape.include {
+        for v in state.store().included(inc, &ids, site).await? {
+            if seen.insert((v.res_type.clone(), v.id.clone())) {
+                out.push(v);
+            }
+        }
+    }
+    for inc in &shape.revinclude {
+        if inc.target.as_deref().is_some_and(|t| t != res_type) {
+            continue;
+        }
+        let targets: Vec<String> = ids.iter().map(|id| format!("{res_type}/{id}")).collect();
+        for v in state.store().revincluded(inc, &targets, site).await? {
+            if seen.insert((v.res_type.clone(), v.id.clone())) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `GET /fhir/_history`.
@@ -825,16 +931,16 @@ async fn history(
             return Err(ApiError::NotFound(format!("{t}/{i} is not known")));
         }
     }
-    let mut versions = state
+    // Site clients get their site's versions only (a delete counts as the site of the
+    // version it deleted), filtered by the store, so a page holds `_count` entries when
+    // there are that many.
+    let site = crate::auth::tenancy::site_filter();
+    let versions = state
         .store()
-        .history(res_type, id, since.as_deref(), count)
+        .history(res_type, id, since.as_deref(), count, site.as_deref())
         .await?;
-    if id.is_none() {
-        // Other sites' versions are left out for site clients (deletes too: they carry no
-        // label), so a page may hold fewer than `_count` entries.
-        versions.retain(crate::auth::tenancy::visible);
-    }
     // Versions outside the token's narrowed scopes are left out too.
+    let mut versions = versions;
     versions.retain(|v| crate::auth::narrow::in_history(v, id.is_some()));
     let base = base_url(headers, state);
     let mut out = String::from("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");

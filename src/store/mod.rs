@@ -90,6 +90,9 @@ pub struct Stored {
     pub content: Option<String>,
     /// The validation warnings kept with this version (an OperationOutcome), if any.
     pub issues: Option<String>,
+    /// The owning site: the code of the content's site label (`auth::tenancy`), `""` when
+    /// it has none; a delete keeps the site of the version it deletes.
+    pub site: String,
 }
 
 /// The version a write expects to replace.
@@ -259,6 +262,7 @@ macro_rules! stored {
             deleted: r.try_get("deleted")?,
             content: r.try_get("content")?,
             issues: r.try_get("issues")?,
+            site: r.try_get("site")?,
         }
     }};
 }
@@ -278,7 +282,7 @@ const SEARCH_TABLES: [&str; 8] = [
 ];
 
 const VERSION_COLUMNS: &str =
-    "v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content, v.issues";
+    "v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content, v.issues, v.site";
 
 impl Store {
     /// Opens (creating and migrating as needed) the database at `url`: `postgres://...` or
@@ -386,7 +390,8 @@ impl Store {
 
     /// Versions, newest first: of one resource (`res_type` and `id`), of a type (`id`
     /// `None`), or of every type (`res_type` `None`); only those updated at or after
-    /// `since` (instant text) when given; at most `count`.
+    /// `since` (instant text) when given, and those of `site` when given (tenancy); at
+    /// most `count`.
     ///
     /// # Errors
     /// On database failure.
@@ -396,11 +401,13 @@ impl Store {
         id: Option<&str>,
         since: Option<&str>,
         count: i64,
+        site: Option<&str>,
     ) -> Result<Vec<Stored>> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM resource_version v \
              WHERE ($1 = '' OR v.res_type = $1) AND ($2 = '' OR v.res_id = $2) \
-             AND v.last_updated >= $3 ORDER BY v.seq DESC LIMIT $4"
+             AND v.last_updated >= $3 AND ($5 OR (v.site = $6 AND v.site <> '')) \
+             ORDER BY v.seq DESC LIMIT $4"
         );
         let rows = on_pool!(self, |c| {
             let mut out = Vec::new();
@@ -409,6 +416,8 @@ impl Store {
                 .bind(id.unwrap_or(""))
                 .bind(since.unwrap_or(""))
                 .bind(count)
+                .bind(site.is_none())
+                .bind(site.unwrap_or(""))
                 .fetch_all(c)
                 .await?
             {
@@ -419,8 +428,10 @@ impl Store {
         Ok(rows)
     }
 
-    /// Current (not deleted) resources of `res_type` matching `parsed`, ordered by
-    /// `(last_updated, id)`; `page` is `(limit, offset)`, `None` for every match.
+    /// One page of the current (not deleted) resources of `res_type` matching `parsed`, of
+    /// `site` only when given (tenancy), at most `limit`, in the order and from the position
+    /// `parsed` asks for (`search::page_sql`); each with its position in that order. A
+    /// page before a cursor comes in reverse order.
     ///
     /// # Errors
     /// On database failure.
@@ -428,41 +439,46 @@ impl Store {
         &self,
         res_type: &str,
         parsed: &crate::search::Parsed,
-        page: Option<(i64, i64)>,
-    ) -> Result<Vec<Stored>> {
-        let mut pieces = vec![crate::search::Piece::Sql(format!(
-            "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
-             ON v.res_type = r.res_type AND v.res_id = r.res_id \
-             AND v.version_id = r.version_id WHERE "
-        ))];
-        pieces.extend(crate::search::where_sql(res_type, parsed));
-        let mut tail = String::from(" ORDER BY r.last_updated, r.res_id");
-        if let Some((limit, offset)) = page {
-            tail.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
-        }
-        pieces.push(crate::search::Piece::Sql(tail));
-        let rows = match &self.backend {
+        site: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Stored, crate::search::Position)>> {
+        let pieces = crate::search::page_sql(res_type, parsed, site, limit, VERSION_COLUMNS);
+        let keys = parsed.shape.sort.len();
+        let read = |r: &dyn RowAccess| -> Result<(Stored, crate::search::Position)> {
+            let stored = r.stored()?;
+            let mut values = Vec::with_capacity(keys);
+            for i in 0..keys {
+                values.push(r.text(&format!("k{i}"))?);
+            }
+            let id = stored.id.clone();
+            Ok((stored, crate::search::Position { keys: values, id }))
+        };
+        let mut out = Vec::new();
+        match &self.backend {
             Backend::Sqlite(p) => {
-                let mut qb = build_query::<sqlx::Sqlite>(&pieces);
-                let mut out = Vec::new();
-                for r in qb.build().fetch_all(&p.read).await? {
-                    out.push(stored!(r));
+                for r in build_query::<sqlx::Sqlite>(&pieces)
+                    .build()
+                    .fetch_all(&p.read)
+                    .await?
+                {
+                    out.push(read(&r)?);
                 }
-                out
             }
             Backend::Postgres(p) => {
-                let mut qb = build_query::<sqlx::Postgres>(&pieces);
-                let mut out = Vec::new();
-                for r in qb.build().fetch_all(p).await? {
-                    out.push(stored!(r));
+                for r in build_query::<sqlx::Postgres>(&pieces)
+                    .build()
+                    .fetch_all(p)
+                    .await?
+                {
+                    out.push(read(&r)?);
                 }
-                out
             }
-        };
-        Ok(rows)
+        }
+        Ok(out)
     }
 
-    /// How many current resources of `res_type` match `parsed`.
+    /// How many current resources of `res_type` match `parsed` (of `site` only, when
+    /// given).
     ///
     /// # Errors
     /// On database failure.
@@ -470,12 +486,10 @@ impl Store {
         &self,
         res_type: &str,
         parsed: &crate::search::Parsed,
+        site: Option<&str>,
     ) -> Result<i64> {
         use sqlx::Row as _;
-        let mut pieces = vec![crate::search::Piece::Sql(
-            "SELECT COUNT(*) AS n FROM resource r WHERE ".into(),
-        )];
-        pieces.extend(crate::search::where_sql(res_type, parsed));
+        let pieces = crate::search::count_sql(res_type, parsed, site);
         let n: i64 = match &self.backend {
             Backend::Sqlite(p) => build_query::<sqlx::Sqlite>(&pieces)
                 .build()
@@ -489,6 +503,104 @@ impl Store {
                 .try_get("n")?,
         };
         Ok(n)
+    }
+
+    /// The current resources (of `site` only, when given) that the resources `ids` of
+    /// `inc.source` refer to in `inc.param`, as relative references (`Type/id`; of type
+    /// `inc.target` when given): one level of `_include`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn included(
+        &self,
+        inc: &crate::search::Include,
+        ids: &[&str],
+        site: Option<&str>,
+    ) -> Result<Vec<Stored>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pieces = crate::search::include_targets_sql(inc, ids);
+        let mut targets: Vec<String> = Vec::new();
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                for r in build_query::<sqlx::Sqlite>(&pieces)
+                    .build()
+                    .fetch_all(&p.read)
+                    .await?
+                {
+                    targets.push(RowAccess::text(&r, "target")?.unwrap_or_default());
+                }
+            }
+            Backend::Postgres(p) => {
+                for r in build_query::<sqlx::Postgres>(&pieces)
+                    .build()
+                    .fetch_all(p)
+                    .await?
+                {
+                    targets.push(RowAccess::text(&r, "target")?.unwrap_or_default());
+                }
+            }
+        }
+        let refs: Vec<(String, String)> = targets
+            .iter()
+            .filter_map(|t| crate::search::relative_target(t, inc.target.as_deref()))
+            .map(|(t, id)| (t.to_string(), id.to_string()))
+            .collect();
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.fetch(&crate::search::resources_sql(&refs, site, VERSION_COLUMNS))
+            .await
+    }
+
+    /// The current resources of `inc.source` (of `site` only, when given) that refer in
+    /// `inc.param` to one of `targets` (`Type/id`): one level of `_revinclude`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn revincluded(
+        &self,
+        inc: &crate::search::Include,
+        targets: &[String],
+        site: Option<&str>,
+    ) -> Result<Vec<Stored>> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.fetch(&crate::search::revinclude_sql(
+            inc,
+            targets,
+            site,
+            VERSION_COLUMNS,
+        ))
+        .await
+    }
+
+    /// Runs a query of the version columns.
+    async fn fetch(&self, pieces: &[crate::search::Piece]) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                for r in build_query::<sqlx::Sqlite>(pieces)
+                    .build()
+                    .fetch_all(&p.read)
+                    .await?
+                {
+                    out.push(RowAccess::stored(&r)?);
+                }
+            }
+            Backend::Postgres(p) => {
+                for r in build_query::<sqlx::Postgres>(pieces)
+                    .build()
+                    .fetch_all(p)
+                    .await?
+                {
+                    out.push(RowAccess::stored(&r)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Records a submission outside any write transaction (for rejected or failed
@@ -581,6 +693,34 @@ impl Store {
             }
         );
         Ok(row)
+    }
+}
+
+/// Reading the columns of a row of either database.
+trait RowAccess {
+    /// The version columns (`VERSION_COLUMNS`) as a [`Stored`].
+    fn stored(&self) -> Result<Stored>;
+    /// A nullable text column.
+    fn text(&self, column: &str) -> Result<Option<String>>;
+}
+
+impl RowAccess for sqlx::sqlite::SqliteRow {
+    fn stored(&self) -> Result<Stored> {
+        Ok(stored!(self))
+    }
+    fn text(&self, column: &str) -> Result<Option<String>> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl RowAccess for sqlx::postgres::PgRow {
+    fn stored(&self) -> Result<Stored> {
+        Ok(stored!(self))
+    }
+    fn text(&self, column: &str) -> Result<Option<String>> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
     }
 }
 
@@ -761,6 +901,7 @@ impl Tx {
             deleted: false,
             content: Some(text),
             issues: issues.map(str::to_string),
+            site: crate::auth::tenancy::owner_of(content).unwrap_or_default(),
         };
         self.write_version(&stored, previous.as_ref().map(|p| p.version_id))
             .await?;
@@ -797,6 +938,7 @@ impl Tx {
             deleted: true,
             content: None,
             issues: None,
+            site: previous.site.clone(),
         };
         self.write_version(&stored, Some(previous.version_id))
             .await?;
@@ -811,8 +953,8 @@ impl Tx {
     async fn write_version(&mut self, v: &Stored, previous: Option<i64>) -> Result<()> {
         let changed = match previous {
             Some(p) => on_tx!(self, |c| sqlx::query(
-                "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5 \
-                 WHERE res_type = $1 AND res_id = $2 AND version_id = $6"
+                "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, \
+                 site = $7 WHERE res_type = $1 AND res_id = $2 AND version_id = $6"
             )
             .bind(&v.res_type)
             .bind(&v.id)
@@ -820,18 +962,20 @@ impl Tx {
             .bind(&v.last_updated)
             .bind(v.deleted)
             .bind(p)
+            .bind(&v.site)
             .execute(c)
             .await?
             .rows_affected()),
             None => on_tx!(self, |c| sqlx::query(
-                "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted) \
-                 VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO resource (res_type, res_id, version_id, last_updated, deleted, \
+                 site) VALUES ($1, $2, $3, $4, $5, $6)"
             )
             .bind(&v.res_type)
             .bind(&v.id)
             .bind(v.version_id)
             .bind(&v.last_updated)
             .bind(v.deleted)
+            .bind(&v.site)
             .execute(c)
             .await
             .map_err(conflict_on_unique)?
@@ -842,8 +986,8 @@ impl Tx {
         }
         on_tx!(self, |c| sqlx::query(
             "INSERT INTO resource_version \
-             (res_type, res_id, version_id, last_updated, deleted, content, issues) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+             (res_type, res_id, version_id, last_updated, deleted, content, issues, site) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         .bind(&v.res_type)
         .bind(&v.id)
@@ -852,6 +996,7 @@ impl Tx {
         .bind(v.deleted)
         .bind(v.content.as_deref())
         .bind(v.issues.as_deref())
+        .bind(&v.site)
         .execute(c)
         .await
         .map_err(conflict_on_unique)?

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_types",
         include_str!("migrations/postgres/0004_search_types.sql"),
     ),
+    (5, "site", include_str!("migrations/postgres/0005_site.sql")),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_types",
         include_str!("migrations/sqlite/0004_search_types.sql"),
     ),
+    (5, "site", include_str!("migrations/sqlite/0005_site.sql")),
 ];
 
 /// The two pools of a SQLite store.

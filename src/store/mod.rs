@@ -210,6 +210,10 @@ enum Backend {
 /// An open write transaction; dropping it rolls back.
 pub struct Tx {
     inner: TxInner,
+    /// SQLite only: the planner statistics to keep current, and the versions this
+    /// transaction wrote.
+    planner: Option<(std::sync::Arc<sqlite::Planner>, sqlx::SqlitePool)>,
+    written: u64,
 }
 
 enum TxInner {
@@ -340,10 +344,16 @@ impl Store {
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(Tx {
-            inner: match &self.backend {
-                Backend::Sqlite(p) => TxInner::Sqlite(p.write.begin_with("BEGIN IMMEDIATE").await?),
-                Backend::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        Ok(match &self.backend {
+            Backend::Sqlite(p) => Tx {
+                inner: TxInner::Sqlite(p.write.begin_with("BEGIN IMMEDIATE").await?),
+                planner: Some((p.planner.clone(), p.write.clone())),
+                written: 0,
+            },
+            Backend::Postgres(p) => Tx {
+                inner: TxInner::Postgres(p.begin().await?),
+                planner: None,
+                written: 0,
             },
         })
     }
@@ -780,6 +790,9 @@ impl Tx {
             TxInner::Sqlite(t) => t.commit().await?,
             TxInner::Postgres(t) => t.commit().await?,
         }
+        if let Some((planner, pool)) = self.planner {
+            planner.wrote(self.written, &pool);
+        }
         Ok(())
     }
 
@@ -951,6 +964,7 @@ impl Tx {
     /// Writes the version row and moves the current pointer by compare-and-set from
     /// `previous` (or inserts it when there was none).
     async fn write_version(&mut self, v: &Stored, previous: Option<i64>) -> Result<()> {
+        self.written += 1;
         let changed = match previous {
             Some(p) => on_tx!(self, |c| sqlx::query(
                 "UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, \

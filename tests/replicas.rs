@@ -232,3 +232,122 @@ mod scenarios {
         assert_eq!(read["meta"]["versionId"], "12");
     }
 }
+
+/// The same scenarios on two `imagio-gateway serve` processes sharing one database, as a
+/// deployment with two replicas runs them: nothing shared but the database.
+mod processes {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    /// A server process, killed when dropped.
+    struct Process(Child);
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts `serve` on a free port of 127.0.0.1 over `database_url`; its base URL.
+    fn spawn(database_url: &str, dir: &std::path::Path) -> (Process, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagio-gateway"))
+            .args(["serve", "--no-auth", "--listen", "127.0.0.1:0"])
+            .args(["--validation", "base", "--database-url", database_url])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let process = Process(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("serve stopped before listening")
+                .expect("stdout line");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                break a.trim().to_string();
+            }
+        };
+        // Keep reading its log so the process never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (process, format!("http://{addr}"))
+    }
+
+    async fn server(base: String, store: imagio_gateway::store::Store) -> Server {
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            stop: None,
+            task: None,
+            cleanup: Cleanup::Nothing,
+        }
+    }
+
+    /// Runs every replica scenario, each on two fresh processes over `url`.
+    async fn run_all(url: &str, dir: &std::path::Path) {
+        let store = imagio_gateway::store::Store::open(url)
+            .await
+            .expect("open the store (migrates it)");
+        for n in 0..3 {
+            let (_pa, a) = spawn(url, dir);
+            let (_pb, b) = spawn(url, dir);
+            let (a, b) = (
+                server(a, store.clone()).await,
+                server(b, store.clone()).await,
+            );
+            match n {
+                0 => scenarios::conditional_creates_make_one_resource(&a, &b).await,
+                1 => scenarios::writes_through_one_are_read_through_the_other(&a, &b).await,
+                _ => scenarios::if_match_updates_never_lose_an_update(&a, &b).await,
+            }
+        }
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        let dir = std::env::temp_dir().join(unique("imagio_replicas"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("shared.sqlite");
+        run_all(file.to_str().expect("utf-8 path"), &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
+            eprintln!(
+                "SKIPPED: two replica processes on PostgreSQL: IMAGIO_TEST_DATABASE_URL not set"
+            );
+            return;
+        };
+        use sqlx::ConnectOptions as _;
+        use std::str::FromStr as _;
+        // A database of its own: the processes take a URL, not a schema.
+        let name = unique("imagio_replicas");
+        let mut admin = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let (head, _) = url.rsplit_once('/').expect("a database in the URL");
+        let own = format!("{head}/{name}");
+        let dir = std::env::temp_dir().join(unique("imagio_replicas"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        run_all(&own, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        sqlx::raw_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .expect("drop database");
+    }
+}

@@ -199,6 +199,76 @@ const LEDGER_COLUMNS: &str = "id, received, request_id, client, site, method, ur
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    planner: std::sync::Arc<Planner>,
+}
+
+/// Keeps the query planner's statistics in step with the data. Without them SQLite guesses
+/// index selectivity and, for a search such as `subject=Patient/x&date=ge2020`, probes each
+/// candidate's dates through the `(res_type, param, high)` index, which visits every dated
+/// resource of the type, instead of the owner index (seen at 100,000 resources: 76.8 ms of
+/// server CPU per search without statistics, 2.8 ms with); PostgreSQL's autovacuum gathers
+/// them, but only a minute or more after a bulk load. So each time the versions written
+/// through this store reach a threshold that doubles (1,000, 2,000, 4,000, ...), the store
+/// runs `ANALYZE` in the background: on SQLite with a sampling limit, on PostgreSQL on the
+/// gateway's tables (both sample, so the cost stays bounded whatever the data size).
+#[derive(Debug, Default)]
+pub struct Planner {
+    written: std::sync::atomic::AtomicU64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// The first number of written versions after which statistics are gathered.
+const FIRST_ANALYZE: u64 = 1000;
+
+/// The gateway's tables, for PostgreSQL's `ANALYZE` (unqualified: the store's schema).
+const PG_ANALYZE: &str = "ANALYZE resource, resource_version, resource_identifier, \
+     search_token, search_string, search_date, search_reference, search_token_text, \
+     search_reference_identifier, search_quantity, search_uri";
+
+impl Planner {
+    /// A planner for a store that already holds `rows` versions: the next run is due when
+    /// they have doubled.
+    fn starting_at(rows: u64) -> Planner {
+        Planner {
+            written: rows.into(),
+            next: rows.saturating_mul(2).into(),
+        }
+    }
+
+    /// Counts `n` committed versions; past the threshold, gathers statistics in the
+    /// background (one run per threshold: it moves before the run starts).
+    fn wrote(&self, n: u64, backend: &Backend) {
+        use std::sync::atomic::Ordering;
+        let total = self.written.fetch_add(n, Ordering::Relaxed) + n;
+        let next = self.next.load(Ordering::Relaxed);
+        if total < next.max(FIRST_ANALYZE)
+            || self
+                .next
+                .compare_exchange(
+                    next,
+                    total.saturating_mul(2),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let run = match &backend {
+                Backend::Sqlite(p) => sqlx::raw_sql(sqlite::ANALYZE)
+                    .execute(&p.write)
+                    .await
+                    .map(drop),
+                Backend::Postgres(p) => sqlx::raw_sql(PG_ANALYZE).execute(p).await.map(drop),
+            };
+            match run {
+                Ok(_) => tracing::debug!(written = total, "planner statistics gathered"),
+                Err(e) => tracing::warn!(error = %e, "ANALYZE failed"),
+            }
+        });
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -210,9 +280,9 @@ enum Backend {
 /// An open write transaction; dropping it rolls back.
 pub struct Tx {
     inner: TxInner,
-    /// SQLite only: the planner statistics to keep current, and the versions this
-    /// transaction wrote.
-    planner: Option<(std::sync::Arc<sqlite::Planner>, sqlx::SqlitePool)>,
+    /// The planner statistics to keep current (and the store to gather them on), and the
+    /// versions this transaction wrote.
+    planner: (std::sync::Arc<Planner>, Backend),
     written: u64,
 }
 
@@ -347,12 +417,12 @@ impl Store {
         Ok(match &self.backend {
             Backend::Sqlite(p) => Tx {
                 inner: TxInner::Sqlite(p.write.begin_with("BEGIN IMMEDIATE").await?),
-                planner: Some((p.planner.clone(), p.write.clone())),
+                planner: (self.planner.clone(), self.backend.clone()),
                 written: 0,
             },
             Backend::Postgres(p) => Tx {
                 inner: TxInner::Postgres(p.begin().await?),
-                planner: None,
+                planner: (self.planner.clone(), self.backend.clone()),
                 written: 0,
             },
         })
@@ -790,9 +860,8 @@ impl Tx {
             TxInner::Sqlite(t) => t.commit().await?,
             TxInner::Postgres(t) => t.commit().await?,
         }
-        if let Some((planner, pool)) = self.planner {
-            planner.wrote(self.written, &pool);
-        }
+        let (planner, backend) = &self.planner;
+        planner.wrote(self.written, backend);
         Ok(())
     }
 

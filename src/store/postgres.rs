@@ -51,7 +51,13 @@ pub async fn open(url: &str, schema: Option<&str>) -> Result<Store> {
         .connect_with(options)
         .await?;
     migrator(MIGRATIONS).run(&pool).await?;
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM resource_version")
+        .fetch_one(&pool)
+        .await?;
     Ok(Store {
+        planner: std::sync::Arc::new(super::Planner::starting_at(
+            u64::try_from(rows).unwrap_or(0),
+        )),
         backend: Backend::Postgres(pool),
     })
 }

@@ -8,7 +8,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,58 +39,10 @@ pub struct Pools {
     pub read: SqlitePool,
     /// The one writer connection.
     pub write: SqlitePool,
-    /// When to gather the planner's statistics again.
-    pub planner: Arc<Planner>,
 }
-
-/// Keeps SQLite's planner statistics (`sqlite_stat1`) in step with the data. Without them
-/// SQLite guesses index selectivity and, for a search such as
-/// `subject=Patient/x&date=ge2020`, probes each candidate's dates through the
-/// `(res_type, param, high)` index, which visits every dated resource of the type, instead
-/// of the owner index; with them it picks the right index (seen: 76 ms of CPU per search at
-/// 100,000 resources without, about 1 ms with). So each time the versions written since
-/// start reach a threshold that doubles (1,000, 2,000, 4,000, ...), `ANALYZE` runs on the
-/// writer connection with a sampling limit, which bounds its cost whatever the data size.
-#[derive(Debug, Default)]
-pub struct Planner {
-    written: AtomicU64,
-    next: AtomicU64,
-}
-
-/// The first number of written versions after which statistics are gathered.
-const FIRST_ANALYZE: u64 = 1000;
 
 /// Statistics from a sample (`analysis_limit` rows per index): milliseconds, at any size.
-const ANALYZE: &str = "PRAGMA analysis_limit = 1000; ANALYZE;";
-
-impl Planner {
-    /// Counts `n` committed versions; past the threshold, gathers statistics in the
-    /// background (one run per threshold: it moves before the run starts).
-    pub fn wrote(&self, n: u64, write: &SqlitePool) {
-        let total = self.written.fetch_add(n, Ordering::Relaxed) + n;
-        let next = self.next.load(Ordering::Relaxed);
-        if total < next.max(FIRST_ANALYZE)
-            || self
-                .next
-                .compare_exchange(
-                    next,
-                    total.saturating_mul(2),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
-        }
-        let pool = write.clone();
-        tokio::spawn(async move {
-            match sqlx::raw_sql(ANALYZE).execute(&pool).await {
-                Ok(_) => tracing::debug!(written = total, "SQLite statistics gathered"),
-                Err(e) => tracing::warn!(error = %e, "SQLite ANALYZE failed"),
-            }
-        });
-    }
-}
+pub(super) const ANALYZE: &str = "PRAGMA analysis_limit = 1000; ANALYZE;";
 
 /// The migrations as a sqlx [`Migrator`] (what `sqlx::migrate!` would build, without the
 /// proc-macro and its second copy of the database drivers at compile time).
@@ -152,18 +103,11 @@ pub async fn open(path: &Path) -> Result<Store> {
         .fetch_one(&write)
         .await?;
     let rows = u64::try_from(rows).unwrap_or(0);
-    if analyzed.is_none() && rows >= FIRST_ANALYZE {
+    if analyzed.is_none() && rows >= super::FIRST_ANALYZE {
         sqlx::raw_sql(ANALYZE).execute(&write).await?;
     }
-    let planner = Arc::new(Planner {
-        written: AtomicU64::new(rows),
-        next: AtomicU64::new(rows.saturating_mul(2)),
-    });
     Ok(Store {
-        backend: Backend::Sqlite(Pools {
-            read,
-            write,
-            planner,
-        }),
+        backend: Backend::Sqlite(Pools { read, write }),
+        planner: Arc::new(super::Planner::starting_at(rows)),
     })
 }

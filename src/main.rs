@@ -284,6 +284,11 @@ enum ClientCommand {
         /// system's roots.
         #[arg(long, env = "IMAGIO_CA_CERT", value_name = "FILE")]
         ca_cert: Option<PathBuf>,
+        /// Map the PATHS (site CSV exports) with this mapping file here, validate the result
+        /// against the study profiles, and push the Bundle only when the mapping reports no
+        /// error (see mappings/README.md).
+        #[arg(long, value_name = "FILE")]
+        mapping: Option<PathBuf>,
     },
     /// Search resource types into one NDJSON file per type (Type.ndjson in --out).
     ///
@@ -445,8 +450,10 @@ fn main() -> ExitCode {
                     kid,
                     scope,
                     ca_cert,
+                    mapping,
                 },
         } => with_runtime(push(
+            mapping,
             imagio_gateway::client::Settings {
                 server,
                 client_id,
@@ -611,8 +618,18 @@ fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 
 /// `client push`: one line per file (`accepted`/`rejected`, status, summary); exit 0 when
 /// all were accepted, 1 when some were not, 2 when nothing could be sent.
-async fn push(settings: imagio_gateway::client::Settings, paths: Vec<PathBuf>) -> ExitCode {
-    match imagio_gateway::client::push(settings, &paths).await {
+async fn push(
+    mapping: Option<PathBuf>,
+    settings: imagio_gateway::client::Settings,
+    paths: Vec<PathBuf>,
+) -> ExitCode {
+    let reports = match mapping {
+        Some(m) => imagio_gateway::client::push_mapped(settings, &m, &paths)
+            .await
+            .map(|r| vec![r]),
+        None => imagio_gateway::client::push(settings, &paths).await,
+    };
+    match reports {
         Ok(reports) => {
             let mut rejected = 0;
             for r in &reports {

@@ -46,6 +46,11 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn start_with(db: Db, auth: AuthConfig) -> Option<Server> {
+    start_validating(db, auth, ValidationMode::Base).await
+}
+
+/// A server validating writes with `validation`.
+async fn start_validating(db: Db, auth: AuthConfig, validation: ValidationMode) -> Option<Server> {
     let (store, cleanup, file) = match db {
         Db::Sqlite => {
             let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_auth")));
@@ -67,7 +72,7 @@ async fn start_with(db: Db, auth: AuthConfig) -> Option<Server> {
         }
     };
     let config = Config {
-        validation: ValidationMode::Base,
+        validation,
         auth,
         ..Config::default()
     };
@@ -1768,6 +1773,110 @@ async fn client_pushes_the_synthea_samples() {
     for r in &reports {
         assert!(r.accepted(), "{r:?}");
         assert!(r.summary.ends_with("entries written"), "{r:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+/// `client push --mapping`: a site's CSV export is mapped at the site and its Bundle pushed;
+/// an export the mapping reports errors for is not sent at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pushes_a_mapped_csv_export() {
+    // As in a deployment: writes are validated against the study profiles.
+    let Some(s) = start_validating(Db::Sqlite, AuthConfig::default(), ValidationMode::Study).await
+    else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_mapped"));
+    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+    let row = clients::add(
+        &s.store,
+        &NewClient {
+            id: None,
+            site: "nl01".into(),
+            role: Role::Site,
+            scope: "system/*.cruds".into(),
+            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    let settings = imagio_gateway::client::Settings {
+        server: format!("{}/fhir", s.base),
+        client_id: row.id.clone(),
+        key: generated.private_path.clone(),
+        kid: None,
+        scope: "system/*.cruds".into(),
+        ca_cert: None,
+    };
+    let folder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/nl01-retrospective");
+    let mapping = folder.join("mapping.toml");
+    let signing = SigningKey::from_pem(
+        &std::fs::read_to_string(&generated.private_path).expect("private key"),
+    )
+    .expect("key");
+    let token = s.token(&row.id, &signing, "system/*.cruds").await;
+    let count = |t: &'static str| {
+        let (s, token) = (&s, token.clone());
+        async move {
+            let (st, _, b) = s
+                .fhir(
+                    reqwest::Method::GET,
+                    &format!("/{t}?_summary=count"),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{b}");
+            b["total"].as_i64().expect("total")
+        }
+    };
+    // A broken export: nothing is sent, the report names the row.
+    let broken = imagio_gateway::client::push_mapped(
+        settings.clone(),
+        &mapping,
+        &[folder.join("fixtures/broken/registry-export.csv")],
+    )
+    .await
+    .expect("push");
+    assert!(!broken.accepted(), "{broken:?}");
+    assert!(broken.summary.starts_with("not sent"), "{broken:?}");
+    assert!(
+        broken.summary.contains("registry-export.csv:"),
+        "{broken:?}"
+    );
+    assert_eq!(
+        count("Procedure").await,
+        0,
+        "nothing of a refused export is stored"
+    );
+    // The clean export is mapped, validated and stored; sending it again changes nothing.
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(folder.join("fixtures/basic/expected.json")).expect("expected"),
+    )
+    .expect("json");
+    let procedures = expected["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Procedure")
+        .count();
+    assert!(procedures > 0);
+    for _ in 0..2 {
+        let report = imagio_gateway::client::push_mapped(
+            settings.clone(),
+            &mapping,
+            &[folder.join("fixtures/basic/registry-export.csv")],
+        )
+        .await
+        .expect("push");
+        assert!(report.accepted(), "{report:?}");
+        assert_eq!(
+            count("Procedure").await,
+            i64::try_from(procedures).expect("count")
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     s.stop().await;

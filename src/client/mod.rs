@@ -493,6 +493,71 @@ pub async fn push(settings: Settings, paths: &[PathBuf]) -> Result<Vec<FileRepor
     Ok(reports)
 }
 
+/// Maps site exports with a mapping file and pushes the Bundle it makes: the inputs are
+/// mapped here, at the site, and validated against the study profiles exactly as
+/// `imagio-gateway map` does; when the mapping reports an error, nothing is sent and the
+/// report names the rows and rules that went wrong. One report, named after the mapping.
+///
+/// # Errors
+/// When no token can be had (the mapping itself is judged before connecting).
+pub async fn push_mapped(
+    settings: Settings,
+    mapping: &Path,
+    inputs: &[PathBuf],
+) -> Result<FileReport, ClientError> {
+    let refused = |summary: String| FileReport {
+        path: mapping.to_path_buf(),
+        status: None,
+        summary,
+    };
+    let bundle = match map_inputs(mapping, inputs) {
+        Ok(b) => b,
+        Err(summary) => return Ok(refused(summary)),
+    };
+    let mut session = Session::connect(settings).await?;
+    Ok(match session.send(&bundle).await {
+        Ok((status, body)) => FileReport {
+            path: mapping.to_path_buf(),
+            status: Some(status),
+            summary: summarize(status, &body),
+        },
+        Err(e) => refused(e.to_string()),
+    })
+}
+
+/// The transaction Bundle a mapping makes of `inputs`, or why it is not to be sent.
+fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<String, String> {
+    let spec = crate::map::load(mapping).map_err(|e| e.to_string())?;
+    let files = inputs
+        .iter()
+        .map(|p| crate::map::Input::read(p).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let validator = crate::map::study_validator(None).map_err(|e| e.to_string())?;
+    let mut bundle = Vec::new();
+    let outcome = crate::map::run(&spec, &files, Some(&validator), false, &mut bundle)
+        .map_err(|e| e.to_string())?;
+    let errors: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity.is_error())
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
+        return Err(format!(
+            "not sent: the mapping reports {} error(s): {}{}",
+            errors.len(),
+            shown.join("; "),
+            if errors.len() > shown.len() {
+                "; ..."
+            } else {
+                ""
+            }
+        ));
+    }
+    String::from_utf8(bundle).map_err(|e| format!("the mapped Bundle is not UTF-8: {e}"))
+}
+
 async fn push_file(session: &mut Session, path: &Path) -> FileReport {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -1744,28 +1744,7 @@ async fn client_pushes_the_synthea_samples() {
         return;
     };
     let dir = std::env::temp_dir().join(unique("imagio_synthea"));
-    let generated = keys::generate_files(Alg::Rs384, &dir).expect("keys");
-    let row = clients::add(
-        &s.store,
-        &NewClient {
-            id: None,
-            site: "synthea".into(),
-            role: Role::Site,
-            scope: "system/*.cruds".into(),
-            jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
-            jwks_url: None,
-        },
-    )
-    .await
-    .expect("register");
-    let settings = imagio_gateway::client::Settings {
-        server: format!("{}/fhir", s.base),
-        client_id: row.id,
-        key: generated.private_path.clone(),
-        kid: None,
-        scope: "system/*.cruds".into(),
-        ca_cert: None,
-    };
+    let (settings, _, _) = site_client_files(&s, "synthea", Alg::Rs384, &dir).await;
     let reports = imagio_gateway::client::push(settings, &[samples])
         .await
         .expect("push");
@@ -1778,22 +1757,20 @@ async fn client_pushes_the_synthea_samples() {
     s.stop().await;
 }
 
-/// `client push --mapping`: a site's CSV export is mapped at the site and its Bundle pushed;
-/// an export the mapping reports errors for is not sent at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_pushes_a_mapped_csv_export() {
-    // As in a deployment: writes are validated against the study profiles.
-    let Some(s) = start_validating(Db::Sqlite, AuthConfig::default(), ValidationMode::Study).await
-    else {
-        return;
-    };
-    let dir = std::env::temp_dir().join(unique("imagio_mapped"));
-    let generated = keys::generate_files(Alg::Es384, &dir).expect("keys");
+/// A site client of `site` registered with keys generated into `dir` (as `keys generate`
+/// writes them): the reference client's settings, its id and its private key file.
+async fn site_client_files(
+    s: &Server,
+    site: &str,
+    alg: Alg,
+    dir: &std::path::Path,
+) -> (imagio_gateway::client::Settings, String, std::path::PathBuf) {
+    let generated = keys::generate_files(alg, dir).expect("keys");
     let row = clients::add(
         &s.store,
         &NewClient {
             id: None,
-            site: "nl01".into(),
+            site: site.into(),
             role: Role::Site,
             scope: "system/*.cruds".into(),
             jwks: Some(clients::read_jwks(&generated.jwks_path).expect("jwks")),
@@ -1810,14 +1787,26 @@ async fn client_pushes_a_mapped_csv_export() {
         scope: "system/*.cruds".into(),
         ca_cert: None,
     };
+    (settings, row.id, generated.private_path)
+}
+
+/// `client push --mapping`: a site's CSV export is mapped at the site and its Bundle pushed;
+/// an export the mapping reports errors for is not sent at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pushes_a_mapped_csv_export() {
+    // As in a deployment: writes are validated against the study profiles.
+    let Some(s) = start_validating(Db::Sqlite, AuthConfig::default(), ValidationMode::Study).await
+    else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_mapped"));
+    let (settings, client_id, key_path) = site_client_files(&s, "nl01", Alg::Es384, &dir).await;
     let folder =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/nl01-retrospective");
     let mapping = folder.join("mapping.toml");
-    let signing = SigningKey::from_pem(
-        &std::fs::read_to_string(&generated.private_path).expect("private key"),
-    )
-    .expect("key");
-    let token = s.token(&row.id, &signing, "system/*.cruds").await;
+    let signing = SigningKey::from_pem(&std::fs::read_to_string(&key_path).expect("private key"))
+        .expect("key");
+    let token = s.token(&client_id, &signing, "system/*.cruds").await;
     let count = |t: &'static str| {
         let (s, token) = (&s, token.clone());
         async move {

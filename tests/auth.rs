@@ -1320,6 +1320,38 @@ async fn tenancy(db: Db) {
         .await
         .expect("conditional update");
     assert_eq!(r.status(), StatusCode::OK, "matches B's own resource only");
+    // A conditional reference in B's transaction resolves among B's resources only: to B's
+    // own patient with that identifier, not to A's (and not "several matches").
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:7f1c0a52-0d1b-4c55-9a43-5f1a7c2e9b10",
+        "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "subject": {"reference": "Patient?identifier=urn:test|shared-mrn"}},
+        "request": {"method": "POST", "url": "Observation"}}]});
+    let (st, _, resp) = s.fhir(reqwest::Method::POST, "", Some(&tb), Some(tx)).await;
+    assert_eq!(st, StatusCode::OK, "{resp}");
+    let location = resp["entry"][0]["response"]["location"]
+        .as_str()
+        .expect("location");
+    let at = location
+        .find("Observation/")
+        .expect("an Observation location");
+    let obs = location[at..].split("/_history").next().unwrap_or_default();
+    let (st, _, stored) = s
+        .fhir(reqwest::Method::GET, &format!("/{obs}"), Some(&tb), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{stored}");
+    let subject = stored["subject"]["reference"].as_str().expect("reference");
+    assert!(subject.starts_with("Patient/"), "{subject}");
+    assert_ne!(subject, format!("Patient/{id}"), "not A's patient");
+    let (st, _, target) = s
+        .fhir(
+            reqwest::Method::GET,
+            &format!("/{subject}"),
+            Some(&tb),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "B's own patient: {target}");
     // A GET inside a batch Bundle.
     let batch = json!({"resourceType": "Bundle", "type": "batch",
                        "entry": [{"request": {"method": "GET", "url": format!("Patient/{id}")}}]});

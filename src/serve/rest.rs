@@ -223,6 +223,17 @@ impl WriteRequest {
         write::check(&self.state, body.text()?, Some(url_type)).await
     }
 
+    /// Commits `op` (recorded in the ledger) and answers as a create, update or patch
+    /// does: status, `Location`/`ETag` and the body `Prefer` asks for.
+    async fn commit(&self, op: &Op) -> Result<Response, ApiError> {
+        let done = write::commit(&self.state, op, Some(&self.ctx)).await?;
+        Ok(write_response(
+            &done,
+            prefer(&self.headers),
+            &base_url(&self.headers, &self.state),
+        ))
+    }
+
     /// Runs the handler body and keeps a failure in the ledger.
     async fn finish(self, result: Result<Response, ApiError>) -> Response {
         match result {
@@ -270,12 +281,7 @@ pub async fn create(
             id: write::new_id(),
             criteria,
         };
-        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
-        Ok(write_response(
-            &done,
-            prefer(&req.headers),
-            &base_url(&req.headers, &req.state),
-        ))
+        req.commit(&op).await
     }
     .await;
     req.finish(result).await
@@ -321,12 +327,7 @@ pub async fn update(
             id,
             if_match,
         };
-        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
-        Ok(write_response(
-            &done,
-            prefer(&req.headers),
-            &base_url(&req.headers, &req.state),
-        ))
+        req.commit(&op).await
     }
     .await;
     req.finish(result).await
@@ -362,12 +363,7 @@ pub async fn conditional_update(
             if_match,
             new_id: write::new_id(),
         };
-        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
-        Ok(write_response(
-            &done,
-            prefer(&req.headers),
-            &base_url(&req.headers, &req.state),
-        ))
+        req.commit(&op).await
     }
     .await;
     req.finish(result).await
@@ -572,12 +568,7 @@ async fn patch_request(
             patch,
             if_match,
         };
-        let done = write::commit(&req.state, &op, Some(&req.ctx)).await?;
-        Ok(write_response(
-            &done,
-            prefer(&req.headers),
-            &base_url(&req.headers, &req.state),
-        ))
+        req.commit(&op).await
     }
     .await;
     req.finish(result).await

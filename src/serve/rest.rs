@@ -212,6 +212,22 @@ impl WriteRequest {
         }
     }
 
+    /// A write that carries no body (a delete).
+    fn without_body(
+        state: AppState,
+        id: &RequestId,
+        method: &Method,
+        uri: &Uri,
+        headers: HeaderMap,
+    ) -> WriteRequest {
+        WriteRequest {
+            ctx: WriteCtx::new(id, method, uri, None, &[]),
+            state,
+            headers,
+            body: None,
+        }
+    }
+
     /// The body text, checked as FHIR JSON of `url_type` and validated.
     async fn resource(&self, url_type: &str) -> Result<Checked, ApiError> {
         let Some(body) = &self.body else {
@@ -379,13 +395,7 @@ pub async fn delete(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let ctx = WriteCtx::new(&rid, &method, &uri, None, &[]);
-    let req = WriteRequest {
-        state,
-        ctx,
-        headers,
-        body: None,
-    };
+    let req = WriteRequest::without_body(state, &rid, &method, &uri, headers);
     let result = async {
         known_type(&res_type)?;
         let if_match = write::if_match(&req.headers)?;
@@ -413,13 +423,7 @@ pub async fn conditional_delete(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let ctx = WriteCtx::new(&rid, &method, &uri, None, &[]);
-    let req = WriteRequest {
-        state,
-        ctx,
-        headers,
-        body: None,
-    };
+    let req = WriteRequest::without_body(state, &rid, &method, &uri, headers);
     let result = async {
         known_type(&res_type)?;
         let criteria = Criteria::parse(query.as_deref().unwrap_or_default())?;

@@ -129,6 +129,9 @@ enum Command {
         data: Option<PathBuf>,
         #[command(flatten)]
         load: LoadArgs,
+        /// `bench map`: rows of the generated export.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
     },
     // --- mappings (issue 7) ---
     /// Map site CSV exports into a transaction Bundle of study resources, with a report of
@@ -140,7 +143,9 @@ enum Command {
         /// Write the Bundle here instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Write the report here instead of standard error.
+        /// Also write the report as JSON here (per row and per produced resource, with
+        /// source file:row:column and mapping file:line); the readable report always goes
+        /// to standard error.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
         /// Also report validation warnings.
@@ -566,6 +571,7 @@ fn main() -> ExitCode {
             what: imagio_gateway::bench::Suite::Load,
             data,
             load,
+            ..
         } => imagio_gateway::bench::load::run(&imagio_gateway::bench::load::Options {
             data: data.unwrap_or_else(|| PathBuf::from(imagio_gateway::bench::DEFAULT_DATA)),
             database_url: load.database_url,
@@ -575,6 +581,11 @@ fn main() -> ExitCode {
             duration: load.duration,
             no_auth: load.no_auth,
         }),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Map,
+            rows,
+            ..
+        } => imagio_gateway::bench::map::run(rows),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         // --- mappings (issue 7) ---
         Command::Map {

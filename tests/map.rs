@@ -42,9 +42,16 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 
 /// Runs `map` on inputs; returns the exit code, the Bundle text and the report.
 fn map(mapping: &Path, inputs: &[PathBuf]) -> (i32, String, String) {
+    let (code, bundle, report, _) = map_json(mapping, inputs);
+    (code, bundle, report)
+}
+
+/// Runs `map --report FILE` on inputs; returns the exit code, the Bundle text, the
+/// readable report (standard error) and the JSON report (`Null` when none was written).
+fn map_json(mapping: &Path, inputs: &[PathBuf]) -> (i32, String, String, Value) {
     let dir = temp();
     let out = dir.join("bundle.json");
-    let report = dir.join("report.txt");
+    let report = dir.join("report.json");
     let (code, _, stderr) = run(bin()
         .arg("map")
         .arg("--mapping")
@@ -55,8 +62,50 @@ fn map(mapping: &Path, inputs: &[PathBuf]) -> (i32, String, String) {
         .arg("--report")
         .arg(&report));
     let bundle = std::fs::read_to_string(&out).unwrap_or_default();
-    let report = std::fs::read_to_string(&report).unwrap_or(stderr);
-    (code, bundle, report)
+    let json = std::fs::read_to_string(&report)
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(Value::Null);
+    (code, bundle, stderr, json)
+}
+
+/// An example mapping folder.
+fn examples(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("mappings")
+        .join(name)
+}
+
+/// The input files of a fixture (everything but the expectations), sorted.
+fn fixture_inputs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n != "expected.json" && n != "expected-report.txt"
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The report lines (without the summary) of `map` on a fixture, checked against the
+/// fixture's `expected-report.txt` line by line.
+fn assert_fixture_report(folder: &str, fixture: &str) -> (String, Value) {
+    let dir = examples(folder).join("fixtures").join(fixture);
+    let (code, bundle, report, json) = map_json(
+        &examples(folder).join("mapping.toml"),
+        &fixture_inputs(&dir),
+    );
+    assert_eq!(code, 1, "{report}");
+    let expected = std::fs::read_to_string(dir.join("expected-report.txt")).unwrap();
+    let got: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("warning:"))
+        .collect();
+    assert_eq!(got, expected.lines().collect::<Vec<_>>(), "{report}");
+    assert_eq!(json["errors"].as_u64(), Some(got.len() as u64), "{json}");
+    (bundle, json)
 }
 
 /// The resource with this `Type/id` in a Bundle.
@@ -581,4 +630,272 @@ fn a_resource_repeated_on_rows_is_made_once_unless_the_rows_disagree() {
         report.contains(&format!("error: export.csv:7: mapping.toml:{key}: duplicate key pid, visit = C, 2 (also on line 6)")),
         "{report}"
     );
+}
+
+#[test]
+fn the_ehr_fhir_export_maps_to_study_resources_and_drops_what_the_study_must_not_hold() {
+    let dir = examples("ehr-fhir-export");
+    let input = dir.join("fixtures/basic/ehr-export.json");
+    let (code, text, report) = map(&dir.join("mapping.toml"), &[input]);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("ehr-fhir-export: 9 rows, 12 resources, 0 errors"),
+        "{report}"
+    );
+    // Name, address, telecom, MRN, national number, the other diagnosis, the CT scan
+    // and the lab value are not produced.
+    for gone in [
+        "Jansen",
+        "Hengelosestraat",
+        "7001234",
+        "999990019",
+        "+31 6",
+        "I10",
+        "IR-CT-ABD",
+        "1742-6",
+        "pat-81723",
+        "Dr. J. de Vries",
+    ] {
+        assert!(!text.contains(gone), "{gone} leaked into\n{text}");
+    }
+    let b: Value = serde_json::from_str(&text).unwrap();
+    let p = resource(&b, "Patient/nl02-0001");
+    assert_eq!(p["identifier"][0]["value"], "AIM-NL02-0001");
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1949");
+    assert!(p.get("name").is_none() && p.get("address").is_none());
+    assert_eq!(
+        resource(&b, "Patient/nl02-0002")["deceasedDateTime"],
+        "2024-08-19"
+    );
+    let dx = resource(&b, "Condition/nl02-0002-dx");
+    assert_eq!(dx["code"]["coding"][0]["code"], "crlm");
+    assert_eq!(dx["code"]["coding"][1]["code"], "C78.7");
+    assert_eq!(dx["subject"]["reference"], "Patient/nl02-0002");
+    // A performedPeriod gives its start; the free-text segment goes through the lookup.
+    let abl = resource(&b, "Procedure/nl02-0002-abl-20220112");
+    assert_eq!(abl["code"]["coding"][0]["code"], "rfa");
+    assert_eq!(abl["performedDateTime"], "2022-01-12T08:00:00+01:00");
+    assert_eq!(
+        abl["extension"][0]["valueReference"]["reference"],
+        "BodyStructure/nl02-0002-l20220112"
+    );
+    assert_eq!(
+        abl["extension"][1]["valueCodeableConcept"]["coding"][0]["code"],
+        "laparoscopic"
+    );
+    assert_eq!(
+        resource(&b, "BodyStructure/nl02-0002-l20220112")["location"]["coding"][0]["code"],
+        "IVa"
+    );
+    assert_eq!(
+        resource(&b, "BodyStructure/nl02-0002-l20220602")["location"]["coding"][0]["code"],
+        "IVb"
+    );
+    // "graad 3" and "Grade I" become CTCAE grades; the suspect is the study's ablation.
+    let ae = resource(&b, "AdverseEvent/nl02-0001-ae-20230301");
+    assert_eq!(
+        ae["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "C41340"
+    );
+    assert_eq!(ae["seriousness"]["coding"][0]["code"], "Serious");
+    assert_eq!(ae["date"], "2023-03-01");
+    assert_eq!(
+        ae["suspectEntity"][0]["instance"]["reference"],
+        "Procedure/nl02-0001-abl-20230301"
+    );
+    let ae2 = resource(&b, "AdverseEvent/nl02-0002-ae-20220112");
+    assert_eq!(
+        ae2["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "C41338"
+    );
+    assert_eq!(ae2["seriousness"]["coding"][0]["code"], "Non-serious");
+}
+
+#[test]
+fn a_broken_ehr_ndjson_export_is_reported_by_line_resource_and_expression() {
+    let (bundle, json) = assert_fixture_report("ehr-fhir-export", "broken");
+    // Exact lines for the unmapped ICD-10 code, the unmatched local procedure code, the
+    // free-text grade and the MRN missing from the key list.
+    let expected_lines = [
+        "error: ehr-export.ndjson:2 Condition/cond-b1 [code.coding.where(system = 'http://hl7.org/fhir/sid/icd-10').code]: mapping.toml:",
+        "error: ehr-export.ndjson:6 Patient/pat-2 [identifier.where(system = 'https://ehr.ziekenhuis-oost.example/fhir/sid/patientnummer').value]: mapping.toml:",
+    ];
+    let texts: Vec<&str> = json["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    for e in expected_lines {
+        assert!(
+            texts.iter().any(|t| t.starts_with(e)),
+            "{e}\nnot in\n{texts:#?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("code 'C24.0' is not mapped by ConceptMap 'tumour-type'")),
+        "{texts:#?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("value '7777777' is not in lookup table 'study-number'")),
+        "{texts:#?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("value 'ernstig' is not in lookup table 'grade-number'")),
+        "{texts:#?}"
+    );
+    // The JSON report names the source resource and the line.
+    let first = &json["issues"][0]["source"];
+    assert_eq!(first["file"], "ehr-export.ndjson");
+    assert_eq!(first["entry"], false);
+    assert!(first["sourceResource"].as_str().unwrap().contains('/'));
+    // Nothing identifying is produced for the patient whose MRN is not in the key list.
+    assert!(!bundle.contains("7777777") && !bundle.contains("Visser"));
+}
+
+#[test]
+fn the_wide_trial_row_makes_one_lesion_size_and_margin_per_lesion_present() {
+    let dir = examples("retro-trial-wide");
+    let input = dir.join("fixtures/basic/crf-export.csv");
+    let (code, text, report) = map(&dir.join("mapping.toml"), &[input]);
+    assert_eq!(code, 0, "{report}");
+    let b: Value = serde_json::from_str(&text).unwrap();
+    for n in 1..=3 {
+        assert!(has(&b, &format!("BodyStructure/rl-RL-002-l{n}")));
+        assert!(has(&b, &format!("Observation/rl-RL-002-size-l{n}")));
+        assert!(has(&b, &format!("Observation/rl-RL-002-margin-l{n}")));
+    }
+    assert!(has(&b, "BodyStructure/rl-RL-001-l1"));
+    assert!(!has(&b, "BodyStructure/rl-RL-001-l2"));
+    // RL-003's second lesion has no margin (n/a): no margin resource, the lesion is there.
+    assert!(has(&b, "BodyStructure/rl-RL-003-l2"));
+    assert!(!has(&b, "Observation/rl-RL-003-margin-l2"));
+    let abl = resource(&b, "Procedure/rl-RL-002-abl");
+    let targets: Vec<&str> = abl["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["url"] == "https://a-imagio.eu/fhir/StructureDefinition/targeted-lesion")
+        .map(|e| e["valueReference"]["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "BodyStructure/rl-RL-002-l1",
+            "BodyStructure/rl-RL-002-l2",
+            "BodyStructure/rl-RL-002-l3"
+        ]
+    );
+    // An Excel serial date, and a dd/mm/yy date.
+    assert_eq!(abl["performedDateTime"], "2019-01-14");
+    assert_eq!(
+        resource(&b, "Condition/rl-RL-001-dx")["onsetDateTime"],
+        "2019-02-03"
+    );
+    let size = resource(&b, "Observation/rl-RL-002-size-l2");
+    assert_eq!(size["valueQuantity"]["value"], 18.4);
+    let ae = resource(&b, "AdverseEvent/rl-RL-002-ae1");
+    assert_eq!(
+        ae["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "C41340"
+    );
+}
+
+#[test]
+fn a_broken_wide_trial_export_gives_the_exact_diagnostics() {
+    let (_, json) = assert_fixture_report("retro-trial-wide", "broken");
+    let texts: Vec<&str> = json["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("error: crf-export.csv:4:7 [technique]:")
+                && t.contains("code 'HIFU' is not mapped by ConceptMap 'technique'")),
+        "{texts:#?}"
+    );
+}
+
+#[test]
+fn the_registry_in_three_files_joins_patients_ablations_and_complications() {
+    let dir = examples("nl01-registry");
+    let f = dir.join("fixtures/basic");
+    let inputs = fixture_inputs(&f);
+    let (code, text, report) = map(&dir.join("mapping.toml"), &inputs);
+    assert_eq!(code, 0, "{report}");
+    let b: Value = serde_json::from_str(&text).unwrap();
+    let ae = resource(&b, "AdverseEvent/nl01-0103-ae-l2");
+    assert_eq!(
+        ae["suspectEntity"][0]["instance"]["reference"],
+        "Procedure/nl01-0103-abl-l2"
+    );
+    assert_eq!(ae["date"], "2022-06-21");
+    let abl = resource(&b, "Procedure/nl01-0102-abl-l1");
+    assert_eq!(abl["performedDateTime"], "2022-01-12");
+    assert_eq!(abl["subject"]["reference"], "Patient/nl01-0102");
+    assert_eq!(
+        resource(&b, "Observation/nl01-0101-size-l1")["valueQuantity"]["value"],
+        22
+    );
+    assert!(!has(&b, "Observation/nl01-0101-margin-l2"));
+    assert_eq!(
+        resource(&b, "Patient/nl01-0102")["deceasedDateTime"],
+        "2024-09-03"
+    );
+}
+
+#[test]
+fn a_broken_registry_export_gives_the_exact_diagnostics() {
+    assert_fixture_report("nl01-registry", "broken");
+}
+
+#[test]
+fn every_example_folder_passes_its_fixtures() {
+    for name in [
+        "nl01-retrospective",
+        "nl01-registry",
+        "retro-trial-wide",
+        "ehr-fhir-export",
+    ] {
+        let (code, out, err) = run(bin().arg("mapping").arg("test").arg(examples(name)));
+        assert_eq!(code, 0, "{name}:\n{out}{err}");
+        assert!(out.contains("0 failed"), "{name}:\n{out}");
+    }
+}
+
+#[test]
+fn the_json_report_lists_issues_per_row_and_per_resource() {
+    let (_, json) = assert_fixture_report("nl01-retrospective", "broken");
+    assert_eq!(json["mapping"], "nl01-retrospective");
+    let issues = json["issues"].as_array().unwrap();
+    let first = &issues[0];
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["source"]["file"], "registry-export.csv");
+    assert_eq!(first["source"]["row"], 2);
+    assert_eq!(first["source"]["column"], 6);
+    assert_eq!(first["source"]["header"], "Datum ablatie");
+    assert_eq!(first["mapping"]["file"], "mapping.toml");
+    assert!(first["mapping"]["line"].as_u64().unwrap() > 0);
+    assert_eq!(first["resource"], "Observation/nl01-0004-size-l1");
+    // Row 2 has the three date problems; each resource lists its own.
+    let row2 = json["byRow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["row"] == 2)
+        .unwrap();
+    assert_eq!(row2["issues"].as_array().unwrap().len(), 3);
+    let by_resource = json["byResource"].as_array().unwrap();
+    assert_eq!(by_resource.len(), issues.len());
+    assert_eq!(by_resource[0]["issues"], serde_json::json!([0]));
 }

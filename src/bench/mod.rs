@@ -6,6 +6,7 @@
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
 pub mod load;
+pub mod map;
 
 use crate::model;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ pub enum Suite {
     /// The server under load: ingest of transaction Bundles, reads and searches at
     /// `--resources` stored, the server's memory (not part of `all`).
     Load,
+    /// Mapping throughput of the example CSV mapping on `--rows` generated rows, mapped
+    /// and mapped + validated (not part of `all`).
+    Map,
 }
 
 /// The folder the suites read when none is given.

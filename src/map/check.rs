@@ -26,12 +26,19 @@ pub fn check(mapping: &Mapping, samples: &[Input], validator: &Validator) -> Vec
         message,
     };
     // Columns against samples.
-    for sample in samples {
-        let Some(si) = mapping
+    let pairs = samples.iter().flat_map(|sample| {
+        let hits: Vec<Option<usize>> = mapping
             .sources
             .iter()
-            .position(|s| source::matches_pattern(&s.files, &sample.name))
-        else {
+            .enumerate()
+            .filter(|(_, s)| source::matches_pattern(&s.files, &sample.name))
+            .map(|(i, _)| Some(i))
+            .collect();
+        let hits = if hits.is_empty() { vec![None] } else { hits };
+        hits.into_iter().map(move |h| (sample, h))
+    });
+    for (sample, si) in pairs {
+        let Some(si) = si else {
             out.push(d(
                 Severity::Error,
                 1,
@@ -41,9 +48,16 @@ pub fn check(mapping: &Mapping, samples: &[Input], validator: &Validator) -> Vec
             continue;
         };
         let src = &mapping.sources[si];
-        let table = match source::decode(&sample.bytes, src.dialect.encoding)
-            .and_then(|text| Table::read(&text, &sample.name, si, src))
-        {
+        let read = if src.fhir.is_some() {
+            super::fhir::read(&sample.bytes, &sample.name, si, mapping).map(|(t, found)| {
+                out.extend(found);
+                t
+            })
+        } else {
+            source::decode(&sample.bytes, src.dialect.encoding)
+                .and_then(|text| Table::read(&text, &sample.name, si, src))
+        };
+        let table = match read {
             Ok(t) => t,
             Err(m) => {
                 out.push(d(
@@ -60,6 +74,7 @@ pub fn check(mapping: &Mapping, samples: &[Input], validator: &Validator) -> Vec
                 file: sample.name.clone(),
                 row: 1,
                 column: None,
+                fhir: None,
             })
         };
         for c in &src.columns {

@@ -17,8 +17,9 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<Input>, MapError> {
     paths.iter().map(|p| Input::read(p)).collect()
 }
 
-/// `map`: runs `mapping` over `inputs`, writes the Bundle to `out` (or standard output)
-/// and the report (one diagnostic per line and a summary) to `report` (or standard error).
+/// `map`: runs `mapping` over `inputs`, writes the Bundle to `out` (or standard output),
+/// the report (one diagnostic per line and a summary) to standard error and, with
+/// `report`, the same diagnostics as JSON ([`super::report`]) to that file.
 /// `warnings` also reports validation warnings; `no_validate` skips validation.
 pub fn map(
     profiles_dir: Option<&Path>,
@@ -80,20 +81,16 @@ pub fn map(
         text.push_str(&d.to_string());
         text.push('\n');
     }
-    let summary = format!("{}: {}\n", m.name, outcome.summary());
-    let reported = match report {
-        Some(path) => {
-            eprint!("{summary}");
-            std::fs::write(path, format!("{text}{summary}")).map_err(|e| (path.to_path_buf(), e))
+    eprint!("{text}{}: {}\n", m.name, outcome.summary());
+    if let Some(path) = report {
+        let json = super::report::to_json(&m.name, &outcome);
+        let written = serde_json::to_string_pretty(&json)
+            .map_err(std::io::Error::other)
+            .and_then(|s| std::fs::write(path, s + "\n"));
+        if let Err(e) = written {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
         }
-        None => {
-            eprint!("{text}{summary}");
-            Ok(())
-        }
-    };
-    if let Err((path, e)) = reported {
-        eprintln!("error: {}: {e}", path.display());
-        return ExitCode::from(2);
     }
     if outcome.has_errors() {
         ExitCode::from(1)

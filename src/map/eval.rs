@@ -204,6 +204,7 @@ impl<'m> Engine<'m> {
                 file: t.file.clone(),
                 row: 1,
                 column: None,
+                fhir: None,
             }),
             mapping: self.mapping_at(line),
             resource: None,
@@ -394,9 +395,9 @@ impl<'m> Engine<'m> {
         }
         self.member = None;
         let resource = Val::new(Out::Obj(members), line(rule.line));
-        let mut text = String::new();
-        let mut lines = Vec::new();
-        super::out::write(&resource, &mut text, &mut lines);
+        let mut text = String::with_capacity(2048);
+        let mut lines = Vec::with_capacity(64);
+        super::out::write_at(&resource, super::ENTRY_DEPTH, &mut text, &mut lines);
         Some(Produced {
             type_name: rule.type_name.clone(),
             id,
@@ -414,7 +415,8 @@ impl<'m> Engine<'m> {
     fn id_of(&mut self, rule: &ResourceRule, at: At, line: usize) -> Option<String> {
         let raw = match self.template(&rule.id, at, line) {
             Ok(s) => s,
-            Err(col) => {
+            Err(None) => return None,
+            Err(Some(col)) => {
                 self.report(
                     Severity::Error,
                     Some((at.table, at.row)),
@@ -428,16 +430,12 @@ impl<'m> Engine<'m> {
                 return None;
             }
         };
-        let id: String = raw
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        let id: String = if raw.chars().all(fits) {
+            raw
+        } else {
+            raw.chars().map(|c| if fits(c) { c } else { '-' }).collect()
+        };
         if id.is_empty() || id.len() > 64 {
             self.report(
                 Severity::Error,
@@ -482,7 +480,12 @@ impl<'m> Engine<'m> {
         let mut table = at.table;
         let mut row = at.row;
         let mut col = name.as_ref();
-        if let Some((src, rest)) = name.split_once('.') {
+        // A FHIR source's own columns (named or inline FHIRPath) are matched first: an
+        // expression's dots are not `SOURCE.COLUMN`.
+        let own_fhir =
+            self.tables[at.table].fhir.is_some() && self.tables[at.table].column(&name).is_some();
+        let split = if own_fhir { None } else { name.split_once('.') };
+        if let Some((src, rest)) = split {
             if let Some(si) = self.m.sources.iter().position(|s| s.name == src) {
                 col = rest;
                 if si != self.tables[at.table].source {
@@ -502,7 +505,8 @@ impl<'m> Engine<'m> {
                             table = t;
                             row = r;
                         }
-                        None => return Cell::Empty(None),
+                        // No joined row: reported by the join.
+                        None => return Cell::Missing,
                     }
                 }
             }
@@ -519,19 +523,39 @@ impl<'m> Engine<'m> {
         };
         match self.tables[table].value(row, ci) {
             Some(v) => Cell::Value(v.into(), Some(cref)),
+            None if self.tables[table]
+                .fhir
+                .as_ref()
+                .is_some_and(|f| f.failed.contains(&(cref.row, cref.col))) =>
+            {
+                // A FHIR value that could not be read: reported when the file was read.
+                Cell::Missing
+            }
             None => Cell::Empty(Some(cref)),
         }
     }
 
-    /// A template's text; `Err(column)` when a referenced column has no value.
-    fn template(&mut self, t: &Template, at: At, line: usize) -> Result<String, String> {
+    /// Marks the content member being made as failed (its problem is already reported).
+    fn mark_failed(&mut self) {
+        if let Some(m) = &self.member {
+            if !self.failed.contains(m) {
+                self.failed.push(m.clone());
+            }
+        }
+    }
+
+    /// A template's text; `Err(Some(column))` when a referenced column has no value,
+    /// `Err(None)` when its absence was already reported (a missing column, a row without
+    /// its joined row, a FHIR value that could not be read).
+    fn template(&mut self, t: &Template, at: At, line: usize) -> Result<String, Option<String>> {
         let mut s = String::new();
         for p in &t.parts {
             match p {
                 Part::Text(x) => s.push_str(x),
                 Part::Column(c) => match self.cell(c, at, line) {
                     Cell::Value(v, _) => s.push_str(&v),
-                    _ => return Err(c.clone()),
+                    Cell::Empty(_) => return Err(Some(c.clone())),
+                    Cell::Missing => return Err(None),
                 },
             }
         }
@@ -550,8 +574,9 @@ impl<'m> Engine<'m> {
             Cond::Not(c) => !self.cond(c, at, line),
             Cond::FhirPath(e) => {
                 let vars = self.variables(at);
+                let tables = self.tables;
                 let result = {
-                    let mut ctx = Context::empty();
+                    let mut ctx = context(tables, at);
                     for (k, v) in &vars {
                         ctx = ctx.with_variable(
                             k,
@@ -631,7 +656,7 @@ impl<'m> Engine<'m> {
         };
         match node {
             Node::Object(members, _) => {
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(members.len());
                 for (k, n) in members {
                     if let Some(v) = self.node(n, at) {
                         out.push((k.clone(), v));
@@ -640,7 +665,7 @@ impl<'m> Engine<'m> {
                 (!out.is_empty()).then(|| Val::new(Out::Obj(out), prov))
             }
             Node::Array(items, _) => {
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(items.len());
                 for n in items {
                     if let Some(v) = self.node(n, at) {
                         out.push(v);
@@ -657,7 +682,15 @@ impl<'m> Engine<'m> {
             Spec::Const(Lit::Str(s)) => Some(Val::str(s, prov)),
             Spec::Const(Lit::Num(n)) => Some(Val::new(Out::Num(n.clone()), prov)),
             Spec::Const(Lit::Bool(b)) => Some(Val::new(Out::Bool(*b), prov)),
-            Spec::Template(t) => self.template(t, at, line).ok().map(|s| Val::str(s, prov)),
+            Spec::Template(t) => match self.template(t, at, line) {
+                Ok(s) => Some(Val::str(s, prov)),
+                Err(Some(_)) => None,
+                Err(None) => {
+                    // Already reported: the element's absence is not news.
+                    self.mark_failed();
+                    None
+                }
+            },
             Spec::Column(c) => self.column(c, at, line, prov),
             Spec::If(c, then, els) => {
                 if self.cond(c, at, line) {
@@ -683,8 +716,9 @@ impl<'m> Engine<'m> {
 
     fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val> {
         let vars = self.variables(at);
+        let tables = self.tables;
         let result: Result<Option<Out>, String> = {
-            let mut ctx = Context::empty();
+            let mut ctx = context(tables, at);
             for (k, v) in &vars {
                 ctx = ctx.with_variable(
                     k,
@@ -735,7 +769,11 @@ impl<'m> Engine<'m> {
     fn column(&mut self, c: &ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val> {
         let (value, cell) = match self.cell(&c.column, at, line) {
             Cell::Value(v, cell) => (v.into_owned(), cell),
-            Cell::Missing => return None,
+            Cell::Missing => {
+                // Already reported: the element's absence is not news.
+                self.mark_failed();
+                return None;
+            }
             Cell::Empty(cell) => {
                 if let Some(d) = &c.default {
                     return self.node(d, at);
@@ -817,8 +855,15 @@ impl<'m> Engine<'m> {
                 }
                 .map(|d| Out::Num(number_text(d)))
             }),
-            As::Date => convert::parse_date(&value, &dialect.dates, dialect.yy_pivot)
-                .map(|d| Out::Str(d.to_string())),
+            As::Date => {
+                // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
+                let value = match value.split_once('T') {
+                    Some((d, _)) if self.tables[at.table].fhir.is_some() => d,
+                    _ => &value,
+                };
+                convert::parse_date(value, &dialect.dates, dialect.yy_pivot)
+                    .map(|d| Out::Str(d.to_string()))
+            }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {
                     Ok(Out::Str(value))
@@ -833,4 +878,13 @@ impl<'m> Engine<'m> {
             Err(message) => fail(self, message),
         }
     }
+}
+
+/// The FHIRPath context of a row: its resource for a FHIR source, none for CSV.
+fn context(tables: &[Table], at: At) -> Context<'_> {
+    tables[at.table]
+        .fhir
+        .as_ref()
+        .and_then(|f| f.resources.get(at.row))
+        .map_or_else(Context::empty, Context::new)
 }

@@ -21,8 +21,10 @@ pub mod cli;
 pub mod conceptmap;
 pub mod convert;
 mod eval;
+pub mod fhir;
 pub mod fixture;
 pub mod out;
+pub mod report;
 pub mod source;
 pub mod spec;
 
@@ -74,8 +76,46 @@ pub struct SourcePos {
     pub file: String,
     /// 1-based line of the row.
     pub row: u32,
-    /// 1-based cell number and its header, when one cell is meant.
+    /// 1-based cell number and its header, when one cell is meant (for a FHIR source:
+    /// the column's FHIRPath expression).
     pub column: Option<(u32, String)>,
+    /// For a FHIR source: how the row is counted and the resource it was read from.
+    pub fhir: Option<FhirPos>,
+}
+
+/// The position of a row of a FHIR source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirPos {
+    /// `row` is a Bundle entry index (0-based); otherwise a line (NDJSON, 1-based).
+    pub entry: bool,
+    /// `Type/id` of the source resource.
+    pub resource: String,
+}
+
+impl fmt::Display for SourcePos {
+    /// `patients.csv:4:3 [Geboortedatum]`, `export.json:entry[3] Condition/c1 [code.text]`
+    /// or `export.ndjson:7 Condition/c1 [code.text]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fhir {
+            None => {
+                write!(f, "{}:{}", self.file, self.row)?;
+                if let Some((c, h)) = &self.column {
+                    write!(f, ":{c} [{h}]")?;
+                }
+            }
+            Some(p) => {
+                if p.entry {
+                    write!(f, "{}:entry[{}] {}", self.file, self.row, p.resource)?;
+                } else {
+                    write!(f, "{}:{} {}", self.file, self.row, p.resource)?;
+                }
+                if let Some((_, h)) = &self.column {
+                    write!(f, " [{h}]")?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One problem found while mapping: in a row, a produced resource, or a file.
@@ -100,11 +140,7 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.severity.code())?;
         if let Some(s) = &self.source {
-            write!(f, "{}:{}", s.file, s.row)?;
-            if let Some((c, h)) = &s.column {
-                write!(f, ":{c} [{h}]")?;
-            }
-            f.write_str(": ")?;
+            write!(f, "{s}: ")?;
         }
         if let Some((file, line)) = &self.mapping {
             write!(f, "{file}:{line}: ")?;
@@ -180,11 +216,14 @@ impl Input {
     }
 }
 
-/// Which source each input belongs to: the one whose `files` pattern matches its name.
+/// Which sources each input belongs to: the one whose `files` pattern matches its name,
+/// or, for FHIR exports, every FHIR source whose pattern matches (each selects its own
+/// resources from the file).
 ///
 /// # Errors
-/// An input matching no source or several, or a source without input.
-pub fn assign(mapping: &Mapping, inputs: &[Input]) -> Result<Vec<usize>, MapError> {
+/// An input matching no source, or several when one of them is a CSV source, or a source
+/// without input.
+pub fn assign(mapping: &Mapping, inputs: &[Input]) -> Result<Vec<Vec<usize>>, MapError> {
     let mut out = Vec::new();
     for input in inputs {
         let hits: Vec<usize> = mapping
@@ -194,26 +233,24 @@ pub fn assign(mapping: &Mapping, inputs: &[Input]) -> Result<Vec<usize>, MapErro
             .filter(|(_, s)| source::matches_pattern(&s.files, &input.name))
             .map(|(i, _)| i)
             .collect();
-        match hits.as_slice() {
-            [one] => out.push(*one),
-            [] => {
-                return Err(MapError::Inputs(format!(
-                    "{}: matches no source of the mapping ({})",
-                    input.name,
-                    patterns(mapping)
-                )))
-            }
-            _ => {
-                return Err(MapError::Inputs(format!(
-                    "{}: matches several sources ({}); make the files patterns distinct",
-                    input.name,
-                    patterns(mapping)
-                )))
-            }
+        if hits.is_empty() {
+            return Err(MapError::Inputs(format!(
+                "{}: matches no source of the mapping ({})",
+                input.name,
+                patterns(mapping)
+            )));
         }
+        if hits.len() > 1 && hits.iter().any(|&i| mapping.sources[i].fhir.is_none()) {
+            return Err(MapError::Inputs(format!(
+                "{}: matches several sources ({}); make the files patterns distinct",
+                input.name,
+                patterns(mapping)
+            )));
+        }
+        out.push(hits);
     }
     for (i, s) in mapping.sources.iter().enumerate() {
-        if !out.contains(&i) {
+        if !out.iter().any(|h| h.contains(&i)) {
             return Err(MapError::Inputs(format!(
                 "no input for source '{}' (files = \"{}\")",
                 s.name, s.files
@@ -249,10 +286,21 @@ pub fn run(
     let assignment = assign(mapping, inputs)?;
     let mut diagnostics = Vec::new();
     let mut tables = Vec::new();
-    for (input, &src) in inputs.iter().zip(&assignment) {
+    for (input, &src) in inputs
+        .iter()
+        .zip(&assignment)
+        .flat_map(|(i, srcs)| srcs.iter().map(move |s| (i, s)))
+    {
         let source = &mapping.sources[src];
-        let read = source::decode(&input.bytes, source.dialect.encoding)
-            .and_then(|text| Table::read(&text, &input.name, src, source));
+        let read = if source.fhir.is_some() {
+            fhir::read(&input.bytes, &input.name, src, mapping).map(|(t, found)| {
+                diagnostics.extend(found);
+                t
+            })
+        } else {
+            source::decode(&input.bytes, source.dialect.encoding)
+                .and_then(|text| Table::read(&text, &input.name, src, source))
+        };
         match read {
             Ok(t) => tables.push(t),
             Err(message) => diagnostics.push(Diagnostic {
@@ -261,6 +309,7 @@ pub fn run(
                     file: input.name.clone(),
                     row: 0,
                     column: None,
+                    fhir: None,
                 }),
                 mapping: Some((mapping.file_name.clone(), source.line)),
                 resource: None,
@@ -316,7 +365,9 @@ pub struct Produced {
     pub id: String,
     /// The profile it claims.
     pub profile: String,
-    /// The resource as indented JSON.
+    /// The resource as indented JSON, indented for its place in a Bundle entry (lines
+    /// after the first by [`ENTRY_DEPTH`] levels more; line numbers are those of the
+    /// resource alone).
     pub text: String,
     /// The provenance of each line of `text`.
     pub lines: Vec<Prov>,
@@ -328,6 +379,10 @@ pub struct Produced {
     /// validation does not report them missing again.
     pub failed: Vec<String>,
 }
+
+/// How deep a resource sits in the transaction Bundle (`entry` > item > `resource`): the
+/// depth [`Produced::text`] is indented for.
+pub const ENTRY_DEPTH: usize = 3;
 
 /// Writes the transaction Bundle entry by entry, in the layout of [`out::write`] (the
 /// same text as writing the Bundle as one tree).
@@ -362,12 +417,8 @@ impl BundleWriter<'_> {
         s.push_str("\n    {\n      \"fullUrl\": ");
         crate::model::json::write_str(&mut s, &format!("{}/{url}", self.base));
         s.push_str(",\n      \"resource\": ");
-        for (i, line) in p.text.trim_end().split('\n').enumerate() {
-            if i > 0 {
-                s.push_str("\n      ");
-            }
-            s.push_str(line);
-        }
+        // The text is already indented for its place in the entry.
+        s.push_str(p.text.trim_end());
         s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": ");
         crate::model::json::write_str(&mut s, &url);
         s.push_str("\n      }\n    }");
@@ -400,6 +451,7 @@ fn cell_pos(tables: &[Table], c: CellRef) -> Option<SourcePos> {
             c.col + 1,
             t.headers.get(c.col as usize).cloned().unwrap_or_default(),
         )),
+        fhir: fhir_pos(t, c.row as usize),
     })
 }
 
@@ -410,6 +462,16 @@ fn row_pos(tables: &[Table], table: usize, row: usize) -> Option<SourcePos> {
         file: t.file.clone(),
         row: t.rows.get(row)?.line,
         column: None,
+        fhir: fhir_pos(t, row),
+    })
+}
+
+/// The FHIR part of a row's position, for rows of FHIR sources.
+fn fhir_pos(t: &Table, row: usize) -> Option<FhirPos> {
+    let f = t.fhir.as_ref()?;
+    Some(FhirPos {
+        entry: f.bundle,
+        resource: f.labels.get(row).cloned().unwrap_or_default(),
     })
 }
 
@@ -436,15 +498,13 @@ fn validate_one(
         if !(issue.severity.is_error() || warnings && issue.severity == Severity::Warning) {
             continue;
         }
-        // A value that could not be made was reported with its cell; its absence is not
-        // news.
-        if issue.kind == crate::validate::IssueType::Required
-            && failed.iter().any(|f| {
-                issue.location == *f
-                    || issue.location.starts_with(&format!("{f}["))
-                    || issue.location.starts_with(&format!("{f}."))
-            })
-        {
+        // A value that could not be made was reported with its cell; its absence, and
+        // what the element lacks without it, are not news.
+        if failed.iter().any(|f| {
+            issue.location == *f
+                || issue.location.starts_with(&format!("{f}["))
+                || issue.location.starts_with(&format!("{f}."))
+        }) {
             continue;
         }
         let prov = issue

@@ -79,8 +79,15 @@ impl Val {
 /// Writes `v` as indented JSON (two spaces); `lines[i]` is the provenance of output line
 /// `i + 1` (the value that starts on it).
 pub fn write(v: &Val, out: &mut String, lines: &mut Vec<Prov>) {
+    write_at(v, 0, out, lines);
+}
+
+/// Like [`write`], for a value nested `depth` levels deep in an enclosing document: its
+/// first line is not indented, the following ones are indented by `depth` more levels
+/// (how a resource sits in a Bundle entry, so it can be copied there as it is).
+pub fn write_at(v: &Val, depth: usize, out: &mut String, lines: &mut Vec<Prov>) {
     lines.push(v.prov);
-    value(v, 0, out, lines);
+    value(v, depth, out, lines);
     out.push('\n');
 }
 

@@ -37,6 +37,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Empty-value markers (lower-cased).
     empty: Vec<String>,
+    /// For a FHIR source: the resources behind the rows.
+    pub fhir: Option<Box<super::fhir::FhirRows>>,
 }
 
 /// Lower-cased, trimmed, inner runs of white space as one space.
@@ -179,7 +181,33 @@ impl Table {
             normalized,
             rows,
             empty: d.empty.clone(),
+            fhir: None,
         })
+    }
+
+    /// A table from named columns (`names`, shown as `headers`) and rows: how FHIR sources
+    /// become tables.
+    pub fn from_columns(
+        source: usize,
+        file: &str,
+        names: Vec<String>,
+        headers: Vec<String>,
+        rows: Vec<Row>,
+    ) -> Table {
+        let mut exact = HashMap::new();
+        for (i, n) in names.into_iter().enumerate() {
+            exact.entry(n).or_insert(i);
+        }
+        Table {
+            source,
+            file: file.to_string(),
+            headers,
+            exact,
+            normalized: HashMap::new(),
+            rows,
+            empty: Vec::new(),
+            fhir: None,
+        }
     }
 
     /// The cell index of a column (declared name, alias or header).
@@ -256,6 +284,7 @@ mod tests {
             }],
             key: vec![],
             joins: vec![],
+            fhir: None,
         }
     }
 

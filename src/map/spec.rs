@@ -115,6 +115,35 @@ pub struct Source {
     pub key: Vec<String>,
     /// Joins to other sources.
     pub joins: Vec<Join>,
+    /// For a FHIR source (`format = "fhir"`): what selects its rows and its columns.
+    /// `None` for a CSV source.
+    pub fhir: Option<FhirSource>,
+}
+
+/// What makes a FHIR source (a Bundle, a resource or NDJSON): the resources it reads and
+/// its columns as FHIRPath expressions over each resource.
+#[derive(Debug, Clone)]
+pub struct FhirSource {
+    /// `select`: a FHIRPath predicate; the resources for which it is true are the rows.
+    pub select: Option<(Arc<Expression>, String, usize)>,
+    /// `[sources.NAME.columns]`: named FHIRPath columns.
+    pub columns: Vec<FhirColumn>,
+}
+
+/// A column of a FHIR source: a FHIRPath expression over the selected resource, its
+/// value optionally re-keyed through a lookup table.
+#[derive(Debug, Clone)]
+pub struct FhirColumn {
+    /// The name rules use.
+    pub name: String,
+    /// The expression's text (shown in diagnostics as the cell's location).
+    pub text: String,
+    /// The compiled expression.
+    pub expr: Arc<Expression>,
+    /// A lookup table the value is translated through (`{ path = ..., lookup = ... }`).
+    pub lookup: Option<String>,
+    /// Line of the declaration.
+    pub line: usize,
 }
 
 /// A `{name}` template: literal text and column references.
@@ -244,6 +273,9 @@ pub struct ColumnSpec {
     pub required: bool,
     /// Value when the cell is empty.
     pub default: Option<Box<Node>>,
+    /// `{ path = "EXPR" }` in a rule of a FHIR source: the value is this FHIRPath over the
+    /// row's resource (`column` then holds the expression's text).
+    pub path: Option<Arc<Expression>>,
 }
 
 /// A value rule.
@@ -470,6 +502,13 @@ fn check_references(m: &Mapping, r: &Reader) -> Result<(), MapError> {
             ));
         }
     }
+    for src in &m.sources {
+        for c in src.fhir.iter().flat_map(|f| &f.columns) {
+            if let Some(l) = c.lookup.as_ref().filter(|l| !m.lookups.contains_key(*l)) {
+                return Err(r.err(c.line, &format!("lookup '{l}': no [lookups.{l}] table")));
+            }
+        }
+    }
     for res in &m.resources {
         let mut problem = None;
         visit_specs(&res.content, &mut |spec, line| {
@@ -481,6 +520,15 @@ fn check_references(m: &Mapping, r: &Reader) -> Result<(), MapError> {
                     problem = Some((line, format!("ref '{name}': no resource of that name")));
                 }
                 Spec::Column(c) => {
+                    if c.path.is_some() && m.sources[res.from].fhir.is_none() {
+                        problem = Some((
+                            line,
+                            format!(
+                                "'path' reads a FHIR resource, but source '{}' is CSV (use 'column')",
+                                m.sources[res.from].name
+                            ),
+                        ));
+                    }
                     if let Some(l) = c.lookup.as_ref().filter(|l| !m.lookups.contains_key(*l)) {
                         problem = Some((line, format!("lookup '{l}': no [lookups.{l}] table")));
                     }
@@ -704,19 +752,38 @@ impl Reader {
     }
 
     fn source(&self, name: &str, t: &Table, names: &[String]) -> Result<Source, MapError> {
-        t.only(&[
-            "files",
-            "delimiter",
-            "quote",
-            "encoding",
-            "decimal",
-            "dates",
-            "yy-pivot",
-            "empty",
-            "key",
-            "columns",
-            "join",
-        ])?;
+        let fhir = match t.opt_str("format")? {
+            None => false,
+            Some((f, line)) => match f.to_lowercase().as_str() {
+                "csv" => false,
+                "fhir" => true,
+                _ => return Err(self.err(line, &format!("format '{f}' is not one of csv, fhir"))),
+            },
+        };
+        let fhir = if fhir {
+            Some(self.fhir_source(t)?)
+        } else {
+            None
+        };
+        let csv_keys: &[&str] = if fhir.is_some() {
+            &["files", "format", "select", "key", "columns", "join"]
+        } else {
+            &[
+                "format",
+                "files",
+                "delimiter",
+                "quote",
+                "encoding",
+                "decimal",
+                "dates",
+                "yy-pivot",
+                "empty",
+                "key",
+                "columns",
+                "join",
+            ]
+        };
+        t.only(csv_keys)?;
         let files = t.opt_str("files")?.map_or_else(|| "*".to_string(), |s| s.0);
         let ascii = |c: char, key: &str| -> Result<u8, MapError> {
             u8::try_from(c)
@@ -769,7 +836,9 @@ impl Reader {
             .map(|(l, _)| l.iter().map(|s| s.trim().to_lowercase()).collect())
             .unwrap_or_default();
         let mut columns = Vec::new();
-        if let Some(c) = t.opt_table("columns")? {
+        if fhir.is_some() {
+            // FHIR columns are expressions, read by `fhir_source`.
+        } else if let Some(c) = t.opt_table("columns")? {
             for (k, _) in c.entries() {
                 let (aliases, line) = c.str_list(k)?.unwrap_or_default();
                 columns.push(Column {
@@ -818,7 +887,52 @@ impl Reader {
             columns,
             key,
             joins,
+            fhir,
         })
+    }
+
+    /// `select` and the FHIRPath `columns` of a FHIR source.
+    fn fhir_source(&self, t: &Table) -> Result<FhirSource, MapError> {
+        let compile = |text: &str, line: usize| {
+            Expression::compile(text)
+                .map(Arc::new)
+                .map_err(|e| self.err(line, &format!("fhirpath: {e}")))
+        };
+        let select = match t.opt_str("select")? {
+            None => None,
+            Some((text, line)) => Some((compile(&text, line)?, text, line)),
+        };
+        let mut columns = Vec::new();
+        if let Some(c) = t.opt_table("columns")? {
+            for (k, v) in c.entries() {
+                let line = c.key_line(k);
+                let (text, lookup) = match v.get_ref() {
+                    DeValue::String(s) => (s.to_string(), None),
+                    DeValue::Table(_) => {
+                        let ct = self.table(v.get_ref(), line)?;
+                        ct.only(&["path", "lookup"])?;
+                        (ct.req_str("path")?.0, ct.opt_str("lookup")?.map(|l| l.0))
+                    }
+                    other => {
+                        return Err(self.err(
+                            line,
+                            &format!(
+                                "a FHIR column is a FHIRPath string or {{ path = \"...\", lookup = \"...\" }}, not a {}",
+                                other.type_str()
+                            ),
+                        ))
+                    }
+                };
+                columns.push(FhirColumn {
+                    name: k.to_string(),
+                    expr: compile(&text, line)?,
+                    text,
+                    lookup,
+                    line,
+                });
+            }
+        }
+        Ok(FhirSource { select, columns })
     }
 
     fn resource(&self, t: &Table, sources: &[Source]) -> Result<ResourceRule, MapError> {
@@ -953,9 +1067,13 @@ impl Reader {
     /// A table is a rule when it has one of the rule keys; otherwise it is a JSON object.
     fn spec(&self, t: &Table) -> Result<Option<Spec>, MapError> {
         let line = t.line;
-        if t.get("column").is_some() {
+        if t.get("column").is_some() || t.get("path").is_some() {
             t.only(&[
-                "column",
+                if t.get("column").is_some() {
+                    "column"
+                } else {
+                    "path"
+                },
                 "as",
                 "unit",
                 "to",
@@ -1007,8 +1125,17 @@ impl Reader {
                 .get("default")
                 .map(|v| self.node(v, t.key_line("default")).map(Box::new))
                 .transpose()?;
+            let (column, path) = match t.opt_str("path")? {
+                Some((text, l)) => {
+                    let e = Expression::compile(&text)
+                        .map_err(|e| self.err(l, &format!("fhirpath: {e}")))?;
+                    (text, Some(Arc::new(e)))
+                }
+                None => (t.req_str("column")?.0, None),
+            };
             return Ok(Some(Spec::Column(ColumnSpec {
-                column: t.req_str("column")?.0,
+                column,
+                path,
                 as_: if unit.is_some() && as_ == As::String {
                     As::Decimal
                 } else {

@@ -794,7 +794,7 @@ fn the_wide_trial_row_makes_one_lesion_size_and_margin_per_lesion_present() {
         ]
     );
     // An Excel serial date, and a dd/mm/yy date.
-    assert_eq!(abl["performedDateTime"], "2019-01-14");
+    assert_eq!(abl["performedDateTime"], "2019-01-15");
     assert_eq!(
         resource(&b, "Condition/rl-RL-001-dx")["onsetDateTime"],
         "2019-02-03"

@@ -81,7 +81,7 @@ pub fn map(
         text.push_str(&d.to_string());
         text.push('\n');
     }
-    eprint!("{text}{}: {}\n", m.name, outcome.summary());
+    eprintln!("{text}{}: {}", m.name, outcome.summary());
     if let Some(path) = report {
         let json = super::report::to_json(&m.name, &outcome);
         let written = serde_json::to_string_pretty(&json)

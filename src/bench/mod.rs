@@ -5,6 +5,7 @@
 //! implementation side by side in the same run, over the same input. `load` measures the
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
+pub mod import;
 pub mod load;
 
 use crate::model;
@@ -26,6 +27,10 @@ pub enum Suite {
     /// The server under load: ingest of transaction Bundles, reads and searches at
     /// `--resources` stored, the server's memory (not part of `all`).
     Load,
+    /// Bulk import of a generated retrospective dataset (`--rows` and ten times as many)
+    /// through `mappings/nl01-retrospective`: rows/s end to end and peak memory (not part
+    /// of `all`).
+    Import,
 }
 
 /// The folder the suites read when none is given.

@@ -4,6 +4,7 @@
 //! stored, reruns that create nothing) and the bulk `import` (the report of the rows that
 //! did not load, a rerun after fixing the input that adds only what was missing).
 
+#[allow(unused_macros)]
 mod common;
 
 use common::{open_store, serve_config, unique, Db, Server};
@@ -31,11 +32,11 @@ async fn start(db: Db, scope: &str) -> Option<(Server, String, PathBuf)> {
     };
     let server = serve_config(store, cleanup, config).await;
     let dir = std::env::temp_dir().join(unique("imagio_ingest"));
-    let token = token(&server, &dir, scope).await;
+    let token = site_token(&server, &dir, scope).await;
     Some((server, token, dir))
 }
 
-async fn token(server: &Server, dir: &Path, scope: &str) -> String {
+async fn site_token(server: &Server, dir: &Path, scope: &str) -> String {
     let generated = keys::generate_files(Alg::Es384, dir).expect("keys");
     let row = clients::add(
         &server.store,
@@ -230,19 +231,26 @@ async fn ingest_scenario(db: Db) {
     assert_eq!(st, StatusCode::NOT_FOUND, "{oo}");
     assert!(oo.to_string().contains("nl01-retrospective"), "{oo}");
 
-    // The ledger keeps the raw upload.
+    // The ledger keeps the raw upload (URLs below the FHIR base, as for every write).
     let entries = s.store.submissions(None, 100).await.expect("ledger");
     let ingest = |e: &&imagio_gateway::store::LedgerEntry, status: u16| {
-        e.submission.url == "/fhir/ingest/nl01-retrospective" && e.submission.status == status
+        e.submission.url == "/ingest/nl01-retrospective" && e.submission.status == status
     };
-    let refused = entries.iter().find(|e| ingest(e, 422)).expect("a refused upload");
-    assert_eq!(refused.submission.payload, broken);
-    let accepted = entries.iter().find(|e| ingest(e, 200)).expect("an accepted upload");
-    assert_eq!(accepted.submission.payload, basic);
-    assert_eq!(accepted.submission.site, "nl01");
+    // Newest first: the multipart upload (its body as sent), then the text/csv ones.
+    let refused: Vec<&imagio_gateway::store::LedgerEntry> =
+        entries.iter().filter(|e| ingest(e, 422)).collect();
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].submission.payload.starts_with(b"--test-boundary-1234\r\n"));
+    assert_eq!(refused[1].submission.payload, broken);
+    assert_eq!(refused[1].submission.content_type.as_deref(), Some("text/csv"));
+    let accepted: Vec<&imagio_gateway::store::LedgerEntry> =
+        entries.iter().filter(|e| ingest(e, 200)).collect();
+    assert_eq!(accepted.len(), 3);
+    assert_eq!(accepted[2].submission.payload, basic);
+    assert_eq!(accepted[2].submission.site, "nl01");
 
     // A token that may only read cannot ingest.
-    let reader = token(&s, &dir, "system/*.rs").await;
+    let reader = site_token(&s, &dir, "system/*.rs").await;
     let (st, oo) = upload(&s, &reader, "nl01-retrospective", "text/csv", &[], basic).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{oo}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -170,7 +170,15 @@ async fn ingest_scenario(db: Db) {
     )];
 
     // A broken export: 422 with the mapping's diagnostics, exactly, and nothing stored.
-    let (st, oo) = upload(&s, &token, "nl01-retrospective", "text/csv", &disposition, broken.clone()).await;
+    let (st, oo) = upload(
+        &s,
+        &token,
+        "nl01-retrospective",
+        "text/csv",
+        &disposition,
+        broken.clone(),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{oo}");
     let got: Vec<String> = oo["issue"]
         .as_array()
@@ -194,22 +202,47 @@ async fn ingest_scenario(db: Db) {
     assert_eq!(count(&s, &token, "Patient").await, 0, "nothing stored");
 
     // The clean export as text/csv: every resource created.
-    let (st, first) = upload(&s, &token, "nl01-retrospective", "text/csv", &disposition, basic.clone()).await;
+    let (st, first) = upload(
+        &s,
+        &token,
+        "nl01-retrospective",
+        "text/csv",
+        &disposition,
+        basic.clone(),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{first}");
     assert_eq!(first["type"], "transaction-response");
     let created = statuses(&first);
     assert_eq!(created.len(), entries);
-    assert!(created.iter().all(|x| x == "201 Created W/\"1\""), "{created:?}");
+    assert!(
+        created.iter().all(|x| x == "201 Created W/\"1\""),
+        "{created:?}"
+    );
     assert_eq!(count(&s, &token, "Patient").await, patients as i64);
 
     // The same upload again, as text/csv and as multipart: nothing new.
-    let (st, again) = upload(&s, &token, "nl01-retrospective", "text/csv", &disposition, basic.clone()).await;
+    let (st, again) = upload(
+        &s,
+        &token,
+        "nl01-retrospective",
+        "text/csv",
+        &disposition,
+        basic.clone(),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{again}");
-    assert!(statuses(&again).iter().all(|x| x == "200 OK W/\"1\""), "{again}");
+    assert!(
+        statuses(&again).iter().all(|x| x == "200 OK W/\"1\""),
+        "{again}"
+    );
     let (ct, body) = multipart(&[("registry", "registry-export.csv", &basic)]);
     let (st, multi) = upload(&s, &token, "nl01-retrospective", &ct, &[], body).await;
     assert_eq!(st, StatusCode::OK, "{multi}");
-    assert!(statuses(&multi).iter().all(|x| x == "200 OK W/\"1\""), "{multi}");
+    assert!(
+        statuses(&multi).iter().all(|x| x == "200 OK W/\"1\""),
+        "{multi}"
+    );
     assert_eq!(versions(&s, &token, "Patient").await, patients);
 
     // A broken multipart upload: the same diagnostics, nothing stored.
@@ -223,8 +256,21 @@ async fn ingest_scenario(db: Db) {
     let (ct, body) = multipart(&[("patients", "x.csv", &basic)]);
     let (st, oo) = upload(&s, &token, "nl01-retrospective", &ct, &[], body).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{oo}");
-    assert!(oo.to_string().contains("part 'patients' is not a source of mapping 'nl01-retrospective' (sources: registry)"), "{oo}");
-    let (st, oo) = upload(&s, &token, "nl01-retrospective", "application/fhir+json", &[], b"{}".to_vec()).await;
+    assert!(
+        oo.to_string().contains(
+            "part 'patients' is not a source of mapping 'nl01-retrospective' (sources: registry)"
+        ),
+        "{oo}"
+    );
+    let (st, oo) = upload(
+        &s,
+        &token,
+        "nl01-retrospective",
+        "application/fhir+json",
+        &[],
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{oo}");
     assert!(oo.to_string().contains("reads CSV files, not FHIR"), "{oo}");
     let (st, oo) = upload(&s, &token, "nope", "text/csv", &[], basic.clone()).await;
@@ -240,9 +286,15 @@ async fn ingest_scenario(db: Db) {
     let refused: Vec<&imagio_gateway::store::LedgerEntry> =
         entries.iter().filter(|e| ingest(e, 422)).collect();
     assert_eq!(refused.len(), 2);
-    assert!(refused[0].submission.payload.starts_with(b"--test-boundary-1234\r\n"));
+    assert!(refused[0]
+        .submission
+        .payload
+        .starts_with(b"--test-boundary-1234\r\n"));
     assert_eq!(refused[1].submission.payload, broken);
-    assert_eq!(refused[1].submission.content_type.as_deref(), Some("text/csv"));
+    assert_eq!(
+        refused[1].submission.content_type.as_deref(),
+        Some("text/csv")
+    );
     let accepted: Vec<&imagio_gateway::store::LedgerEntry> =
         entries.iter().filter(|e| ingest(e, 200)).collect();
     assert_eq!(accepted.len(), 3);
@@ -320,7 +372,11 @@ async fn import_scenario(db: Db) {
         serde_json::json!({"file": "registry.csv", "row": 12, "cell": 4, "header": "Diagnose", "mapping": "mapping.toml:109", "resource": "Condition/nl01-0000011-dx", "location": null, "severity": "error", "message": "code 'Cholangiocarcinoom' is not mapped by ConceptMap 'tumour-type' (maps: colorectaal, crlm, hcc, overige metastase)"}),
     ];
     assert_eq!(lines, want);
-    assert_eq!(count(&s, &token, "Patient").await, 38, "failed rows load nothing");
+    assert_eq!(
+        count(&s, &token, "Patient").await,
+        38,
+        "failed rows load nothing"
+    );
     let resources = first.created;
 
     // The input fixed: the two rows load, nothing else changes, nothing is duplicated.

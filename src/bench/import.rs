@@ -59,7 +59,14 @@ pub fn row(i: u64) -> String {
         g.pick(&["M", "V", "m", "v"]),
         1930 + g.next(60),
         g.pick(&["HCC", "CRLM", "colorectaal", "overige metastase"]),
-        g.pick(&["RFA", "micro", "Microgolf", "MWA", "radiofrequentie", "laser"]),
+        g.pick(&[
+            "RFA",
+            "micro",
+            "Microgolf",
+            "MWA",
+            "radiofrequentie",
+            "laser"
+        ]),
         g.pick(&["percutaan", "laparoscopisch", "open"]),
         g.pick(&["3D", "software", "visueel", "-"]),
     );
@@ -129,16 +136,18 @@ struct Measured {
     summary: serde_json::Value,
 }
 
-fn run_one(
-    work: &Path,
-    rows: u64,
-    database_url: &str,
-) -> Result<Measured, String> {
+fn run_one(work: &Path, rows: u64, database_url: &str) -> Result<Measured, String> {
     let input = work.join(format!("registry-{rows}.csv"));
     let bytes = generate(&input, rows).map_err(|e| format!("{}: {e}", input.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
-        .args(["import", "--mapping", MAPPING, "--database-url", database_url])
+        .args([
+            "import",
+            "--mapping",
+            MAPPING,
+            "--database-url",
+            database_url,
+        ])
         .arg("--report")
         .arg(work.join(format!("report-{rows}.ndjson")))
         .args(["--json", "--quiet"])
@@ -198,7 +207,10 @@ pub fn run(rows: usize, database_url: Option<&str>) -> ExitCode {
     let mut status = ExitCode::SUCCESS;
     for n in [rows as u64, rows as u64 * 10] {
         let db = match database_url {
-            None => Ok((work.join(format!("bench-{n}.sqlite")).display().to_string(), None)),
+            None => Ok((
+                work.join(format!("bench-{n}.sqlite")).display().to_string(),
+                None,
+            )),
             Some(url) => runtime.block_on(pg_database(url)),
         };
         let (url, pg) = match db {
@@ -272,7 +284,9 @@ fn report(label: &str, m: &Measured) {
 /// A new database on the PostgreSQL server of `url`: (its URL, (admin URL, name)).
 async fn pg_database(url: &str) -> Result<(String, Option<(String, String)>), String> {
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        return Err("--database-url must be postgres://... (SQLite runs on a temporary file)".into());
+        return Err(
+            "--database-url must be postgres://... (SQLite runs on a temporary file)".into(),
+        );
     }
     let name = format!(
         "imagio_bench_import_{}_{}",

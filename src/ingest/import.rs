@@ -326,7 +326,10 @@ impl<'a> Importer<'a> {
                 mapping: self.mapping.name.clone(),
             };
             let rows: usize = tables.iter().map(|t| t.rows.len()).sum();
-            self.summary.bytes += indexed_inputs.iter().map(|(_, _, b)| b.len() as u64).sum::<u64>();
+            self.summary.bytes += indexed_inputs
+                .iter()
+                .map(|(_, _, b)| b.len() as u64)
+                .sum::<u64>();
             self.batch(&m, &tables, 0..tables.len(), rows, &submitted)
                 .await?;
         }
@@ -358,17 +361,17 @@ impl<'a> Importer<'a> {
             );
             let read_before = self.summary.bytes;
             loop {
-                let next = batches
-                    .next_batch(self.options.batch)
-                    .map_err(|source| IngestError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let next =
+                    batches
+                        .next_batch(self.options.batch)
+                        .map_err(|source| IngestError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
                 let Some(batch) = next else { break };
                 self.summary.bytes = read_before + batches.consumed();
-                let read = crate::map::source::decode(&batch.bytes, encoding).and_then(|text| {
-                    Table::read(&text, &name, src, &self.mapping.sources[src])
-                });
+                let read = crate::map::source::decode(&batch.bytes, encoding)
+                    .and_then(|text| Table::read(&text, &name, src, &self.mapping.sources[src]));
                 let mut table = match read {
                     Ok(t) => t,
                     Err(message) => {
@@ -502,8 +505,7 @@ impl<'a> Importer<'a> {
                     // rows fail with the server's words, the rest is committed again.
                     let mut any = false;
                     for issue in issues.iter().filter(|i| i.severity.is_error()) {
-                        let Some(p) = entry_index(&issue.location).and_then(|i| good.get(i))
-                        else {
+                        let Some(p) = entry_index(&issue.location).and_then(|i| good.get(i)) else {
                             continue;
                         };
                         let Some(row) = super::row_of(tables, p) else {

@@ -155,8 +155,8 @@ impl<R: BufRead> Batches<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::map::spec::{Dialect, Encoding, Source};
     use crate::map::source::Table;
+    use crate::map::spec::{Dialect, Encoding, Source};
 
     fn source() -> Source {
         Source {

@@ -51,7 +51,16 @@ pub async fn ingest(
         }
     };
     ctx.payload = bytes.to_vec();
-    match process(&state, &ctx, &name, content_type.as_deref(), bytes, &headers).await {
+    match process(
+        &state,
+        &ctx,
+        &name,
+        content_type.as_deref(),
+        bytes,
+        &headers,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => write::reject(&state, &ctx, e).await.into_response(),
     }
@@ -194,7 +203,9 @@ fn map_upload(
     let (produced, outcome) =
         crate::map::produce(mapping, &tables, read_problems, validator, false);
     if outcome.has_errors() {
-        return Err(ApiError::Invalid(diagnostics_as_issues(&outcome.diagnostics)));
+        return Err(ApiError::Invalid(diagnostics_as_issues(
+            &outcome.diagnostics,
+        )));
     }
     let mut out = Vec::new();
     crate::map::write_bundle(mapping, &produced, &mut out)

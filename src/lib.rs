@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod definitions;
 pub mod fhirpath;
+pub mod ingest;
 pub mod map;
 pub mod model;
 pub mod profiles;

@@ -59,6 +59,10 @@ enum Command {
         /// fetching clients' JWKS URLs over HTTPS.
         #[arg(long, env = "IMAGIO_JWKS_CA_CERT", value_name = "FILE")]
         jwks_ca_cert: Option<PathBuf>,
+        /// The folder of mapping folders `POST /fhir/ingest/{mapping}` offers (default:
+        /// ./mappings when it exists).
+        #[arg(long, value_name = "DIR")]
+        mappings: Option<PathBuf>,
     },
     /// Make key pairs for SMART Backend Services clients.
     Keys {
@@ -129,9 +133,6 @@ enum Command {
         data: Option<PathBuf>,
         #[command(flatten)]
         load: LoadArgs,
-        /// `bench map`: rows of the generated export.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: usize,
     },
     // --- mappings (issue 7) ---
     /// Map site CSV exports into a transaction Bundle of study resources, with a report of
@@ -162,6 +163,40 @@ enum Command {
     Mapping {
         #[command(subcommand)]
         command: MappingCommand,
+    },
+    /// Bulk import of site exports through a mapping straight into the database: streamed,
+    /// committed in batches through the server's write path, rows that fail reported.
+    Import {
+        /// The mapping file (TOML; see mappings/README.md).
+        #[arg(long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// The database (`postgres://...`, `sqlite:PATH` or a SQLite file path).
+        #[arg(
+            long,
+            env = "IMAGIO_DATABASE_URL",
+            default_value = "imagio.sqlite",
+            value_name = "URL"
+        )]
+        database_url: String,
+        /// Write the rows that did not load, and why, here (NDJSON) instead of standard
+        /// error.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = 500, value_name = "N")]
+        batch: usize,
+        /// Label the resources as this site's (as a site client of it would).
+        #[arg(long, value_name = "CODE")]
+        site: Option<String>,
+        /// Print the summary as one JSON line (with the peak memory).
+        #[arg(long)]
+        json: bool,
+        /// No progress display.
+        #[arg(long)]
+        quiet: bool,
+        /// The input files (each matched to a source by its files pattern).
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
     },
 }
 
@@ -208,6 +243,10 @@ struct LoadArgs {
     /// load: start the server with --no-auth instead of registered clients and tokens.
     #[arg(long)]
     no_auth: bool,
+    /// map: rows of the generated export (default 1,000,000); import: rows of the first
+    /// generated input, the second having ten times as many (default 1,000).
+    #[arg(long)]
+    rows: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -382,6 +421,7 @@ fn main() -> ExitCode {
             public_url,
             token_lifetime,
             jwks_ca_cert,
+            mappings,
         } => {
             if let Some(f) = &jwks_ca_cert {
                 if let Err(e) = imagio_gateway::client::ca_certificates(f) {
@@ -402,6 +442,7 @@ fn main() -> ExitCode {
                     token_lifetime,
                     jwks_ca_cert,
                 },
+                mappings_dir: mappings,
             })
         }
         Command::Keys {
@@ -583,10 +624,38 @@ fn main() -> ExitCode {
         }),
         Command::Bench {
             what: imagio_gateway::bench::Suite::Map,
-            rows,
+            load,
             ..
-        } => imagio_gateway::bench::map::run(rows),
+        } => imagio_gateway::bench::map::run(load.rows.unwrap_or(1_000_000)),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Import,
+            load,
+            ..
+        } => imagio_gateway::bench::import::run(
+            load.rows.unwrap_or(1_000),
+            load.database_url.as_deref(),
+        ),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
+        Command::Import {
+            mapping,
+            database_url,
+            report,
+            batch,
+            site,
+            json,
+            quiet,
+            inputs,
+        } => {
+            let options = imagio_gateway::ingest::import::Options {
+                mapping,
+                inputs,
+                report,
+                batch,
+                site,
+                progress: !quiet,
+            };
+            with_runtime(import(database_url, cli.profiles_dir, options, json))
+        }
         // --- mappings (issue 7) ---
         Command::Map {
             mapping,
@@ -622,6 +691,51 @@ fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
         Ok(r) => r.block_on(f),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `import`: the summary on standard output; exit 0 when every row loaded, 1 when some did
+/// not (they are in the report), 2 when the import could not run or stopped.
+async fn import(
+    database_url: String,
+    profiles_dir: Option<PathBuf>,
+    options: imagio_gateway::ingest::import::Options,
+    json: bool,
+) -> ExitCode {
+    let report = options.report.clone();
+    match imagio_gateway::ingest::import::run(&database_url, profiles_dir.as_deref(), &options)
+        .await
+    {
+        Ok(s) => {
+            if json {
+                println!("{}", s.to_json());
+            } else {
+                println!(
+                    "{} rows read, {} loaded, {} failed{}; resources: {} created, {} updated, {} unchanged; {} batches in {:.1} s ({:.0} rows/s)",
+                    s.rows,
+                    s.rows - s.failed_rows,
+                    s.failed_rows,
+                    report
+                        .map(|r| format!(" (report: {})", r.display()))
+                        .unwrap_or_default(),
+                    s.created,
+                    s.updated,
+                    s.unchanged,
+                    s.batches,
+                    s.seconds,
+                    s.rows_per_second()
+                );
+            }
+            if s.failed_rows == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(2)
         }
     }

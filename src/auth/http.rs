@@ -225,6 +225,10 @@ fn need(method: &Method, path: &str) -> Need {
     if segs.is_empty() && method == Method::POST {
         return Need::Bundle;
     }
+    // `/fhir/ingest/{mapping}`: the handler checks the scopes against the types mapped.
+    if matches!(segs.as_slice(), ["ingest", _]) && method == Method::POST {
+        return Need::Token;
+    }
     classify(method, &segs)
 }
 

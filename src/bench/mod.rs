@@ -5,6 +5,7 @@
 //! implementation side by side in the same run, over the same input. `load` measures the
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
+pub mod import;
 pub mod load;
 pub mod map;
 
@@ -30,6 +31,10 @@ pub enum Suite {
     /// Mapping throughput of the example CSV mapping on `--rows` generated rows, mapped
     /// and mapped + validated (not part of `all`).
     Map,
+    /// Bulk import of a generated retrospective dataset (`--rows` and ten times as many)
+    /// through `mappings/nl01-retrospective`: rows/s end to end and peak memory (not part
+    /// of `all`).
+    Import,
 }
 
 /// The folder the suites read when none is given.

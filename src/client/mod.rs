@@ -267,6 +267,20 @@ impl Session {
         url: &str,
         body: Option<String>,
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        let body = body.map(|b| (b.into_bytes(), "application/fhir+json".to_string()));
+        self.call_raw(method, url, body).await
+    }
+
+    /// [`Session::call`] with a body of any media type: (bytes, `Content-Type`).
+    ///
+    /// # Errors
+    /// When no token can be had or the server cannot be reached.
+    pub async fn call_raw(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<(Vec<u8>, String)>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut delay = Duration::from_millis(500);
         let mut renewed = false;
         for attempt in 1.. {
@@ -276,9 +290,9 @@ impl Session {
                 .request(method.clone(), url)
                 .bearer_auth(token)
                 .header("accept", "application/fhir+json");
-            if let Some(b) = &body {
+            if let Some((b, content_type)) = &body {
                 request = request
-                    .header("content-type", "application/fhir+json")
+                    .header("content-type", content_type.as_str())
                     .body(b.clone());
             }
             let resp = request
@@ -493,10 +507,12 @@ pub async fn push(settings: Settings, paths: &[PathBuf]) -> Result<Vec<FileRepor
     Ok(reports)
 }
 
-/// Maps site exports with a mapping file and pushes the Bundle it makes: the inputs are
-/// mapped here, at the site, and validated against the study profiles exactly as
-/// `imagio-gateway map` does; when the mapping reports an error, nothing is sent and the
-/// report names the rows and rules that went wrong. One report, named after the mapping.
+/// Maps site exports with a mapping file at the site, as a check, and uploads the files as
+/// they are to the server's `/fhir/ingest/{mapping}` (`multipart/form-data`, one part per
+/// file named by its source), which maps, validates and stores them itself: the inputs are
+/// first mapped and validated here exactly as `imagio-gateway map` does, and when the
+/// mapping reports an error nothing is sent and the report names the rows and rules that
+/// went wrong. One report, named after the mapping.
 ///
 /// # Errors
 /// When no token can be had (the mapping itself is judged before connecting).
@@ -510,31 +526,44 @@ pub async fn push_mapped(
         status: None,
         summary,
     };
-    let bundle = match map_inputs(mapping, inputs) {
+    let (name, upload) = match map_inputs(mapping, inputs) {
         Ok(b) => b,
         Err(summary) => return Ok(refused(summary)),
     };
     let mut session = Session::connect(settings).await?;
-    Ok(match session.send(&bundle).await {
-        Ok((status, body)) => FileReport {
-            path: mapping.to_path_buf(),
-            status: Some(status),
-            summary: summarize(status, &body),
+    let url = format!("{}/ingest/{}", session.fhir_base, name);
+    let content_type = format!(
+        "multipart/form-data; boundary={}",
+        crate::ingest::import::BOUNDARY
+    );
+    Ok(
+        match session
+            .call_raw(reqwest::Method::POST, &url, Some((upload, content_type)))
+            .await
+        {
+            Ok((status, body)) => FileReport {
+                path: mapping.to_path_buf(),
+                status: Some(status),
+                summary: summarize(
+                    status,
+                    &serde_json::from_slice(&body).unwrap_or(Value::Null),
+                ),
+            },
+            Err(e) => refused(e.to_string()),
         },
-        Err(e) => refused(e.to_string()),
-    })
+    )
 }
 
-/// The transaction Bundle a mapping makes of `inputs`, or why it is not to be sent.
-fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<String, String> {
+/// The mapping's name and the upload of `inputs` (a `multipart/form-data` body), or why
+/// they are not to be sent: the mapping is run here first and any error stops the push.
+fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<(String, Vec<u8>), String> {
     let spec = crate::map::load(mapping).map_err(|e| e.to_string())?;
     let files = inputs
         .iter()
         .map(|p| crate::map::Input::read(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let validator = crate::map::study_validator(None).map_err(|e| e.to_string())?;
-    let mut bundle = Vec::new();
-    let outcome = crate::map::run(&spec, &files, Some(&validator), false, &mut bundle)
+    let outcome = crate::map::run(&spec, &files, Some(&validator), false, &mut std::io::sink())
         .map_err(|e| e.to_string())?;
     let errors: Vec<String> = outcome
         .diagnostics
@@ -555,7 +584,16 @@ fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<String, String> {
             }
         ));
     }
-    String::from_utf8(bundle).map_err(|e| format!("the mapped Bundle is not UTF-8: {e}"))
+    let sources = crate::map::assign(&spec, &files).map_err(|e| e.to_string())?;
+    let parts: Vec<(usize, String, Vec<u8>)> = files
+        .into_iter()
+        .zip(sources)
+        .map(|(f, s)| (s, f.name, f.bytes))
+        .collect();
+    Ok((
+        spec.name.clone(),
+        crate::ingest::import::multipart(&parts, &spec),
+    ))
 }
 
 async fn push_file(session: &mut Session, path: &Path) -> FileReport {

@@ -535,3 +535,72 @@ pub fn study_validator(profiles_dir: Option<&Path>) -> Result<Validator, MapErro
         profiles_dir,
     )?))
 }
+
+/// Runs a mapping over tables its caller has read (the server's `/ingest` reads uploads,
+/// the bulk `import` reads its inputs in batches) and returns the produced resources with
+/// the outcome, instead of writing a Bundle as [`run`] does: the caller decides which
+/// resources go on (all or nothing, or only those of rows without errors) and writes them
+/// with [`write_bundle`]. `diagnostics` are problems its caller met reading the inputs;
+/// they are sorted with the rest, as in [`run`].
+pub fn produce(
+    mapping: &Mapping,
+    tables: &[Table],
+    diagnostics: Vec<Diagnostic>,
+    validator: Option<&Validator>,
+    warnings: bool,
+) -> (Vec<Produced>, Outcome) {
+    let rows = tables.iter().map(|t| t.rows.len()).sum();
+    let mut engine = eval::Engine::new(mapping, tables, diagnostics);
+    let mut issues = Vec::new();
+    let mut produced = Vec::new();
+    let resources = engine.produce(&mut |p| {
+        if let Some(v) = validator {
+            validate_one(mapping, tables, v, &p, warnings, &mut issues);
+        }
+        produced.push(p);
+    });
+    let mut diagnostics = engine.into_diagnostics();
+    diagnostics.extend(issues);
+    fn order(d: &Diagnostic) -> (Option<(&str, u32)>, Option<usize>) {
+        (
+            d.source.as_ref().map(|s| (s.file.as_str(), s.row)),
+            d.mapping.as_ref().map(|m| m.1),
+        )
+    }
+    diagnostics.sort_by(|a, b| order(a).cmp(&order(b)));
+    (
+        produced,
+        Outcome {
+            diagnostics,
+            rows,
+            resources,
+        },
+    )
+}
+
+/// Writes produced resources as the transaction Bundle [`run`] writes (`PUT Type/id`
+/// entries, `fullUrl`s on the mapping's base).
+///
+/// # Errors
+/// When writing fails.
+pub fn write_bundle<'p>(
+    mapping: &Mapping,
+    produced: impl IntoIterator<Item = &'p Produced>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), MapError> {
+    let mut writer = BundleWriter {
+        out,
+        base: mapping.base.trim_end_matches('/'),
+        count: 0,
+        error: None,
+    };
+    writer.start();
+    for p in produced {
+        writer.entry(p);
+    }
+    writer.finish();
+    match writer.error {
+        Some(e) => Err(MapError::Write(e)),
+        None => Ok(()),
+    }
+}

@@ -367,6 +367,21 @@ async fn transaction(
     base: &str,
     ret: Return,
 ) -> Result<Response, ApiError> {
+    let items = commit_transaction(state, ctx, bundle).await?;
+    Ok(response_bundle("transaction-response", &items, base, ret))
+}
+
+/// Runs a transaction Bundle: every entry checked and validated, then one store
+/// transaction with the ledger entry of `ctx` (retried on lost races); the result of each
+/// entry in Bundle order. `/ingest` and `import` send their mapped Bundles through here.
+///
+/// # Errors
+/// Any entry's failure: nothing is stored.
+pub(crate) async fn commit_transaction(
+    state: &AppState,
+    ctx: &WriteCtx,
+    bundle: &Json,
+) -> Result<Vec<Result<Done, ApiError>>, ApiError> {
     let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
     let mut planned = Vec::with_capacity(entries.len());
     let mut issues: Vec<Issue> = Vec::new();
@@ -429,7 +444,7 @@ async fn transaction(
         .into_iter()
         .map(|d| d.ok_or_else(|| ApiError::Internal("entry without result".into())))
         .collect();
-    Ok(response_bundle("transaction-response", &items, base, ret))
+    Ok(items)
 }
 
 /// The `Type/id` an update or delete with an explicit id writes.
@@ -782,7 +797,7 @@ fn status_text(status: StatusCode) -> String {
 }
 
 /// The response Bundle: one entry per request entry, in request order.
-fn response_bundle(
+pub(crate) fn response_bundle(
     kind: &str,
     items: &[Result<Done, ApiError>],
     base: &str,

@@ -12,6 +12,7 @@
 //! - `write`: what every write shares: checking and validating a resource, applying
 //!   operations in one store transaction with retries, the ledger entry.
 //! - `capability`: the CapabilityStatement on `/fhir/metadata`.
+//! - [`ingest`]: `POST /fhir/ingest/{mapping}`, site exports through a mapping.
 //!
 //! Routes (the server's API boundary): `/health`, `/ready`, and under `/fhir`:
 //! `metadata`, `_history`, `{type}` (create, search, conditional update, delete and
@@ -26,6 +27,7 @@ mod bundle;
 mod capability;
 pub mod error;
 mod fhirpath_patch;
+pub mod ingest;
 mod ledger;
 mod patch;
 mod rest;
@@ -74,6 +76,9 @@ pub struct Config {
     pub max_depth: usize,
     /// Authentication (SMART Backend Services, or `--no-auth`).
     pub auth: crate::auth::AuthConfig,
+    /// The folder of mapping folders `/fhir/ingest/{mapping}` offers; `None`: `mappings/`
+    /// of the working directory when it exists (none offered otherwise).
+    pub mappings_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +91,7 @@ impl Default for Config {
             max_body: 64 * 1024 * 1024,
             max_depth: 128,
             auth: crate::auth::AuthConfig::default(),
+            mappings_dir: None,
         }
     }
 }
@@ -105,6 +111,9 @@ pub enum ServeError {
     /// Authentication set-up (`--no-auth` on a public address, the demo client).
     #[error("{0}")]
     Auth(String),
+    /// The mappings offered for ingest.
+    #[error("mappings: {0}")]
+    Mappings(String),
 }
 
 /// What every handler shares: built once in [`run`], cloned per request.
@@ -124,6 +133,8 @@ struct Shared {
     capability: std::sync::OnceLock<String>,
     /// The authorization server.
     auth: crate::auth::Auth,
+    /// The mappings of `/fhir/ingest/{mapping}`.
+    mappings: crate::ingest::Mappings,
 }
 
 impl AppState {
@@ -155,6 +166,14 @@ impl AppState {
             }
         };
         let auth = crate::auth::Auth::new(store.clone(), config.auth.clone());
+        let mappings = match &config.mappings_dir {
+            Some(dir) => crate::ingest::Mappings::load(dir),
+            None if std::path::Path::new("mappings").is_dir() => {
+                crate::ingest::Mappings::load(std::path::Path::new("mappings"))
+            }
+            None => Ok(crate::ingest::Mappings::default()),
+        }
+        .map_err(|e| ServeError::Mappings(e.to_string()))?;
         Ok(AppState {
             inner: Arc::new(Shared {
                 auth,
@@ -163,6 +182,7 @@ impl AppState {
                 config,
                 profiles,
                 capability: std::sync::OnceLock::new(),
+                mappings,
             }),
         })
     }
@@ -182,6 +202,11 @@ impl AppState {
     /// The authorization server.
     pub fn auth(&self) -> &crate::auth::Auth {
         &self.inner.auth
+    }
+
+    /// The mappings offered for ingest.
+    pub fn mappings(&self) -> &crate::ingest::Mappings {
+        &self.inner.mappings
     }
 }
 
@@ -236,7 +261,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/{type}/{id}/_history", get(rest::history_instance))
         .route("/{type}/{id}/_history/{vid}", get(rest::vread))
-        .route("/{type}/{id}/$validate", post(rest::validate_instance));
+        .route("/{type}/{id}/$validate", post(rest::validate_instance))
+        .route("/ingest/{mapping}", post(ingest::ingest));
     Router::new()
         .nest("/fhir", fhir)
         .route("/health", get(health))

@@ -713,6 +713,8 @@ pub struct WriteCtx {
     pub content_type: Option<String>,
     /// The body as sent.
     pub payload: Vec<u8>,
+    /// The mapping that made the resources written (`/ingest`, `import`), if any.
+    pub mapping: Option<String>,
 }
 
 impl WriteCtx {
@@ -733,6 +735,7 @@ impl WriteCtx {
                 .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
             content_type,
             payload: payload.to_vec(),
+            mapping: None,
         }
     }
 

@@ -248,3 +248,53 @@ macro_rules! on_both {
         on_both!($name, ValidationMode::Base, 64 * 1024 * 1024);
     };
 }
+
+/// A fresh store on `db` and how to clean it up (`None` when PostgreSQL is asked for and not
+/// configured).
+pub async fn open_store(db: Db) -> Option<(Store, Cleanup)> {
+    match db {
+        Db::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_test")));
+            let store = Store::open(path.to_str().expect("utf-8 temp path"))
+                .await
+                .expect("open sqlite");
+            Some((store, Cleanup::File(path)))
+        }
+        Db::Postgres => {
+            let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
+                eprintln!("SKIPPED: PostgreSQL end-to-end test: IMAGIO_TEST_DATABASE_URL not set");
+                return None;
+            };
+            let schema = unique("t");
+            let store = imagio_gateway::store::postgres::open(&url, Some(&schema))
+                .await
+                .expect("open postgres schema");
+            Some((store, Cleanup::Schema(url, schema)))
+        }
+    }
+}
+
+/// Serves `store` with `config` on a free port of 127.0.0.1.
+pub async fn serve_config(store: Store, cleanup: Cleanup, config: Config) -> Server {
+    let state = AppState::new(store.clone(), config).expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        serve_on(listener, state, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    Server {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        store,
+        stop: Some(stop),
+        task: Some(task),
+        cleanup,
+    }
+}

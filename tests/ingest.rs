@@ -301,6 +301,84 @@ async fn ingest_scenario(db: Db) {
     assert_eq!(accepted[2].submission.payload, basic);
     assert_eq!(accepted[2].submission.site, "nl01");
 
+    // A FHIR export to a mapping with FHIR sources: a Bundle as application/fhir+json is
+    // mapped and stored, again changes nothing; broken NDJSON gets the fixture's exact
+    // diagnostics (by NDJSON line, source resource and expression) and stores nothing.
+    let ehr = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/ehr-fhir-export");
+    let bundle = std::fs::read(ehr.join("fixtures/basic/ehr-export.json")).expect("bundle");
+    let ehr_expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(ehr.join("fixtures/basic/expected.json")).expect("json"),
+    )
+    .expect("json");
+    let ehr_entries = ehr_expected["entry"].as_array().expect("entries").len();
+    let procedures_before = count(&s, &token, "Procedure").await;
+    let broken_ndjson =
+        std::fs::read(ehr.join("fixtures/broken/ehr-export.ndjson")).expect("ndjson");
+    let (st, oo) = upload(
+        &s,
+        &token,
+        "ehr-fhir-export",
+        "application/fhir+ndjson",
+        &[(
+            "content-disposition",
+            "attachment; filename=\"ehr-export.ndjson\"",
+        )],
+        broken_ndjson,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{oo}");
+    let got: Vec<String> = oo["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| {
+            format!(
+                "{}: {}",
+                i["severity"].as_str().unwrap_or_default(),
+                i["details"]["text"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let want_ehr: Vec<String> =
+        std::fs::read_to_string(ehr.join("fixtures/broken/expected-report.txt"))
+            .expect("report")
+            .lines()
+            .map(str::to_string)
+            .collect();
+    assert_eq!(got, want_ehr);
+    assert_eq!(count(&s, &token, "Procedure").await, procedures_before);
+    let (st, first) = upload(
+        &s,
+        &token,
+        "ehr-fhir-export",
+        "application/fhir+json",
+        &[],
+        bundle.clone(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    let created = statuses(&first);
+    assert_eq!(created.len(), ehr_entries);
+    assert!(
+        created.iter().all(|x| x == "201 Created W/\"1\""),
+        "{created:?}"
+    );
+    assert!(count(&s, &token, "Procedure").await > procedures_before);
+    let (st, again) = upload(
+        &s,
+        &token,
+        "ehr-fhir-export",
+        "application/fhir+json",
+        &[],
+        bundle,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert!(
+        statuses(&again).iter().all(|x| x == "200 OK W/\"1\""),
+        "{again}"
+    );
+
     // A token that may only read cannot ingest.
     let reader = site_token(&s, &dir, "system/*.rs").await;
     let (st, oo) = upload(&s, &reader, "nl01-retrospective", "text/csv", &[], basic).await;

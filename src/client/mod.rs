@@ -585,10 +585,14 @@ fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<(String, Vec<u8>), S
         ));
     }
     let sources = crate::map::assign(&spec, &files).map_err(|e| e.to_string())?;
+    // One part per source an input feeds (several FHIR sources may read one file).
     let parts: Vec<(usize, String, Vec<u8>)> = files
         .into_iter()
         .zip(sources)
-        .map(|(f, s)| (s, f.name, f.bytes))
+        .flat_map(|(f, srcs)| {
+            srcs.into_iter()
+                .map(move |s| (s, f.name.clone(), f.bytes.clone()))
+        })
         .collect();
     Ok((
         spec.name.clone(),

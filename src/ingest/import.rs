@@ -234,9 +234,10 @@ impl<'a> Importer<'a> {
             .inputs
             .iter()
             .zip(assigned)
-            .map(|(p, s)| (p.clone(), file_name(p), s))
+            .flat_map(|(p, srcs)| srcs.into_iter().map(move |s| (p.clone(), file_name(p), s)))
             .collect();
-        let mut indexed = vec![false; mapping.sources.len()];
+        // FHIR sources (a Bundle or NDJSON) are read whole, like the joined ones.
+        let mut indexed: Vec<bool> = mapping.sources.iter().map(|s| s.fhir.is_some()).collect();
         for s in &mapping.sources {
             for j in &s.joins {
                 if let Some(x) = indexed.get_mut(j.source) {
@@ -245,7 +246,7 @@ impl<'a> Importer<'a> {
             }
         }
         let mut total = 0;
-        for (p, s) in options.inputs.iter().zip(&assigned_sources(&inputs)) {
+        for (p, _, s) in &inputs {
             if indexed.get(*s).copied().unwrap_or(false) {
                 continue;
             }

@@ -115,9 +115,16 @@ pub fn read_tables(mapping: &Mapping, inputs: &[SourceInput<'_>]) -> (Vec<Table>
     let mut diagnostics = Vec::new();
     for (src, name, bytes) in inputs {
         let source = &mapping.sources[*src];
-        match crate::map::source::decode(bytes, source.dialect.encoding)
-            .and_then(|text| Table::read(&text, name, *src, source))
-        {
+        let read = if source.fhir.is_some() {
+            crate::map::fhir::read(bytes, name, *src, mapping).map(|(t, found)| {
+                diagnostics.extend(found);
+                t
+            })
+        } else {
+            crate::map::source::decode(bytes, source.dialect.encoding)
+                .and_then(|text| Table::read(&text, name, *src, source))
+        };
+        match read {
             Ok(t) => tables.push(t),
             Err(message) => diagnostics.push(file_diagnostic(mapping, *src, name, 0, message)),
         }
@@ -139,6 +146,7 @@ pub fn file_diagnostic(
             file: file.to_string(),
             row,
             column: None,
+            fhir: None,
         }),
         mapping: Some((
             mapping.file_name.clone(),

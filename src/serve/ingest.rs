@@ -106,20 +106,36 @@ async fn inputs(
     headers: &HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Vec<(usize, String, Vec<u8>)>, ApiError> {
-    let accepted = "send text/csv (a mapping with one source) or multipart/form-data with one part per file, named by its source";
+    let accepted = "send text/csv (a mapping with one CSV source), FHIR JSON or NDJSON (a mapping with FHIR sources), or multipart/form-data with one part per file, named by its source";
     let Some(ct) = content_type else {
         return Err(ApiError::UnsupportedMediaType(format!(
             "no Content-Type; {accepted}"
         )));
     };
-    if media_type_is(ct, FHIR_TYPES) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "mapping '{}' reads CSV files, not FHIR ({ct}); FHIR exports go to a mapping with FHIR sources; {accepted}",
-            mapping.name
-        )));
-    }
     let sources = crate::ingest::source_names(mapping);
-    let found: Vec<(usize, String, Vec<u8>)> = if media_type_is(ct, &["text/csv"]) {
+    let found: Vec<(usize, String, Vec<u8>)> = if media_type_is(ct, FHIR_TYPES) {
+        // A FHIR export (a Bundle, a resource or NDJSON) feeds every FHIR source of the
+        // mapping; the file name (for diagnostics, and `.ndjson` for NDJSON) comes from
+        // `Content-Disposition` or the media type.
+        let fhir: Vec<usize> = (0..mapping.sources.len())
+            .filter(|&i| mapping.sources[i].fhir.is_some())
+            .collect();
+        if fhir.is_empty() {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "mapping '{}' reads CSV files, not FHIR ({ct}); FHIR exports go to a mapping with FHIR sources; {accepted}",
+                mapping.name
+            )));
+        }
+        let ndjson = media_type_is(ct, &["application/fhir+ndjson", "application/ndjson", "application/x-ndjson"]);
+        let file = headers
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(disposition_filename)
+            .unwrap_or_else(|| if ndjson { "upload.ndjson" } else { "upload.json" }.to_string());
+        fhir.into_iter()
+            .map(|s| (s, file.clone(), bytes.to_vec()))
+            .collect()
+    } else if media_type_is(ct, &["text/csv"]) {
         let [only] = mapping.sources.as_slice() else {
             return Err(ApiError::BadRequest(format!(
                 "mapping '{}' reads {} sources ({sources}): send multipart/form-data with one part per file, named by its source",

@@ -130,6 +130,26 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Compute the study's endpoint datasets (LTP per lesion; time to recurrence,
+    /// disease-free and overall survival per patient; safety), their Kaplan-Meier estimates
+    /// and pictures, into a folder (rules: profiles/ENDPOINTS.md).
+    Endpoints {
+        /// Read the current resources of this store (postgres://..., sqlite:PATH or a
+        /// SQLite file path).
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "ndjson",
+            required_unless_present = "ndjson"
+        )]
+        database_url: Option<String>,
+        /// Read these NDJSON files (one resource per line) instead.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        ndjson: Vec<PathBuf>,
+        /// The folder to write the CSV, SVG and FHIR Parameters files into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     // --- mappings (issue 7) ---
     /// Map site CSV exports into a transaction Bundle of study resources, with a report of
     /// every problem by source file:row:column and mapping file:line.
@@ -203,6 +223,9 @@ struct LoadArgs {
     /// load: start the server with --no-auth instead of registered clients and tokens.
     #[arg(long)]
     no_auth: bool,
+    /// endpoints: simulated patients.
+    #[arg(long, default_value_t = 5000)]
+    patients: usize,
 }
 
 #[derive(Subcommand)]
@@ -575,7 +598,17 @@ fn main() -> ExitCode {
             duration: load.duration,
             no_auth: load.no_auth,
         }),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Endpoints,
+            load,
+            ..
+        } => imagio_gateway::bench::endpoints::run(load.patients, load.database_url),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
+        Command::Endpoints {
+            database_url,
+            ndjson,
+            out,
+        } => imagio_gateway::endpoints::cli(database_url, &ndjson, &out),
         // --- mappings (issue 7) ---
         Command::Map {
             mapping,

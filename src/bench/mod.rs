@@ -5,6 +5,7 @@
 //! implementation side by side in the same run, over the same input. `load` measures the
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
+pub mod endpoints;
 pub mod load;
 
 use crate::model;
@@ -26,6 +27,9 @@ pub enum Suite {
     /// The server under load: ingest of transaction Bundles, reads and searches at
     /// `--resources` stored, the server's memory (not part of `all`).
     Load,
+    /// The endpoint datasets and Kaplan-Meier estimates of `--patients` simulated
+    /// journeys, end to end, from NDJSON and from a store (not part of `all`).
+    Endpoints,
 }
 
 /// The folder the suites read when none is given.
@@ -34,6 +38,9 @@ pub const DEFAULT_DATA: &str = "../shared/samples/synthea";
 /// Runs an in-process suite and prints its figures; `data` is the folder of FHIR JSON files
 /// to use. `Suite::Load` is [`load::run`], which takes its own options.
 pub fn run(suite: Suite, data: Option<&Path>) -> ExitCode {
+    if suite == Suite::Endpoints {
+        return endpoints::run(5000, None);
+    }
     let dir = data.map_or_else(|| PathBuf::from(DEFAULT_DATA), Path::to_path_buf);
     let inputs = match load(&dir) {
         Ok(v) if !v.is_empty() => v,

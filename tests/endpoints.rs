@@ -4,6 +4,7 @@
 //! `IMAGIO_TEST_DATABASE_URL` is set, on PostgreSQL; site clients and anonymous callers
 //! refused. Also the `endpoints` command on the same data as NDJSON.
 
+#[allow(unused_macros)]
 mod common;
 
 use common::{unique, Db};

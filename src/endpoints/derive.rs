@@ -597,7 +597,7 @@ pub fn derive(facts: &Facts) -> Datasets {
             }
         }
     }
-    for (_, rows) in per_endpoint {
+    for rows in per_endpoint.into_values() {
         out.rows.extend(rows);
     }
     out

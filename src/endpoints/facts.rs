@@ -301,7 +301,7 @@ fn extensions<'a>(e: &'a Element, url: &'a str) -> impl Iterator<Item = &'a Elem
 }
 
 /// The text of a primitive `value[x]` of an element (any type).
-fn value_text<'a>(e: &'a Element) -> Option<&'a str> {
+fn value_text(e: &Element) -> Option<&str> {
     e.str("value")
 }
 
@@ -607,7 +607,7 @@ mod tests {
         assert_eq!(day("2023-02-29"), None);
         assert_eq!(day("2023-02"), None);
         assert_eq!(day("2023"), None);
-        for d in [-800_000, -1, 0, 59, 19_000, 20_000, 800_000] {
+        for d in [-700_000, -1, 0, 59, 19_000, 20_000, 800_000] {
             assert_eq!(day(&day_text(d)), Some(d), "{d}");
         }
         assert_eq!(day_text(19_723), "2024-01-01");

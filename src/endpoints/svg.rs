@@ -296,10 +296,15 @@ mod tests {
         assert_eq!(svg.matches("censored at day").count(), 2);
         assert!(svg.contains("class=\"ci\""));
         assert!(svg.contains("class=\"survival\""));
-        // x axis to 730 (the report time covering day 500): at-risk at 0, 180, 365, 730.
-        assert!(
-            svg.contains(">5</text>") && svg.contains(">4</text>") && svg.contains(">1</text>")
-        );
+        // x axis to 730 (the report time covering day 500); at risk at 0, 180, 365, 730:
+        // 5, 4 (times 200, 200, 400, 500), 2, 0.
+        let table = svg.split("Number at risk").nth(1).unwrap_or_default();
+        let numbers: Vec<&str> = table
+            .split("</text>")
+            .filter_map(|t| t.rsplit('>').next())
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        assert_eq!(numbers, ["5", "4", "2", "0"], "{table}");
         assert!(svg.contains(">730</text>") && !svg.contains(">1095</text>"));
     }
 }

@@ -379,13 +379,13 @@ pub fn derive(facts: &Facts) -> Datasets {
                     "local tumour progression Observation/{} dated on or before the ablation",
                     r.id
                 ))
-            } else if let Some(r) = first_ltp.filter(|r| after_death(r.date)) {
-                Some(format!(
-                    "local tumour progression Observation/{} dated after the date of death",
-                    r.id
-                ))
             } else {
-                None
+                first_ltp.filter(|r| after_death(r.date)).map(|r| {
+                    format!(
+                        "local tumour progression Observation/{} dated after the date of death",
+                        r.id
+                    )
+                })
             };
             if row.excluded.is_none() {
                 let closed = match (first_ltp, last_imaging_after(lo)) {

@@ -53,7 +53,7 @@ pub struct Curve {
 /// The 95% log-log limits of S with Greenwood sum `v`: log(-log S) ± z sqrt(v) / |log S|,
 /// transformed back, which gives S^exp(±z sqrt(v) / log S).
 pub fn loglog_ci(s: f64, v: f64) -> (Option<f64>, Option<f64>) {
-    if !(s > 0.0 && s < 1.0) || !v.is_finite() {
+    if s <= 0.0 || s >= 1.0 || s.is_nan() || !v.is_finite() {
         return (None, None);
     }
     let half = Z95 * v.sqrt() / s.ln(); // negative: log S < 0
@@ -194,28 +194,28 @@ mod tests {
         }
     }
 
-    /// Six subjects: events at 2, 4, 4 (tie), 7; censored at 4 (at an event time) and 9.
-    ///
-    /// By hand (events before censorings at t = 4):
-    /// - t = 2: n = 6, d = 1: S = 5/6 = 0.833333; Greenwood sum V = 1/(6*5) = 1/30.
-    /// - t = 4: n = 5 (the subject censored at 4 is still at risk), d = 2, c = 1:
-    ///   S = 5/6 * 3/5 = 1/2; V = 1/30 + 2/(5*3) = 1/30 + 4/30 = 1/6.
-    /// - t = 7: n = 2, d = 1: S = 1/2 * 1/2 = 1/4; V = 1/6 + 1/(2*1) = 2/3.
-    /// - t = 9: n = 1, censored: S stays 1/4.
-    ///
-    /// Log-log limits, half = z sqrt(V) / ln S, lower = S^exp(-half), upper = S^exp(half):
-    /// - t = 2: ln S = -0.182321557, sqrt V = 0.182574186,
-    ///   half = 1.959964 * 0.182574186 / -0.182321557 = -1.962680;
-    ///   lower = (5/6)^7.118377 = 0.273123; upper = (5/6)^0.140481 = 0.974712.
-    /// - t = 4: ln S = -0.693147181, sqrt V = 0.408248290, half = -1.154375;
-    ///   lower = 0.5^3.172041 = 0.110948; upper = 0.5^0.315254 = 0.803709.
-    /// - t = 7: ln S = -1.386294361, sqrt V = 0.816496581, half = -1.154375;
-    ///   lower = 0.25^3.172041 = 0.012310; upper = 0.25^0.315254 = 0.645949.
-    /// Greenwood standard error at t = 4: 0.5 * sqrt(1/6) = 0.204124.
-    /// Median: S first reaches 0.5 at t = 4 and stays there until the next event at 7:
-    /// exactly 0.5 on a flat stretch, so the median is (4 + 7) / 2 = 5.5.
-    /// Median interval: the lower limit first falls below 0.5 at t = 2 (0.273123); the
-    /// upper limit never does (0.974712, 0.803709, 0.645949): [2, not reached).
+    // Six subjects: events at 2, 4, 4 (tie), 7; censored at 4 (at an event time) and 9.
+    //
+    // By hand (events before censorings at t = 4):
+    // - t = 2: n = 6, d = 1: S = 5/6 = 0.833333; Greenwood sum V = 1/(6*5) = 1/30.
+    // - t = 4: n = 5 (the subject censored at 4 is still at risk), d = 2, c = 1:
+    //   S = 5/6 * 3/5 = 1/2; V = 1/30 + 2/(5*3) = 1/30 + 4/30 = 1/6.
+    // - t = 7: n = 2, d = 1: S = 1/2 * 1/2 = 1/4; V = 1/6 + 1/(2*1) = 2/3.
+    // - t = 9: n = 1, censored: S stays 1/4.
+    //
+    // Log-log limits, half = z sqrt(V) / ln S, lower = S^exp(-half), upper = S^exp(half):
+    // - t = 2: ln S = -0.182321557, sqrt V = 0.182574186,
+    //   half = 1.959964 * 0.182574186 / -0.182321557 = -1.962680;
+    //   lower = (5/6)^7.118377 = 0.273123; upper = (5/6)^0.140481 = 0.974712.
+    // - t = 4: ln S = -0.693147181, sqrt V = 0.408248290, half = -1.154375;
+    //   lower = 0.5^3.172041 = 0.110948; upper = 0.5^0.315254 = 0.803709.
+    // - t = 7: ln S = -1.386294361, sqrt V = 0.816496581, half = -1.154375;
+    //   lower = 0.25^3.172041 = 0.012310; upper = 0.25^0.315254 = 0.645949.
+    // Greenwood standard error at t = 4: 0.5 * sqrt(1/6) = 0.204124.
+    // Median: S first reaches 0.5 at t = 4 and stays there until the next event at 7:
+    // exactly 0.5 on a flat stretch, so the median is (4 + 7) / 2 = 5.5.
+    // Median interval: the lower limit first falls below 0.5 at t = 2 (0.273123); the
+    // upper limit never does (0.974712, 0.803709, 0.645949): [2, not reached).
     #[test]
     fn ties_and_censoring_at_an_event_time() {
         let c = estimate(&obs(&[
@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(c.at(1), (1.0, None, None));
     }
 
-    /// All censored: S stays 1, no limits, no median; everyone at risk at 0.
+    // All censored: S stays 1, no limits, no median; everyone at risk at 0.
     #[test]
     fn all_censored() {
         let c = estimate(&obs(&[(3, false), (5, false), (5, false)]));
@@ -285,17 +285,17 @@ mod tests {
         assert_eq!(c.at_risk(4), 2);
     }
 
-    /// Everyone dies, at 1, 2, 2, 3 (four subjects).
-    /// - t = 1: n = 4, d = 1: S = 3/4; V = 1/(4*3) = 1/12.
-    /// - t = 2: n = 3, d = 2: S = 3/4 * 1/3 = 1/4; V = 1/12 + 2/(3*1) = 3/4.
-    /// - t = 3: n = 1, d = 1: S = 0; V is infinite (d = n) and the limits undefined.
-    /// Limits at t = 1: ln S = -0.287682072, sqrt V = 0.288675135, half = -1.966730:
-    /// lower = 0.75^7.147264 = 0.127947, upper = 0.75^0.139914 = 0.960549.
-    /// At t = 2: ln S = -1.386294361, sqrt V = 0.866025404, half = -1.224400:
-    /// lower = 0.25^3.402124 = 0.008948, upper = 0.25^0.293934 = 0.665325.
-    /// Median: S first below 0.5 at t = 2 (0.25). Its interval: the lower limit first
-    /// below 0.5 at t = 1 (0.127947); the upper limit first at or below 0.5 at t = 3
-    /// (S = 0, limits taken as 0): [1, 3].
+    // Everyone dies, at 1, 2, 2, 3 (four subjects).
+    // - t = 1: n = 4, d = 1: S = 3/4; V = 1/(4*3) = 1/12.
+    // - t = 2: n = 3, d = 2: S = 3/4 * 1/3 = 1/4; V = 1/12 + 2/(3*1) = 3/4.
+    // - t = 3: n = 1, d = 1: S = 0; V is infinite (d = n) and the limits undefined.
+    // Limits at t = 1: ln S = -0.287682072, sqrt V = 0.288675135, half = -1.966730:
+    // lower = 0.75^7.147264 = 0.127947, upper = 0.75^0.139914 = 0.960549.
+    // At t = 2: ln S = -1.386294361, sqrt V = 0.866025404, half = -1.224400:
+    // lower = 0.25^3.402124 = 0.008948, upper = 0.25^0.293934 = 0.665325.
+    // Median: S first below 0.5 at t = 2 (0.25). Its interval: the lower limit first
+    // below 0.5 at t = 1 (0.127947); the upper limit first at or below 0.5 at t = 3
+    // (S = 0, limits taken as 0): [1, 3].
     #[test]
     fn everyone_dies() {
         let c = estimate(&obs(&[(2, true), (1, true), (3, true), (2, true)]));

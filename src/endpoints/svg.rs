@@ -47,9 +47,9 @@ pub fn render(curve: &Curve, title: &str, y_label: &str) -> String {
     let x = |t: f64| LEFT + t / xmax * plot_w;
     let y = |s: f64| TOP + (1.0 - s) * PLOT_H;
     let mut o = String::new();
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">"
     );
     let _ = writeln!(o, "<title>{}</title>", escape(title));
     let _ = writeln!(
@@ -238,8 +238,8 @@ mod tests {
     use super::*;
     use crate::endpoints::km::{estimate, Obs};
 
-    /// Checks that every tag opened is closed, in order (the pictures use no comments,
-    /// CDATA or processing instructions).
+    // Checks that every tag opened is closed, in order (the pictures use no comments,
+    // CDATA or processing instructions).
     pub(crate) fn well_formed(svg: &str) -> Result<(), String> {
         let mut stack: Vec<&str> = Vec::new();
         let mut rest = svg;

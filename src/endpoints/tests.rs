@@ -26,7 +26,7 @@ fn row<'a>(d: &'a Datasets, e: Endpoint, unit: &str) -> &'a Row {
         .unwrap_or_else(|| panic!("no {e:?} row for {unit}: {:#?}", d.rows))
 }
 
-/// (days, event, end reason) of an analysed row.
+// (days, event, end reason) of an analysed row.
 fn outcome(r: &Row) -> (Option<i32>, bool, &'static str, Option<&str>) {
     (r.days, r.event, r.end_reason, r.excluded.as_deref())
 }
@@ -142,12 +142,12 @@ fn journey(name: &str) -> Facts {
     f
 }
 
-/// The CRLM journey: two lesions ablated on 2022-01-12 (the origin); imaging follow-ups on
-/// 2022-04-12, 2022-07-12, 2023-01-10; LTP of lesion 1 found on 2023-03-12 (day 424:
-/// 365 days to 2023-01-12, then 31 + 28); death on 2024-07-12 (day 912: 730 to 2024-01-12,
-/// then 31 + 29 + 31 + 30 + 31 + 30 = 182). Lesion 2 has no LTP: the 2023-03-12 imaging
-/// that found lesion 1's progression is its last imaging (day 424, censored). A grade 3,
-/// CTCAE 5.0, probably related, serious haemorrhage on the ablation day (day 0).
+// The CRLM journey: two lesions ablated on 2022-01-12 (the origin); imaging follow-ups on
+// 2022-04-12, 2022-07-12, 2023-01-10; LTP of lesion 1 found on 2023-03-12 (day 424:
+// 365 days to 2023-01-12, then 31 + 28); death on 2024-07-12 (day 912: 730 to 2024-01-12,
+// then 31 + 29 + 31 + 30 + 31 + 30 = 182). Lesion 2 has no LTP: the 2023-03-12 imaging
+// that found lesion 1's progression is its last imaging (day 424, censored). A grade 3,
+// CTCAE 5.0, probably related, serious haemorrhage on the ablation day (day 0).
 #[test]
 fn crlm_journey() {
     let f = journey("Bundle-journey-crlm.json");
@@ -195,12 +195,12 @@ fn crlm_journey() {
     assert_eq!(g34("5.0", 90), Some((1, 1)));
 }
 
-/// The HCC journey: one lesion ablated on 2023-03-15; imaging follow-ups on 2023-06-14,
-/// 2023-09-13 and 2024-03-12 (day 363); an intrahepatic distant recurrence on 2024-11-19
-/// (day 615: 366 days to 2024-03-15, 2024 being a leap year, then 245 to 2024-11-15, then
-/// 4); a clinical visit on 2025-03-10 (day 726), alive. The lesion has no LTP: censored at
-/// the last liver imaging, the recurrence's (day 615). TTR and DFS: the recurrence at 615.
-/// OS: censored at the last contact, day 726. The grade 1 complication counts nowhere.
+// The HCC journey: one lesion ablated on 2023-03-15; imaging follow-ups on 2023-06-14,
+// 2023-09-13 and 2024-03-12 (day 363); an intrahepatic distant recurrence on 2024-11-19
+// (day 615: 366 days to 2024-03-15, 2024 being a leap year, then 245 to 2024-11-15, then
+// 4); a clinical visit on 2025-03-10 (day 726), alive. The lesion has no LTP: censored at
+// the last liver imaging, the recurrence's (day 615). TTR and DFS: the recurrence at 615.
+// OS: censored at the last contact, day 726. The grade 1 complication counts nowhere.
 #[test]
 fn hcc_journey() {
     let f = journey("Bundle-journey-hcc.json");
@@ -226,8 +226,8 @@ fn hcc_journey() {
 
 // ---- hand-built journeys ---------------------------------------------------------------
 
-/// Missing follow-up: an ablation on 2024-01-10 and nothing after. Every endpoint is
-/// excluded, each with its reason, and the patient still counts as treated (safety).
+// Missing follow-up: an ablation on 2024-01-10 and nothing after. Every endpoint is
+// excluded, each with its reason, and the patient still counts as treated (safety).
 #[test]
 fn missing_follow_up() {
     let f = facts_of(&[
@@ -268,12 +268,12 @@ fn missing_follow_up() {
     );
 }
 
-/// Death before any recurrence: ablation on day 0 (2024-01-10), imaging on day 90, a
-/// clinical visit on day 150, death on day 200, no recurrence.
-/// - LTP and TTR: censored at the last imaging, day 90 (a visit does not rule out
-///   recurrence; death is not a recurrence).
-/// - DFS: death is the event, day 200.
-/// - OS: death, day 200.
+// Death before any recurrence: ablation on day 0 (2024-01-10), imaging on day 90, a
+// clinical visit on day 150, death on day 200, no recurrence.
+// - LTP and TTR: censored at the last imaging, day 90 (a visit does not rule out
+//   recurrence; death is not a recurrence).
+// - DFS: death is the event, day 200.
+// - OS: death, day 200.
 #[test]
 fn death_before_any_recurrence() {
     let o = "2024-01-10";
@@ -303,13 +303,13 @@ fn death_before_any_recurrence() {
     );
 }
 
-/// Ties and the study horizon:
-/// - p3: a recurrence and death on the same day (day 100): DFS counts the recurrence.
-/// - p4: an imaging follow-up and an LTP on the same day (day 180): the event wins.
-/// - p5: recurrence on day 1500, beyond the horizon (1461): censored at 1461; alive, last
-///   contact day 1600: OS censored at 1461 too.
-/// - p6: recorded dead without a date: OS and DFS excluded; TTR censored at its imaging
-///   (day 60).
+// Ties and the study horizon:
+// - p3: a recurrence and death on the same day (day 100): DFS counts the recurrence.
+// - p4: an imaging follow-up and an LTP on the same day (day 180): the event wins.
+// - p5: recurrence on day 1500, beyond the horizon (1461): censored at 1461; alive, last
+//   contact day 1600: OS censored at 1461 too.
+// - p6: recorded dead without a date: OS and DFS excluded; TTR censored at its imaging
+//   (day 60).
 #[test]
 fn ties_horizon_and_unknown_death_date() {
     let o = "2021-05-01";
@@ -372,12 +372,12 @@ fn ties_horizon_and_unknown_death_date() {
     );
 }
 
-/// Data errors exclude with a reason, and records that cannot be used are listed:
-/// - p7: an LTP dated before its ablation: the lesion's LTP row and the patient's TTR and
-///   DFS rows are excluded (OS stands: death is not in question).
-/// - p8: a follow-up with a month-only date and a draft recurrence: both listed in the
-///   ignored resources; a Patient without any ablation: excluded from every endpoint.
-/// - p9: death before the first ablation: every endpoint excluded.
+// Data errors exclude with a reason, and records that cannot be used are listed:
+// - p7: an LTP dated before its ablation: the lesion's LTP row and the patient's TTR and
+//   DFS rows are excluded (OS stands: death is not in question).
+// - p8: a follow-up with a month-only date and a draft recurrence: both listed in the
+//   ignored resources; a Patient without any ablation: excluded from every endpoint.
+// - p9: death before the first ablation: every endpoint excluded.
 #[test]
 fn data_errors_are_excluded_with_reasons() {
     let o = "2022-02-01";
@@ -444,16 +444,16 @@ fn data_errors_are_excluded_with_reasons() {
     );
 }
 
-/// Safety by window, grade and CTCAE version, by hand. Four treated patients (HCC):
-/// - s1: grade 3, CTCAE 5.0, possible, day 30: counts in both windows.
-/// - s2: grade 4, CTCAE 6.0, certain, day 31: 90-day window only; plus a grade 3, 5.0,
-///   *unlikely*, day 2: not related, counts nowhere.
-/// - s3: grade 5, CTCAE 6.0, probable, day 91: in neither window.
-/// - s4: grade 5, CTCAE 5.0, certain, day 10: grade 5 in both windows.
-///
-/// Grade 3-4: 30 days: s1 -> all 1/4, 5.0 1/4, 6.0 0/4; 90 days: s1, s2 -> all 2/4,
-/// 5.0 1/4, 6.0 1/4. Grade 5: 30 and 90 days: s4 -> 1/4 (5.0). Serious (grade >= 3 here,
-/// related): 30 days s1, s4 -> 2/4; 90 days s1, s2, s4 -> 3/4.
+// Safety by window, grade and CTCAE version, by hand. Four treated patients (HCC):
+// - s1: grade 3, CTCAE 5.0, possible, day 30: counts in both windows.
+// - s2: grade 4, CTCAE 6.0, certain, day 31: 90-day window only; plus a grade 3, 5.0,
+//   *unlikely*, day 2: not related, counts nowhere.
+// - s3: grade 5, CTCAE 6.0, probable, day 91: in neither window.
+// - s4: grade 5, CTCAE 5.0, certain, day 10: grade 5 in both windows.
+//
+// Grade 3-4: 30 days: s1 -> all 1/4, 5.0 1/4, 6.0 0/4; 90 days: s1, s2 -> all 2/4,
+// 5.0 1/4, 6.0 1/4. Grade 5: 30 and 90 days: s4 -> 1/4 (5.0). Serious (grade >= 3 here,
+// related): 30 days s1, s4 -> 2/4; 90 days s1, s2, s4 -> 3/4.
 #[test]
 fn safety_windows_grades_versions() {
     let o = "2023-06-01";
@@ -551,9 +551,9 @@ fn safety_windows_grades_versions() {
     );
 }
 
-/// Kaplan-Meier through the whole pipeline: the OS rows of three patients (deaths on days
-/// 100 and 100, a censoring at day 100 by last contact) give S(100) = 1 - 2/3 = 1/3 and,
-/// by tumour type, a curve per type; the Parameters output validates against base R4.
+// Kaplan-Meier through the whole pipeline: the OS rows of three patients (deaths on days
+// 100 and 100, a censoring at day 100 by last contact) give S(100) = 1 - 2/3 = 1/3 and,
+// by tumour type, a curve per type; the Parameters output validates against base R4.
 #[test]
 fn estimates_and_parameters() {
     let o = "2020-03-01";

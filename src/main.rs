@@ -134,6 +134,26 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Compute the study's endpoint datasets (LTP per lesion; time to recurrence,
+    /// disease-free and overall survival per patient; safety), their Kaplan-Meier estimates
+    /// and pictures, into a folder (rules: profiles/ENDPOINTS.md).
+    Endpoints {
+        /// Read the current resources of this store (postgres://..., sqlite:PATH or a
+        /// SQLite file path).
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "ndjson",
+            required_unless_present = "ndjson"
+        )]
+        database_url: Option<String>,
+        /// Read these NDJSON files (one resource per line) instead.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        ndjson: Vec<PathBuf>,
+        /// The folder to write the CSV, SVG and FHIR Parameters files into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     // --- mappings (issue 7) ---
     /// Map site CSV exports into a transaction Bundle of study resources, with a report of
     /// every problem by source file:row:column and mapping file:line.
@@ -247,6 +267,9 @@ struct LoadArgs {
     /// generated input, the second having ten times as many (default 1,000).
     #[arg(long)]
     rows: Option<usize>,
+    /// endpoints: simulated patients.
+    #[arg(long, default_value_t = 5000)]
+    patients: usize,
 }
 
 #[derive(Subcommand)]
@@ -635,6 +658,11 @@ fn main() -> ExitCode {
             load.rows.unwrap_or(1_000),
             load.database_url.as_deref(),
         ),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Endpoints,
+            load,
+            ..
+        } => imagio_gateway::bench::endpoints::run(load.patients, load.database_url),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         Command::Import {
             mapping,
@@ -656,6 +684,11 @@ fn main() -> ExitCode {
             };
             with_runtime(import(database_url, cli.profiles_dir, options, json))
         }
+        Command::Endpoints {
+            database_url,
+            ndjson,
+            out,
+        } => imagio_gateway::endpoints::cli(database_url, &ndjson, &out),
         // --- mappings (issue 7) ---
         Command::Map {
             mapping,

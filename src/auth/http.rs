@@ -205,7 +205,7 @@ enum Need {
 /// What a request to `path` (absolute) with `method` needs.
 fn need(method: &Method, path: &str) -> Need {
     let Some(rest) = path.strip_prefix("/fhir") else {
-        return if path.starts_with("/admin") {
+        return if path.starts_with("/admin") || path.starts_with("/sponsor") {
             Need::Token
         } else {
             Need::Public
@@ -503,6 +503,7 @@ mod tests {
         assert_eq!(need(&Method::GET, "/fhir/metadata"), Need::Public);
         assert_eq!(need(&Method::GET, "/health"), Need::Public);
         assert_eq!(need(&Method::GET, "/admin/clients"), Need::Token);
+        assert_eq!(need(&Method::GET, "/sponsor/endpoints"), Need::Token);
         assert_eq!(need(&Method::POST, "/fhir"), Need::Bundle);
         assert_eq!(need(&Method::POST, "/fhir/"), Need::Bundle);
         assert_eq!(

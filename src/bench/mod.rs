@@ -6,6 +6,7 @@
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
 pub mod import;
+pub mod endpoints;
 pub mod load;
 pub mod map;
 
@@ -35,6 +36,9 @@ pub enum Suite {
     /// through `mappings/nl01-retrospective`: rows/s end to end and peak memory (not part
     /// of `all`).
     Import,
+    /// The endpoint datasets and Kaplan-Meier estimates of `--patients` simulated
+    /// journeys, end to end, from NDJSON and from a store (not part of `all`).
+    Endpoints,
 }
 
 /// The folder the suites read when none is given.
@@ -43,6 +47,9 @@ pub const DEFAULT_DATA: &str = "../shared/samples/synthea";
 /// Runs an in-process suite and prints its figures; `data` is the folder of FHIR JSON files
 /// to use. `Suite::Load` is [`load::run`], which takes its own options.
 pub fn run(suite: Suite, data: Option<&Path>) -> ExitCode {
+    if suite == Suite::Endpoints {
+        return endpoints::run(5000, None);
+    }
     let dir = data.map_or_else(|| PathBuf::from(DEFAULT_DATA), Path::to_path_buf);
     let inputs = match load(&dir) {
         Ok(v) if !v.is_empty() => v,

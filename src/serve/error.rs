@@ -183,6 +183,15 @@ impl From<crate::model::json::SyntaxError> for ApiError {
     }
 }
 
+impl From<crate::endpoints::EndpointsError> for ApiError {
+    fn from(e: crate::endpoints::EndpointsError) -> Self {
+        match e {
+            crate::endpoints::EndpointsError::Store(s) => ApiError::Store(s),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<super::patch::PatchError> for ApiError {
     fn from(e: super::patch::PatchError) -> Self {
         match e {

@@ -8,6 +8,7 @@
 //!   `$validate`).
 //! - `patch`: JSON Patch (RFC 6902); `fhirpath_patch`: FHIRPath Patch.
 //! - `ledger`: the ledger admin API (`/admin/submissions`).
+//! - `endpoints`: the sponsor's endpoint datasets (`/sponsor/endpoints`).
 //! - `bundle`: `batch` and `transaction` Bundles on `POST /fhir`.
 //! - `write`: what every write shares: checking and validating a resource, applying
 //!   operations in one store transaction with retries, the ledger entry.
@@ -25,6 +26,7 @@
 mod body;
 mod bundle;
 mod capability;
+mod endpoints;
 pub mod error;
 mod fhirpath_patch;
 pub mod ingest;
@@ -269,6 +271,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .merge(crate::auth::routes())
         .merge(ledger::routes())
+        .merge(endpoints::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -774,6 +774,39 @@ impl Store {
         );
         Ok(row)
     }
+
+    /// Up to `limit` current (not deleted) resources of `res_type` whose id sorts after
+    /// `after` (from the first when `None`), in id order: keyset pages over the primary
+    /// key, for reading every resource of a type in bounded memory (the endpoints).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn current_page(
+        &self,
+        res_type: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Stored>> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
+             ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version_id = r.version_id \
+             WHERE r.res_type = $1 AND r.res_id > $2 AND NOT r.deleted \
+             ORDER BY r.res_id LIMIT $3"
+        );
+        let mut out = Vec::new();
+        on_pool!(self, |c| {
+            for r in sqlx::query(&sql)
+                .bind(res_type)
+                .bind(after.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(c)
+                .await?
+            {
+                out.push(stored!(r));
+            }
+        });
+        Ok(out)
+    }
 }
 
 /// Reading the columns of a row of either database.

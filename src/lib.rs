@@ -12,3 +12,4 @@ pub mod search;
 pub mod serve;
 pub mod store;
 pub mod validate;
+pub mod views;

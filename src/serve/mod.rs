@@ -29,6 +29,7 @@ mod fhirpath_patch;
 mod ledger;
 mod patch;
 mod rest;
+mod views;
 mod write;
 
 pub use error::ApiError;
@@ -227,6 +228,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/_history", get(rest::history_type))
         .route("/{type}/_search", post(rest::search_post))
         .route("/{type}/$validate", post(rest::validate_type))
+        .route("/ViewDefinition/$run", post(views::run))
         .route(
             "/{type}/{id}",
             get(rest::read)

@@ -3076,7 +3076,12 @@ async fn view_run_tenancy(db: Db) {
     let tobs = s.token(&obs, &kobs, "system/Observation.rs").await;
     for (token, value) in [(&ta, "mrn-a1"), (&ta, "mrn-a2"), (&tb, "mrn-b1")] {
         let (st, _, body) = s
-            .fhir(reqwest::Method::POST, "/Patient", Some(token), Some(patient(value)))
+            .fhir(
+                reqwest::Method::POST,
+                "/Patient",
+                Some(token),
+                Some(patient(value)),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{body}");
     }

@@ -43,7 +43,9 @@ fn journeys_ndjson() -> PathBuf {
 }
 
 fn view_path(name: &str) -> PathBuf {
-    Path::new(ROOT).join("profiles/views").join(format!("{name}.json"))
+    Path::new(ROOT)
+        .join("profiles/views")
+        .join(format!("{name}.json"))
 }
 
 fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
@@ -113,7 +115,10 @@ fn every_shipped_view_is_embedded_and_valid() {
     let shipped = views::shipped();
     let mut names: Vec<&str> = shipped.iter().map(|(n, _)| *n).collect();
     names.sort_unstable();
-    let mut want: Vec<String> = expected().iter().map(|(n, _)| format!("{n}.json")).collect();
+    let mut want: Vec<String> = expected()
+        .iter()
+        .map(|(n, _)| format!("{n}.json"))
+        .collect();
     want.sort();
     assert_eq!(names, want);
     for (name, text) in shipped {
@@ -182,7 +187,9 @@ fn pyarrow_rows(path: &Path) -> Option<Value> {
         .args(["-c", "import pyarrow"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: pyarrow check of the Parquet output: python3 -c 'import pyarrow' fails");
+        eprintln!(
+            "SKIPPED: pyarrow check of the Parquet output: python3 -c 'import pyarrow' fails"
+        );
         return None;
     }
     let script = "import sys, json, pyarrow.parquet as pq\n\
@@ -220,7 +227,10 @@ fn parquet_output_reads_back() {
     let bytes = std::fs::read(&out).expect("parquet file");
     let (cols, rows) = parquet::read(&bytes).expect("own reader");
     assert_eq!(cols.len(), 17);
-    assert_eq!(cols[9], ("antenna_count".to_string(), parquet::Physical::Int64));
+    assert_eq!(
+        cols[9],
+        ("antenna_count".to_string(), parquet::Physical::Int64)
+    );
     assert_eq!(cols[10], ("power".to_string(), parquet::Physical::Double));
     assert_eq!(
         cols[16],
@@ -297,7 +307,9 @@ fn cli_refuses_bad_views_and_bad_input_without_writing() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("bad.json") && err.contains("select[0].column[0]") && err.contains("collection"),
+        err.contains("bad.json")
+            && err.contains("select[0].column[0]")
+            && err.contains("collection"),
         "{err}"
     );
     assert!(!out.exists());
@@ -318,9 +330,16 @@ fn cli_refuses_bad_views_and_bad_input_without_writing() {
         2,
         "no temporary file left"
     );
-    let (code, _, err) = run_cli(&["view", "run", view_path("patients").to_str().expect("utf-8")]);
+    let (code, _, err) = run_cli(&[
+        "view",
+        "run",
+        view_path("patients").to_str().expect("utf-8"),
+    ]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--ndjson") && err.contains("--database-url"), "{err}");
+    assert!(
+        err.contains("--ndjson") && err.contains("--database-url"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -364,8 +383,8 @@ mod scenarios {
     pub async fn views_on_the_store(server: &Server) {
         for f in ["Bundle-journey-hcc.json", "Bundle-journey-crlm.json"] {
             let path = Path::new(ROOT).join("profiles/examples/journeys").join(f);
-            let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read"))
-                .expect("json");
+            let bundle: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
             let (s, _, body) = server.post("/fhir", &bundle, &[]).await;
             assert_eq!(s, StatusCode::OK, "{body}");
         }
@@ -418,13 +437,17 @@ mod scenarios {
             .map(|l| serde_json::from_str(l).expect("row"))
             .collect();
         assert_eq!(rows.len(), 622);
-        let mut ids: Vec<&str> = rows.iter().filter_map(|r| r["patient_id"].as_str()).collect();
+        let mut ids: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r["patient_id"].as_str())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 622, "each patient once");
         assert!(rows
             .iter()
-            .any(|r| r["deceased_date"] == json!("2024-07-12") && r["site_id"] == json!("site-nl-01")));
+            .any(|r| r["deceased_date"] == json!("2024-07-12")
+                && r["site_id"] == json!("site-nl-01")));
         // JSON array and Parquet.
         let inline_view = json!({"resourceType": "ViewDefinition", "resource": "Patient",
             "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
@@ -437,13 +460,18 @@ mod scenarios {
         assert_eq!(s, StatusCode::OK);
         let rows: Value = serde_json::from_slice(&body).expect("json array");
         assert_eq!(rows, json!([{"id": "crlm-0001", "born": "1956"}]));
+        let params = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "viewResource", "resource": params["parameter"][0]["resource"].clone()}]});
         let (s, ct, body) = run_op(server, &params, "?_format=parquet").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(ct, "application/vnd.apache.parquet");
         let (_, rows) = parquet::read(&body).expect("parquet");
         assert_eq!(
             rows,
-            vec![vec![Cell::Str("crlm-0001".into()), Cell::Str("1956".into())]]
+            vec![vec![
+                Cell::Str("crlm-0001".into()),
+                Cell::Str("1956".into())
+            ]]
         );
         // Inline resources instead of the store.
         let params = json!({"resourceType": "Parameters", "parameter": [
@@ -454,7 +482,10 @@ mod scenarios {
             {"name": "_format", "valueCode": "csv"}]});
         let (s, _, body) = run_op(server, &params, "").await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(String::from_utf8(body).expect("utf-8"), "id\r\ninline-1\r\n");
+        assert_eq!(
+            String::from_utf8(body).expect("utf-8"),
+            "id\r\ninline-1\r\n"
+        );
         // Refusals: an invalid view, an unknown reference, an unknown format, no view.
         let bad = json!({"resourceType": "Parameters", "parameter": [
             {"name": "viewResource", "resource": {"resourceType": "ViewDefinition", "resource": "Patient",
@@ -464,12 +495,17 @@ mod scenarios {
         let oo: Value = serde_json::from_slice(&body).expect("outcome");
         assert_eq!(oo["resourceType"], "OperationOutcome");
         let diag = oo["issue"][0]["diagnostics"].as_str().unwrap_or("");
-        assert!(diag.contains("select[0].column[0]") && diag.contains("varchar"), "{diag}");
+        assert!(
+            diag.contains("select[0].column[0]") && diag.contains("varchar"),
+            "{diag}"
+        );
         let unknown = json!({"resourceType": "Parameters", "parameter": [
             {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/nope"}}]});
         let (s, _, _) = run_op(server, &unknown, "").await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        let (s, _, _) = run_op(server, &params, "?_format=xlsx").await;
+        let patients = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patients"}}]});
+        let (s, _, _) = run_op(server, &patients, "?_format=xlsx").await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         let (s, _, _) = run_op(server, &json!({"resourceType": "Parameters"}), "").await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -479,12 +515,13 @@ mod scenarios {
                 "select": [{"column": [{"name": "x", "path": "id"}]}],
                 "where": [{"path": "gender"}]}}]});
         let (s, _, body) = run_op(server, &failing, "").await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
     }
 }
 
-on_both!(
-    views_on_the_store,
-    ValidationMode::Study,
-    64 * 1024 * 1024
-);
+on_both!(views_on_the_store, ValidationMode::Study, 64 * 1024 * 1024);

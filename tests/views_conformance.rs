@@ -79,7 +79,9 @@ fn sql_on_fhir_cases() {
                     .unwrap_or_else(|e| panic!("{}: resource {}: {e}", file.display(), r["id"]))
             })
             .collect();
-        let name = file.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let name = file
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
         for test in suite["tests"].as_array().map_or(&[][..], Vec::as_slice) {
             total += 1;
             match run_case(&resources, test) {

@@ -1,7 +1,7 @@
 //! SQL on FHIR `$run`: `POST /fhir/ViewDefinition/$run` with a Parameters body carrying the
 //! view (`viewResource`, or `viewReference` to a shipped ViewDefinition) and optionally
-//! `_format` (`csv`, `ndjson`, `json`, `parquet`; also taken from the query string) and
-//! inline `resource`s to run on instead of the store.
+//! `_format` (`csv`, `ndjson`, `json`, `parquet`; also taken from the query string, the
+//! body's parameter winning) and inline `resource`s to run on instead of the store.
 //!
 //! Rows stream: the first page of resources is run before answering (so a view that fails
 //! on the data is a 422 OperationOutcome), the rest page by page into the response body.
@@ -10,8 +10,8 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::Uri;
 use axum::http::header;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value as JsonValue;
 use std::io::Write;
@@ -39,10 +39,11 @@ pub async fn run(
     if let Some(e) = body.refused {
         return Err(e);
     }
-    let params: JsonValue = serde_json::from_slice(&body.bytes).map_err(|e| ApiError::Malformed {
-        message: format!("the body is not JSON: {e}"),
-        issues: Vec::new(),
-    })?;
+    let params: JsonValue =
+        serde_json::from_slice(&body.bytes).map_err(|e| ApiError::Malformed {
+            message: format!("the body is not JSON: {e}"),
+            issues: Vec::new(),
+        })?;
     if params.get("resourceType").and_then(JsonValue::as_str) != Some("Parameters") {
         return Err(ApiError::BadRequest(
             "$run takes a Parameters resource".into(),
@@ -72,9 +73,10 @@ pub async fn run(
                 let text = views::shipped_view(reference).ok_or_else(|| {
                     ApiError::NotFound(format!("no ViewDefinition '{reference}' on this server"))
                 })?;
-                view_json = Some(serde_json::from_str(text).map_err(|e| {
-                    ApiError::Internal(format!("shipped view {reference}: {e}"))
-                })?);
+                view_json =
+                    Some(serde_json::from_str(text).map_err(|e| {
+                        ApiError::Internal(format!("shipped view {reference}: {e}"))
+                    })?);
             }
             Some("_format") => {
                 format = p
@@ -98,7 +100,9 @@ pub async fn run(
     let format = match format.as_deref() {
         None => Format::Ndjson,
         Some(f) => Format::from_name(f).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown _format '{f}' (csv, ndjson, json, parquet)"))
+            ApiError::BadRequest(format!(
+                "unknown _format '{f}' (csv, ndjson, json, parquet)"
+            ))
         })?,
     };
     let principal = principal.map(|p| p.0).unwrap_or_else(Principal::local);
@@ -190,7 +194,9 @@ async fn page(
     after: &mut String,
     writer: &mut RowWriter<SharedBuf>,
 ) -> Result<bool, ApiError> {
-    let rows = store.current_page(&view.resource, site, after, PAGE).await?;
+    let rows = store
+        .current_page(&view.resource, site, after, PAGE)
+        .await?;
     if let Some((last, _)) = rows.last() {
         after.clone_from(last);
     }

@@ -387,7 +387,11 @@ fn constant_value(c: &Map<String, JsonValue>) -> Result<ConstValue, String> {
         "Time" => ConstValue::Time(Time::parse_fhir(text()?).map_err(|_| bad("time"))?),
         "Base64Binary" | "Canonical" | "Code" | "Id" | "Oid" | "String" | "Uri" | "Url"
         | "Uuid" | "Markdown" => ConstValue::String(text()?.to_string()),
-        other => return Err(format!("value{other} is not a constant type SQL on FHIR allows")),
+        other => {
+            return Err(format!(
+                "value{other} is not a constant type SQL on FHIR allows"
+            ))
+        }
     })
 }
 
@@ -474,7 +478,9 @@ fn selection(
         if !sql_name(name) {
             return Err(invalid(
                 &cat,
-                format!("'{name}' is not a valid column name (letters, digits, `_`; a letter first)"),
+                format!(
+                    "'{name}' is not a valid column name (letters, digits, `_`; a letter first)"
+                ),
             ));
         }
         let path = c
@@ -515,10 +521,7 @@ fn selection(
             ));
         }
         if columns.iter().any(|k| k.name == name) {
-            return Err(invalid(
-                &cat,
-                format!("column name '{name}' is used twice"),
-            ));
+            return Err(invalid(&cat, format!("column name '{name}' is used twice")));
         }
         columns.push(ColumnInfo {
             name: name.to_string(),
@@ -555,9 +558,16 @@ fn selection(
             None => first_branch = Some(mine),
             Some(first) => {
                 let names = |c: &[ColumnInfo]| {
-                    c.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(", ")
+                    c.iter()
+                        .map(|c| c.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
-                if first.iter().map(|c| &c.name).ne(mine.iter().map(|c| &c.name)) {
+                if first
+                    .iter()
+                    .map(|c| &c.name)
+                    .ne(mine.iter().map(|c| &c.name))
+                {
                     return Err(invalid(
                         &uat,
                         format!(
@@ -669,15 +679,24 @@ mod tests {
 
     #[test]
     fn refuses_unknown_column_type() {
-        let e = err(r#"{"resource":"Patient","select":[{"column":[{"name":"a","path":"id","type":"varchar"}]}]}"#);
-        assert!(e.contains("select[0].column[0]") && e.contains("unknown type"), "{e}");
+        let e = err(
+            r#"{"resource":"Patient","select":[{"column":[{"name":"a","path":"id","type":"varchar"}]}]}"#,
+        );
+        assert!(
+            e.contains("select[0].column[0]") && e.contains("unknown type"),
+            "{e}"
+        );
     }
 
     #[test]
     fn refuses_collection_path_without_collection() {
-        let e = err(r#"{"resource":"Patient","select":[{"column":[{"name":"f","path":"name.family"}]}]}"#);
+        let e = err(
+            r#"{"resource":"Patient","select":[{"column":[{"name":"f","path":"name.family"}]}]}"#,
+        );
         assert!(e.contains("several values"), "{e}");
-        let e = err(r#"{"resource":"Patient","select":[{"forEach":"contact","column":[{"name":"g","path":"name.given"}]}]}"#);
+        let e = err(
+            r#"{"resource":"Patient","select":[{"forEach":"contact","column":[{"name":"g","path":"name.given"}]}]}"#,
+        );
         assert!(e.contains("several values"), "{e}");
         parse_view(r#"{"resource":"Patient","select":[{"forEach":"name","column":[{"name":"f","path":"family"},{"name":"g","path":"given","collection":true}]}]}"#).unwrap();
         parse_view(r#"{"resource":"Patient","select":[{"column":[{"name":"f","path":"name.family.first()"}]}]}"#).unwrap();
@@ -685,15 +704,27 @@ mod tests {
 
     #[test]
     fn refuses_duplicate_columns_across_selects() {
-        let e = err(r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"}]},{"forEach":"name","column":[{"name":"id","path":"family"}]}]}"#);
-        assert!(e.contains("select[1].column[0]") && e.contains("used twice"), "{e}");
+        let e = err(
+            r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"}]},{"forEach":"name","column":[{"name":"id","path":"family"}]}]}"#,
+        );
+        assert!(
+            e.contains("select[1].column[0]") && e.contains("used twice"),
+            "{e}"
+        );
     }
 
     #[test]
     fn refuses_mismatched_union_branches_and_unknown_constants() {
-        let e = err(r#"{"resource":"Patient","select":[{"unionAll":[{"forEach":"telecom","column":[{"name":"v","path":"value"}]},{"forEach":"contact.telecom","column":[{"name":"w","path":"value"}]}]}]}"#);
-        assert!(e.contains("unionAll[1]") && e.contains("same columns"), "{e}");
-        let e = err(r#"{"resource":"Patient","select":[{"column":[{"name":"v","path":"name.where(use = %u).family.first()"}]}]}"#);
+        let e = err(
+            r#"{"resource":"Patient","select":[{"unionAll":[{"forEach":"telecom","column":[{"name":"v","path":"value"}]},{"forEach":"contact.telecom","column":[{"name":"w","path":"value"}]}]}]}"#,
+        );
+        assert!(
+            e.contains("unionAll[1]") && e.contains("same columns"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"resource":"Patient","select":[{"column":[{"name":"v","path":"name.where(use = %u).family.first()"}]}]}"#,
+        );
         assert!(e.contains("%u"), "{e}");
         let e = err(r#"{"resource":"Nope","select":[{"column":[{"name":"v","path":"id"}]}]}"#);
         assert!(e.contains("unknown resource type"), "{e}");

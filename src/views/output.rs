@@ -25,7 +25,9 @@ impl Format {
     pub fn from_name(name: &str) -> Option<Format> {
         Some(match name {
             "csv" | "text/csv" => Format::Csv,
-            "ndjson" | "application/x-ndjson" | "application/ndjson"
+            "ndjson"
+            | "application/x-ndjson"
+            | "application/ndjson"
             | "application/fhir+ndjson" => Format::Ndjson,
             "json" | "application/json" | "application/fhir+json" => Format::Json,
             "parquet" | "application/vnd.apache.parquet" => Format::Parquet,

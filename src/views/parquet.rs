@@ -514,7 +514,9 @@ pub fn read(file: &[u8]) -> Result<ReadBack, String> {
     let mut len = [0u8; 4];
     len.copy_from_slice(&file[n - 8..n - 4]);
     let len = u32::from_le_bytes(len) as usize;
-    let start = (n - 8).checked_sub(len).ok_or("footer length out of range")?;
+    let start = (n - 8)
+        .checked_sub(len)
+        .ok_or("footer length out of range")?;
     let meta = Decoder {
         b: &file[start..n - 8],
         p: 0,
@@ -650,9 +652,17 @@ mod tests {
         for i in 0..(ROW_GROUP_ROWS + 17) {
             let row = vec![
                 Cell::Str(format!("r{i}")),
-                if i % 3 == 0 { Cell::Null } else { Cell::Int(i as i64 - 5) },
+                if i % 3 == 0 {
+                    Cell::Null
+                } else {
+                    Cell::Int(i as i64 - 5)
+                },
                 Cell::Number("2.5".into()),
-                if i % 5 == 0 { Cell::Null } else { Cell::Bool(i % 2 == 0) },
+                if i % 5 == 0 {
+                    Cell::Null
+                } else {
+                    Cell::Bool(i % 2 == 0)
+                },
                 Cell::List(vec![Cell::Str("a".into())]),
             ];
             w.row(&row).unwrap();
@@ -663,7 +673,10 @@ mod tests {
         let bytes = w.finish().unwrap();
         let (names, rows) = read(&bytes).unwrap();
         assert_eq!(
-            names.iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(),
+            names
+                .iter()
+                .map(|(n, t)| (n.as_str(), *t))
+                .collect::<Vec<_>>(),
             vec![
                 ("id", Physical::Utf8),
                 ("n", Physical::Int64),

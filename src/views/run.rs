@@ -52,18 +52,10 @@ pub fn rows(view: &View, resource: &Element) -> Result<Vec<Row>, ViewError> {
                 Some(true) => {}
                 Some(false) => return Ok(Vec::new()),
                 None => {
-                    return Err(r.error(format!(
-                        "where path '{}' must give a Boolean",
-                        w.source()
-                    )))
+                    return Err(r.error(format!("where path '{}' must give a Boolean", w.source())))
                 }
             },
-            _ => {
-                return Err(r.error(format!(
-                    "where path '{}' gave several values",
-                    w.source()
-                )))
-            }
+            _ => return Err(r.error(format!("where path '{}' gave several values", w.source()))),
         }
     }
     r.select(&view.root, &Item::Element(resource))
@@ -97,7 +89,12 @@ impl<'v> Runner<'v> {
     fn select(&self, sel: &'v Select, focus: &Item<'v>) -> Result<Vec<Row>, ViewError> {
         let foci: Vec<Option<Item<'v>>> = match &sel.iterate {
             Iterate::Here => vec![Some(focus.clone())],
-            Iterate::ForEach(e) => self.eval(e, focus.clone())?.into_vec().into_iter().map(Some).collect(),
+            Iterate::ForEach(e) => self
+                .eval(e, focus.clone())?
+                .into_vec()
+                .into_iter()
+                .map(Some)
+                .collect(),
             Iterate::ForEachOrNull(e) => {
                 let items = self.eval(e, focus.clone())?.into_vec();
                 if items.is_empty() {
@@ -136,7 +133,11 @@ impl<'v> Runner<'v> {
 
     /// The items reached by applying the paths to the focus, then to each result, depth
     /// first in document order.
-    fn repeat(&self, paths: &'v [Expression], focus: &Item<'v>) -> Result<Vec<Item<'v>>, ViewError> {
+    fn repeat(
+        &self,
+        paths: &'v [Expression],
+        focus: &Item<'v>,
+    ) -> Result<Vec<Item<'v>>, ViewError> {
         let mut out = Vec::new();
         for p in paths {
             for item in self.eval(p, focus.clone())?.into_vec() {
@@ -203,8 +204,6 @@ fn cell(item: &Item<'_>) -> Cell {
         Item::Boolean(b) => Cell::Bool(*b),
         Item::Integer(i) => Cell::Int(*i),
         Item::Decimal(d) => Cell::Number(d.to_string()),
-        other => other
-            .to_string_value()
-            .map_or(Cell::Null, Cell::Str),
+        other => other.to_string_value().map_or(Cell::Null, Cell::Str),
     }
 }

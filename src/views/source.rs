@@ -27,16 +27,21 @@ pub fn ndjson_file(
         .map_err(|e| ViewError::Input(format!("{}: {e}", path.display())))?;
     let reader = std::io::BufReader::new(file);
     for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| ViewError::Input(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        let line =
+            line.map_err(|e| ViewError::Input(format!("{}:{}: {e}", path.display(), i + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
         let resource = crate::model::parse(&line).map_err(|e| {
-            ViewError::Input(format!("{}:{}: not a FHIR R4 resource: {e}", path.display(), i + 1))
+            ViewError::Input(format!(
+                "{}:{}: not a FHIR R4 resource: {e}",
+                path.display(),
+                i + 1
+            ))
         })?;
-        for row in rows(view, &resource).map_err(|e| {
-            ViewError::Input(format!("{}:{}: {e}", path.display(), i + 1))
-        })? {
+        for row in rows(view, &resource)
+            .map_err(|e| ViewError::Input(format!("{}:{}: {e}", path.display(), i + 1)))?
+        {
             emit(&row)?;
         }
     }
@@ -57,7 +62,9 @@ pub async fn store(
 ) -> Result<(), ViewError> {
     let mut after = String::new();
     loop {
-        let page = store.current_page(&view.resource, site, &after, PAGE).await?;
+        let page = store
+            .current_page(&view.resource, site, &after, PAGE)
+            .await?;
         let Some((last, _)) = page.last() else {
             return Ok(());
         };

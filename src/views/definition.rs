@@ -65,9 +65,9 @@ impl ConstValue {
             Self::Integer(i) => Item::Integer(*i),
             Self::Decimal(d) => Item::Decimal(*d),
             Self::String(s) => Item::String(Text::owned(s.as_str())),
-            Self::Date(d) => Item::Date(d.clone()),
-            Self::DateTime(d) => Item::date_time(d.clone()),
-            Self::Time(t) => Item::Time(t.clone()),
+            Self::Date(d) => Item::Date(*d),
+            Self::DateTime(d) => Item::date_time(*d),
+            Self::Time(t) => Item::Time(*t),
         })
     }
 }

@@ -179,6 +179,11 @@ enum Command {
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
     },
+    /// SQL on FHIR v2 views: run a ViewDefinition over NDJSON files or the store.
+    View {
+        #[command(subcommand)]
+        command: ViewCommand,
+    },
     /// Check and test mapping files.
     Mapping {
         #[command(subcommand)]
@@ -217,6 +222,27 @@ enum Command {
         /// The input files (each matched to a source by its files pattern).
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewCommand {
+    /// Run a ViewDefinition and write its rows.
+    Run {
+        /// The ViewDefinition (JSON).
+        view: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "ndjson", "json", "parquet"])]
+        format: String,
+        /// Write here instead of standard output (only when the run succeeds).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// NDJSON files of resources to run on.
+        #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with = "database_url")]
+        ndjson: Vec<PathBuf>,
+        /// The store to run on (its current resources of the view's type).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -706,6 +732,23 @@ fn main() -> ExitCode {
             warnings,
             no_validate,
         ),
+        Command::View {
+            command:
+                ViewCommand::Run {
+                    view,
+                    format,
+                    out,
+                    ndjson,
+                    database_url,
+                },
+        } => imagio_gateway::views::cli::run(&imagio_gateway::views::cli::RunArgs {
+            view,
+            format: imagio_gateway::views::Format::from_name(&format)
+                .unwrap_or(imagio_gateway::views::Format::Csv),
+            out,
+            ndjson,
+            database_url,
+        }),
         Command::Mapping {
             command: MappingCommand::Check { file, samples },
         } => imagio_gateway::map::cli::check(cli.profiles_dir.as_deref(), &file, &samples),

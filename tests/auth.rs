@@ -3055,3 +3055,94 @@ fn serve_refuses_a_jwks_ca_file_without_certificates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------
+// SQL on FHIR $run: sponsors see every site's rows, a site only its own
+
+async fn view_run_tenancy(db: Db) {
+    let Some(s) = start(db).await else { return };
+    let all = "system/*.cruds";
+    let (a, ka) = s.register(Alg::Es384, Role::Site, "site-a", all).await;
+    let (b, kb) = s.register(Alg::Es384, Role::Site, "site-b", all).await;
+    let (sp, ksp) = s
+        .register(Alg::Es384, Role::Sponsor, "hq", "system/*.rs")
+        .await;
+    let (obs, kobs) = s
+        .register(Alg::Es384, Role::Sponsor, "hq", "system/Observation.rs")
+        .await;
+    let ta = s.token(&a, &ka, all).await;
+    let tb = s.token(&b, &kb, all).await;
+    let tsp = s.token(&sp, &ksp, "system/*.rs").await;
+    let tobs = s.token(&obs, &kobs, "system/Observation.rs").await;
+    for (token, value) in [(&ta, "mrn-a1"), (&ta, "mrn-a2"), (&tb, "mrn-b1")] {
+        let (st, _, body) = s
+            .fhir(
+                reqwest::Method::POST,
+                "/Patient",
+                Some(token),
+                Some(patient(value)),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+    }
+    let view = json!({"resourceType": "ViewDefinition", "resource": "Patient",
+        "select": [{"column": [{"name": "mrn", "path": "identifier.value.first()"}]}]});
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "viewResource", "resource": view}, {"name": "_format", "valueCode": "csv"}]});
+    let run = |token: String| {
+        let params = params.clone();
+        let url = format!("{}/fhir/ViewDefinition/$run", s.base);
+        let http = s.http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", FHIR)
+                .body(params.to_string())
+                .send()
+                .await
+                .expect("$run");
+            let status = r.status();
+            (status, r.text().await.expect("body"))
+        }
+    };
+    let sorted = |csv: &str| {
+        let mut lines: Vec<String> = csv.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let (st, body) = run(tsp.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(sorted(&body), vec!["mrn", "mrn-a1", "mrn-a2", "mrn-b1"]);
+    let (st, body) = run(ta).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(sorted(&body), vec!["mrn", "mrn-a1", "mrn-a2"]);
+    let (st, body) = run(tb).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(sorted(&body), vec!["mrn", "mrn-b1"]);
+    // A token without search on the view's type is refused.
+    let (st, body) = run(tobs).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("system/Patient.s"), "{body}");
+    // No token at all: 401.
+    let r = s
+        .http
+        .post(format!("{}/fhir/ViewDefinition/$run", s.base))
+        .header("content-type", FHIR)
+        .body(params.to_string())
+        .send()
+        .await
+        .expect("$run");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_run_tenancy_sqlite() {
+    view_run_tenancy(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_run_tenancy_postgres() {
+    view_run_tenancy(Db::Postgres).await;
+}

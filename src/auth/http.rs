@@ -273,6 +273,8 @@ fn classify(method: &Method, segs: &[&str]) -> Need {
         ([t], "DELETE") => one(t, Delete),
         ([t], "GET") | ([t, "_history"], "GET") => one(t, Search),
         ([t, "_search"], "POST") => one(t, Search),
+        // SQL on FHIR `$run`: the handler checks the search scope on the view's type.
+        (["ViewDefinition", "$run"], "POST") => Need::Token,
         ([t, "$validate"] | [t, _, "$validate"], "POST") => Need::Any((*t).to_string(), VALIDATE),
         ([t, _], "GET") | ([t, _, "_history", ..], "GET") => one(t, Read),
         ([t, _], "PUT" | "PATCH") => one(t, Update),

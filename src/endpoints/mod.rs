@@ -156,19 +156,18 @@ pub fn read_ndjson(paths: &[PathBuf], facts: &mut Facts) -> Result<(), Endpoints
 /// On database failure, or a stored resource that does not parse.
 pub async fn read_store(store: &Store, facts: &mut Facts) -> Result<(), EndpointsError> {
     for ty in TYPES {
-        let mut after: Option<String> = None;
+        let mut after = String::new();
         loop {
-            let page = store.current_page(ty, after.as_deref(), 1000).await?;
-            for s in &page {
-                let Some(content) = &s.content else { continue };
+            let page = store.current_page(ty, None, &after, 1000).await?;
+            for (id, content) in &page {
                 let r = crate::model::parse(content).map_err(|e| EndpointsError::Stored {
-                    resource: format!("{}/{}", s.res_type, s.id),
+                    resource: format!("{ty}/{id}"),
                     message: e.to_string(),
                 })?;
                 facts.add(&r);
             }
             match page.last() {
-                Some(last) if page.len() == 1000 => after = Some(last.id.clone()),
+                Some((last, _)) if page.len() == 1000 => after.clone_from(last),
                 _ => break,
             }
         }

@@ -229,6 +229,8 @@ functions! {
     HighBoundary "highBoundary" 0 1,
     Precision "precision" 0 0,
     Comparable "comparable" 1 1,
+    GetResourceKey "getResourceKey" 0 0,
+    GetReferenceKey "getReferenceKey" 0 1,
 }
 
 impl Func {
@@ -478,6 +480,12 @@ impl Compiler<'_> {
         let mut extra = Extra::None;
         let mut compiled = Vec::with_capacity(args.len());
         match func {
+            Func::GetReferenceKey if !args.is_empty() => {
+                let spec = type_argument(&args[0])
+                    .ok_or_else(|| self.error(args[0].pos, "expected a type name"))?;
+                let test = TypeTest::resolve(&spec).map_err(|m| self.error(args[0].pos, m))?;
+                extra = Extra::Type(test);
+            }
             Func::Is | Func::As | Func::OfType => {
                 let spec = type_argument(&args[0])
                     .ok_or_else(|| self.error(args[0].pos, "expected a type name"))?;

@@ -198,6 +198,7 @@ fn call_general<'a>(
         | Func::HighBoundary
         | Func::Precision
         | Func::Comparable => fhir(func, input, args, scope, run, pos),
+        Func::GetResourceKey | Func::GetReferenceKey => Ok(keys(func, &input, extra)),
     }
 }
 
@@ -1714,6 +1715,51 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// SQL on FHIR's `getResourceKey()` and `getReferenceKey([type])`: the key of a resource is
+/// its `id`; the key of a reference is the `id` part of a relative or absolute literal
+/// reference (`Patient/1`, `http://x/fhir/Patient/1/_history/2`), so the two join. With a
+/// type, references to other types give nothing; contained (`#x`), identifier-only and
+/// malformed references give nothing.
+fn keys<'a>(func: Func, input: &Collection<'a>, extra: &Extra) -> Collection<'a> {
+    let mut out = Collection::new();
+    for item in input {
+        let Item::Element(e) = item else { continue };
+        if func == Func::GetResourceKey {
+            if let Some(id) = e.id() {
+                out.push(Item::String(Text::owned(id)));
+            }
+            continue;
+        }
+        let Some((ty, id)) = e.str("reference").and_then(reference_parts) else {
+            continue;
+        };
+        if let Extra::Type(test) = extra {
+            if test.fhir.is_none_or(|t| *t.name != *ty) {
+                continue;
+            }
+        }
+        out.push(Item::String(Text::owned(id)));
+    }
+    out
+}
+
+/// The type and id of a literal reference, dropping a `_history/N` suffix and any base URL.
+fn reference_parts(reference: &str) -> Option<(&str, &str)> {
+    let path = reference.split(['?', '#']).next()?;
+    let mut segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.len() >= 4 && segs[segs.len() - 2] == "_history" {
+        segs.truncate(segs.len() - 2);
+    }
+    let n = segs.len();
+    if n < 2 {
+        return None;
+    }
+    let (ty, id) = (segs[n - 2], segs[n - 1]);
+    let type_like = ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && ty.chars().all(|c| c.is_ascii_alphanumeric());
+    (type_like && !id.is_empty()).then_some((ty, id))
 }
 
 #[cfg(test)]

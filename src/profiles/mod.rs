@@ -3,7 +3,8 @@
 //! source of truth every stage checks study data against.
 //!
 //! The files live under `profiles/` in the repository (`profiles/README.md` describes the
-//! layout). The binary embeds every `*.json` there except `profiles/examples/` (the list is
+//! layout). The binary embeds every `*.json` there except `profiles/examples/` and the
+//! ViewDefinitions of `profiles/views/` (`src/views` embeds those) (the list is
 //! made by `build.rs`); `--profiles DIR` replaces the embedded set with the files of a
 //! folder of the same layout, so a study can change its profiles without a rebuild.
 //!
@@ -103,7 +104,7 @@ pub fn files(dir: Option<&Path>) -> Result<Vec<DefinitionFile>, ProfilesError> {
         .collect()
 }
 
-/// The `*.json` files below `dir`, relative to `root`, skipping `root/examples`.
+/// The `*.json` files below `dir`, relative to `root`, skipping `root/examples` and `root/views`.
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), ProfilesError> {
     let read = |e| ProfilesError::Read {
         path: dir.to_path_buf(),
@@ -119,7 +120,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Profile
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
         if path.is_dir() {
-            if parts.len() == 1 && parts[0] == "examples" {
+            if parts.len() == 1 && (parts[0] == "examples" || parts[0] == "views") {
                 continue;
             }
             collect(root, &path, out)?;

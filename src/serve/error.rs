@@ -201,6 +201,18 @@ impl From<super::patch::PatchError> for ApiError {
     }
 }
 
+impl From<crate::views::ViewError> for ApiError {
+    fn from(e: crate::views::ViewError) -> Self {
+        use crate::views::ViewError;
+        match e {
+            ViewError::Invalid { .. } | ViewError::Input(_) => ApiError::BadRequest(e.to_string()),
+            ViewError::Eval { .. } => ApiError::Unprocessable(e.to_string()),
+            ViewError::Store(s) => ApiError::Store(s),
+            ViewError::Io(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

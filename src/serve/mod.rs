@@ -33,6 +33,7 @@ pub mod ingest;
 mod ledger;
 mod patch;
 mod rest;
+mod views;
 mod write;
 
 pub use error::ApiError;
@@ -254,6 +255,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/_history", get(rest::history_type))
         .route("/{type}/_search", post(rest::search_post))
         .route("/{type}/$validate", post(rest::validate_type))
+        .route("/ViewDefinition/$run", post(views::run))
         .route(
             "/{type}/{id}",
             get(rest::read)

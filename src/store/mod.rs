@@ -446,6 +446,44 @@ impl Store {
         Ok(row)
     }
 
+    /// A page of the current (not deleted) resources of one type, in `id` order after
+    /// `after` (keyset paging: each page is one bounded query, so a reader's memory does not
+    /// grow with the data); `site` limits it to one site's resources. Returns `(id, JSON)`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn current_page(
+        &self,
+        res_type: &str,
+        site: Option<&str>,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let mut sql = String::from(
+            "SELECT r.res_id, v.content FROM resource r JOIN resource_version v \
+             ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version_id = r.version_id \
+             WHERE r.res_type = $1 AND NOT r.deleted AND r.res_id > $2",
+        );
+        if site.is_some() {
+            sql.push_str(" AND r.site = $4");
+        }
+        sql.push_str(" ORDER BY r.res_id LIMIT $3");
+        let rows = on_pool!(self, |c| {
+            let mut q = sqlx::query(&sql).bind(res_type).bind(after).bind(limit);
+            if let Some(site) = site {
+                q = q.bind(site);
+            }
+            let mut out = Vec::new();
+            for r in q.fetch_all(c).await? {
+                use sqlx::Row as _;
+                let content: Option<String> = r.try_get("content")?;
+                out.push((r.try_get("res_id")?, content.unwrap_or_default()));
+            }
+            out
+        });
+        Ok(rows)
+    }
+
     /// One version of a resource.
     ///
     /// # Errors
@@ -773,39 +811,6 @@ impl Store {
             }
         );
         Ok(row)
-    }
-
-    /// Up to `limit` current (not deleted) resources of `res_type` whose id sorts after
-    /// `after` (from the first when `None`), in id order: keyset pages over the primary
-    /// key, for reading every resource of a type in bounded memory (the endpoints).
-    ///
-    /// # Errors
-    /// On database failure.
-    pub async fn current_page(
-        &self,
-        res_type: &str,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Stored>> {
-        let sql = format!(
-            "SELECT {VERSION_COLUMNS} FROM resource r JOIN resource_version v \
-             ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version_id = r.version_id \
-             WHERE r.res_type = $1 AND r.res_id > $2 AND NOT r.deleted \
-             ORDER BY r.res_id LIMIT $3"
-        );
-        let mut out = Vec::new();
-        on_pool!(self, |c| {
-            for r in sqlx::query(&sql)
-                .bind(res_type)
-                .bind(after.unwrap_or(""))
-                .bind(limit)
-                .fetch_all(c)
-                .await?
-            {
-                out.push(stored!(r));
-            }
-        });
-        Ok(out)
     }
 }
 

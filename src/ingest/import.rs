@@ -520,6 +520,7 @@ impl<'a> Importer<'a> {
                                 file: row.0,
                                 row: row.1,
                                 column: None,
+                                fhir: None,
                             }),
                             mapping: None,
                             resource: Some(format!("{}/{}", p.type_name, p.id)),
@@ -575,9 +576,6 @@ fn entry_index(location: &str) -> Option<usize> {
     rest.split(']').next()?.parse().ok()
 }
 
-fn assigned_sources(inputs: &[(PathBuf, String, usize)]) -> Vec<usize> {
-    inputs.iter().map(|(_, _, s)| *s).collect()
-}
 
 fn file_name(p: &Path) -> String {
     p.file_name()

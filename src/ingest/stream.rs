@@ -173,6 +173,7 @@ mod tests {
                 empty: vec![],
             },
             columns: vec![],
+            fhir: None,
             key: vec![],
             joins: vec![],
         }

@@ -123,8 +123,10 @@ pub fn outcome(status: u16) -> &'static str {
     }
 }
 
-fn coding(system: &str, code: &str, display: &str) -> Value {
-    json!({ "system": system, "code": code, "display": display })
+/// A Coding. The display is left out: each display would be one more index row (`:text`)
+/// per record, and the codes are those of published code systems.
+fn coding(system: &str, code: &str, _display: &str) -> Value {
+    json!({ "system": system, "code": code })
 }
 
 /// The `who` Reference of a client: `Device/{client}` (the registered client; no Device

@@ -254,7 +254,7 @@ pub async fn in_transaction(
 }
 
 enum Msg {
-    Event(Box<AuditEvent>),
+    Event(Box<Prepared>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -289,9 +289,17 @@ impl Auditor {
         }
     }
 
-    /// Queues `event` (waits while the queue is full).
+    /// Queues `event` (waits while the queue is full). Its JSON and index rows are made
+    /// here, on the caller's task, so the writer task only writes.
     pub async fn record(&self, event: AuditEvent) {
-        if self.tx.send(Msg::Event(Box::new(event))).await.is_err() {
+        let prepared = match prepare(&event.to_json()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "an audit event could not be prepared; lost");
+                return;
+            }
+        };
+        if self.tx.send(Msg::Event(Box::new(prepared))).await.is_err() {
             tracing::error!("audit writer stopped; an audit event was lost");
         }
     }
@@ -308,7 +316,7 @@ impl Auditor {
 /// The writer task: takes what is queued (up to [`BATCH`] events), commits it in one
 /// transaction, answers flushes, and waits for more.
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
-    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut events: Vec<Prepared> = Vec::new();
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -330,26 +338,8 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn write_batch(store: &Store, events: Vec<AuditEvent>) {
-    let n = events.len();
-    let prepared = tokio::task::spawn_blocking(move || {
-        events
-            .iter()
-            .map(|e| prepare(&e.to_json()))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await;
-    let prepared = match prepared {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, events = n, "audit events could not be prepared; lost");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, events = n, "audit preparation failed; events lost");
-            return;
-        }
-    };
+async fn write_batch(store: &Store, prepared: Vec<Prepared>) {
+    let n = prepared.len();
     for attempt in 1..=5 {
         let result = async {
             let mut tx = store.begin().await?;

@@ -1,5 +1,6 @@
 //! The A-IMAGIO data gateway.
 #![warn(missing_docs)]
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod client;

@@ -21,6 +21,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum LedgerCommand {
+    /// Purge the payloads of ledger entries older than the retention period (the entries
+    /// stay, marked purged).
+    Purge {
+        /// Database: postgres://..., sqlite:PATH, or a SQLite file path.
+        #[arg(
+            long,
+            env = "IMAGIO_DATABASE_URL",
+            default_value = "imagio.sqlite",
+            value_name = "URL"
+        )]
+        database_url: String,
+        /// Payloads received longer ago than this are purged (30d, 12h, 90m, 45s).
+        #[arg(long, env = "IMAGIO_LEDGER_RETENTION", value_name = "DURATION", value_parser = imagio_gateway::store::sealed::parse_retention)]
+        retention: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the FHIR REST server until Ctrl-C or SIGTERM.
     Serve {
@@ -63,6 +82,19 @@ enum Command {
         /// ./mappings when it exists).
         #[arg(long, value_name = "DIR")]
         mappings: Option<PathBuf>,
+        /// The AES-256-GCM key (64 hex digits) ledger payloads are encrypted with; without
+        /// it, the demo key ./imagio-demo/ledger.key (made when missing).
+        #[arg(long, env = "IMAGIO_LEDGER_KEY", value_name = "FILE")]
+        ledger_key: Option<PathBuf>,
+        /// Purge ledger payloads older than this (30d, 12h, 90m, 45s; a bare number is
+        /// days), checked every hour; default: kept forever.
+        #[arg(long, env = "IMAGIO_LEDGER_RETENTION", value_name = "DURATION", value_parser = imagio_gateway::store::sealed::parse_retention)]
+        ledger_retention: Option<std::time::Duration>,
+    },
+    /// The submission ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Make key pairs for SMART Backend Services clients.
     Keys {
@@ -471,6 +503,8 @@ fn main() -> ExitCode {
             token_lifetime,
             jwks_ca_cert,
             mappings,
+            ledger_key,
+            ledger_retention,
         } => {
             if let Some(f) = &jwks_ca_cert {
                 if let Err(e) = imagio_gateway::client::ca_certificates(f) {
@@ -492,8 +526,28 @@ fn main() -> ExitCode {
                     jwks_ca_cert,
                 },
                 mappings_dir: mappings,
+                ledger_key,
+                ledger_retention,
             })
         }
+        Command::Ledger {
+            command:
+                LedgerCommand::Purge {
+                    database_url,
+                    retention,
+                },
+        } => with_runtime(async move {
+            match imagio_gateway::audit::purge(&database_url, retention).await {
+                Ok((n, cutoff)) => {
+                    println!("purged {n} ledger payloads received before {cutoff}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {database_url}: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }),
         Command::Keys {
             command: KeysCommand::Generate { alg, out },
         } => match imagio_gateway::auth::keys::generate_files(alg, &out) {

@@ -137,17 +137,33 @@ async fn token(
         }
         *slot = Some(v.into_owned());
     }
-    match state.auth().token(&req).await {
+    let result = state.auth().token(&req).await;
+    let issued = result
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("access_token"))
+        .and_then(Value::as_str);
+    // Who asked, for the audit layer: the issued token's client, or the claimed one.
+    let who = crate::audit::event::token_who(
+        req.client_assertion.as_deref(),
+        req.client_id.as_deref(),
+        issued,
+    );
+    let mut response = match &result {
         Ok(v) => {
-            let mut r = json_response(StatusCode::OK, &v);
+            let mut r = json_response(StatusCode::OK, v);
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r.headers_mut()
                 .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
-        Err(e) => oauth_error(&e),
+        Err(e) => oauth_error(e),
+    };
+    if let Some(w) = who {
+        response.extensions_mut().insert(w);
     }
+    response
 }
 
 /// An OperationOutcome response with one issue.
@@ -388,8 +404,14 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             Err(e) => return unauthorized(Some("invalid_token"), &e),
         }
     };
+    // The caller goes into the response too, for the audit layer (`crate::audit::layer`).
+    let refused = |r: Response| {
+        let mut r = r;
+        r.extensions_mut().insert(principal.clone());
+        r
+    };
     if let Err(e) = check(&principal, &need) {
-        return forbidden(&e);
+        return refused(forbidden(&e));
     }
     let mut req = req;
     if need == Need::Bundle {
@@ -400,12 +422,13 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
             Err(_) => return crate::serve::ApiError::TooLarge(limit).into_response(),
         };
         if let Err(e) = check_bundle(&principal, &bytes) {
-            return forbidden(&e);
+            return refused(forbidden(&e));
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
     req.extensions_mut().insert(principal.clone());
-    let mut response = with_principal(principal, next.run(req)).await;
+    let mut response = with_principal(principal.clone(), next.run(req)).await;
+    response.extensions_mut().insert(principal);
     if no_auth {
         response.extensions_mut().insert(NoAuth);
     }

@@ -418,9 +418,31 @@ pub(crate) async fn commit_transaction(
                 .filter(|(_, d)| d.written)
                 .filter_map(|(_, d)| d.stored.as_ref().map(write::version_ref))
                 .collect();
-            tx.record(&ctx.submission(StatusCode::OK, None, versions))
+            let submission = tx
+                .record(&ctx.submission(StatusCode::OK, None, versions))
                 .await?;
+            let touched: Vec<crate::audit::Touched> = results
+                .iter()
+                .filter_map(|(_, d)| {
+                    d.stored.as_ref().map(|s| crate::audit::Touched {
+                        stored: s,
+                        status: d.status.as_u16(),
+                        written: d.written,
+                    })
+                })
+                .collect();
+            crate::audit::in_transaction(
+                &mut tx,
+                Some(("transaction", "E")),
+                StatusCode::OK.as_u16(),
+                &touched,
+                Some(submission),
+                ctx.mapping.as_deref(),
+            )
+            .await?;
+            drop(touched);
             tx.commit().await?;
+            crate::audit::mark_recorded();
             Ok::<_, ApiError>(results)
         }
         .await;
@@ -738,6 +760,8 @@ async fn batch(
     base: &str,
     ret: Return,
 ) -> Result<Response, ApiError> {
+    // Each entry's write is audited in its own transaction; the batch itself is queued.
+    crate::audit::set_subtype("batch");
     let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
     let mut planned: Vec<(usize, Result<Op, ApiError>)> = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {

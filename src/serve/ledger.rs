@@ -171,6 +171,7 @@ fn entry_json(e: &LedgerEntry) -> Value {
         "status": s.status,
         "operationOutcome": outcome,
         "versions": s.versions,
+        "purged": e.purged,
     })
 }
 
@@ -246,6 +247,11 @@ async fn payload(
     let Some(e) = state.store().submission(entry_id(&id)?).await? else {
         return Err(ApiError::NotFound(format!("no submission {id}")));
     };
+    if let Some(when) = &e.purged {
+        return Err(ApiError::Gone(format!(
+            "the payload of submission {id} was purged at {when} (retention period ended)"
+        )));
+    }
     let content_type = e
         .submission
         .content_type

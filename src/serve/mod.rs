@@ -82,6 +82,12 @@ pub struct Config {
     /// The folder of mapping folders `/fhir/ingest/{mapping}` offers; `None`: `mappings/`
     /// of the working directory when it exists (none offered otherwise).
     pub mappings_dir: Option<PathBuf>,
+    /// The AES-256-GCM key file ledger payloads are sealed with (`--ledger-key`); `None`
+    /// in [`run`] means the demo key `./imagio-demo/ledger.key`, elsewhere a random key
+    /// for this process only.
+    pub ledger_key: Option<PathBuf>,
+    /// How long ledger payloads are kept before they are purged (`None`: forever).
+    pub ledger_retention: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -95,6 +101,8 @@ impl Default for Config {
             max_depth: 128,
             auth: crate::auth::AuthConfig::default(),
             mappings_dir: None,
+            ledger_key: None,
+            ledger_retention: None,
         }
     }
 }
@@ -117,6 +125,9 @@ pub enum ServeError {
     /// The mappings offered for ingest.
     #[error("mappings: {0}")]
     Mappings(String),
+    /// The ledger key (unreadable, malformed, or not the key the ledger was sealed with).
+    #[error(transparent)]
+    Ledger(#[from] crate::store::sealed::SealError),
 }
 
 /// What every handler shares: built once in [`run`], cloned per request.
@@ -138,6 +149,8 @@ struct Shared {
     auth: crate::auth::Auth,
     /// The mappings of `/fhir/ingest/{mapping}`.
     mappings: crate::ingest::Mappings,
+    /// The audit events waiting for the writer task.
+    auditor: crate::audit::Auditor,
 }
 
 impl AppState {
@@ -168,6 +181,15 @@ impl AppState {
                 (validator, profiles)
             }
         };
+        let key = match &config.ledger_key {
+            Some(path) => crate::store::sealed::LedgerKey::from_file(path)?,
+            None => crate::store::sealed::LedgerKey::generate(),
+        };
+        store.set_ledger_key(key);
+        let auditor = crate::audit::Auditor::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            auditor.start(&store);
+        }
         let auth = crate::auth::Auth::new(store.clone(), config.auth.clone());
         let mappings = match &config.mappings_dir {
             Some(dir) => crate::ingest::Mappings::load(dir),
@@ -179,6 +201,7 @@ impl AppState {
         .map_err(|e| ServeError::Mappings(e.to_string()))?;
         Ok(AppState {
             inner: Arc::new(Shared {
+                auditor,
                 auth,
                 store,
                 validator,
@@ -210,6 +233,11 @@ impl AppState {
     /// The mappings offered for ingest.
     pub fn mappings(&self) -> &crate::ingest::Mappings {
         &self.inner.mappings
+    }
+
+    /// The audit events' queue ([`crate::audit::record`]).
+    pub fn auditor(&self) -> &crate::audit::Auditor {
+        &self.inner.auditor
     }
 }
 
@@ -278,6 +306,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::enforce,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::layer,
         ))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
@@ -390,9 +422,23 @@ pub async fn serve_on(
 ) -> Result<(), ServeError> {
     let store = state.store().clone();
     state.auth().set_listen_addr(listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    state.auditor().start(&store);
+    let purge = state
+        .config()
+        .ledger_retention
+        .map(|r| tokio::spawn(purge_periodically(store.clone(), r)));
+    let kept = state.clone();
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    // Events of the last requests are still queued: commit them before closing.
+    kept.auditor().flush().await;
+    if let Some(p) = purge {
+        p.abort();
+    }
     store.close().await;
     Ok(())
 }
@@ -410,14 +456,46 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             config.listen
         )));
     }
+    let mut config = config;
+    if config.ledger_key.is_none() {
+        let demo = PathBuf::from("imagio-demo").join("ledger.key");
+        crate::store::sealed::LedgerKey::load_or_create(&demo)?;
+        tracing::warn!(key = %demo.display(), "no --ledger-key: ledger payloads are sealed with the demo key");
+        eprintln!(
+            "WARNING: no --ledger-key given; ledger payloads are sealed with the demo key {}",
+            demo.display()
+        );
+        config.ledger_key = Some(demo);
+    }
     let store = Store::open(&config.database_url).await?;
     tracing::info!(database = store.kind(), "database open and migrated");
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let state = AppState::new(store, config)?;
+    state.store().check_ledger_key().await?;
     let addr = listener.local_addr()?;
     state.auth().set_listen_addr(addr);
     crate::auth::clients::start(&state).await?;
     tracing::info!(%addr, validation = ?state.config().validation, "listening");
     println!("listening on {addr}");
     serve_on(listener, state, shutdown_signal()).await
+}
+
+/// Purges expired ledger payloads now and then every hour (`serve --ledger-retention`).
+async fn purge_periodically(store: Store, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = crate::store::sealed::cutoff(now_ms, retention);
+        match store
+            .purge_payloads(&cutoff, &crate::store::time::instant(now_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, before = %cutoff, "ledger payloads purged"),
+            Err(e) => tracing::error!(error = %e, "purging ledger payloads failed"),
+        }
+    }
 }

@@ -52,6 +52,7 @@ pub async fn check(
 ) -> Result<Checked, ApiError> {
     let json = Json::parse(text, state.config().max_depth)?;
     let res_type = resource_type(&json)?;
+    refuse_append_only(&res_type)?;
     if let Some(t) = url_type {
         if t != res_type {
             return Err(ApiError::BadRequest(format!(
@@ -100,6 +101,44 @@ pub fn resource_type(json: &Json) -> Result<String, ApiError> {
         )));
     }
     Ok(t.to_string())
+}
+
+/// Refuses writes of the records only the gateway writes (`AuditEvent`, `Provenance`).
+///
+/// # Errors
+/// [`ApiError::MethodNotAllowed`] (405) for those types.
+pub fn refuse_append_only(res_type: &str) -> Result<(), ApiError> {
+    if crate::audit::event::append_only(res_type) {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{res_type} is append-only: the gateway records it itself, and no request may \
+             create, update, patch or delete one"
+        )));
+    }
+    Ok(())
+}
+
+/// The `restful-interaction` code and AuditEvent action of an operation.
+pub fn write_kind(op: &Op) -> (&'static str, &'static str) {
+    match op {
+        Op::Create { .. } => ("create", "C"),
+        Op::Update { .. } | Op::ConditionalUpdate { .. } => ("update", "U"),
+        Op::Patch { .. } => ("patch", "U"),
+        Op::Delete { .. } | Op::ConditionalDelete { .. } => ("delete", "D"),
+        Op::Read { .. } => ("read", "R"),
+    }
+}
+
+/// The resource type an operation writes (`None` for a read).
+fn written_type(op: &Op) -> Option<&str> {
+    match op {
+        Op::Create { resource, .. }
+        | Op::Update { resource, .. }
+        | Op::ConditionalUpdate { resource, .. } => Some(&resource.res_type),
+        Op::Patch { res_type, .. }
+        | Op::Delete { res_type, .. }
+        | Op::ConditionalDelete { res_type, .. } => Some(res_type),
+        Op::Read { .. } => None,
+    }
 }
 
 /// Whether `t` names a concrete R4 resource type.
@@ -306,6 +345,9 @@ pub struct Done {
 /// `NotFound`, `Gone`, `BadRequest`, `Unprocessable`, `Invalid`) and store failures; a
 /// lost race is `ApiError::Store(StoreError::Conflict)`, for the caller to retry.
 pub async fn apply(state: &AppState, tx: &mut Tx, op: &Op) -> Result<Done, ApiError> {
+    if let Some(t) = written_type(op) {
+        refuse_append_only(t)?;
+    }
     match op {
         Op::Create {
             resource,
@@ -713,7 +755,8 @@ pub struct WriteCtx {
     pub content_type: Option<String>,
     /// The body as sent.
     pub payload: Vec<u8>,
-    /// The mapping that made the resources written (`/ingest`, `import`), if any.
+    /// The mapping that produced the resources (`/ingest/{mapping}`, `import`), named in
+    /// their Provenance.
     pub mapping: Option<String>,
 }
 
@@ -796,6 +839,19 @@ pub async fn commit(
         let result = async {
             let mut tx = state.store().begin().await?;
             let done = apply(state, &mut tx, op).await?;
+            let touched: Vec<crate::audit::Touched> = done
+                .stored
+                .iter()
+                .map(|s| crate::audit::Touched {
+                    stored: s,
+                    status: done.status.as_u16(),
+                    written: done.written,
+                })
+                .collect();
+            // The write's Provenance and AuditEvent are in its transaction (a Bundle's
+            // reads are audited with the Bundle).
+            let event = (!matches!(op, Op::Read { .. })).then(|| write_kind(op));
+            let mut submission = None;
             if let Some(ctx) = ledger {
                 let versions = done
                     .stored
@@ -803,10 +859,27 @@ pub async fn commit(
                     .filter(|_| done.written)
                     .map(version_ref)
                     .collect();
-                tx.record(&ctx.submission(done.status, done.warnings.clone(), versions))
-                    .await?;
+                submission = Some(
+                    tx.record(&ctx.submission(done.status, done.warnings.clone(), versions))
+                        .await?,
+                );
             }
+            if event.is_some() {
+                crate::audit::in_transaction(
+                    &mut tx,
+                    event,
+                    done.status.as_u16(),
+                    &touched,
+                    submission,
+                    ledger.and_then(|c| c.mapping.as_deref()),
+                )
+                .await?;
+            }
+            drop(touched);
             tx.commit().await?;
+            if ledger.is_some() {
+                crate::audit::mark_recorded();
+            }
             Ok::<Done, ApiError>(done)
         }
         .await;

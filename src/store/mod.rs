@@ -24,6 +24,7 @@
 //! back ends differ only in how they connect and migrate.
 
 pub mod postgres;
+pub mod sealed;
 pub mod sqlite;
 pub mod time;
 
@@ -52,6 +53,9 @@ pub enum StoreError {
     /// A stored payload could not be compressed or decompressed.
     #[error("ledger payload: {0}")]
     Payload(#[from] std::io::Error),
+    /// A sealed ledger payload could not be opened (wrong or missing key, altered data).
+    #[error(transparent)]
+    Seal(#[from] sealed::SealError),
 }
 
 impl StoreError {
@@ -140,8 +144,11 @@ pub struct LedgerEntry {
     pub id: i64,
     /// The size of the payload as sent, in bytes.
     pub payload_size: i64,
-    /// The submission, payload decompressed (empty in listings: [`Store::ledger`]).
+    /// The submission, payload decrypted and decompressed (empty in listings:
+    /// [`Store::ledger`], and once purged).
     pub submission: Submission,
+    /// When the retention period ended and the payload was purged, if it was.
+    pub purged: Option<String>,
 }
 
 /// Which ledger entries to list ([`Store::ledger`]): every filter given must hold.
@@ -167,6 +174,7 @@ macro_rules! ledger_entry {
         let versions: String = r.try_get("versions")?;
         let status: i64 = r.try_get("status")?;
         LedgerEntry {
+            purged: r.try_get("purged")?,
             id: r.try_get("id")?,
             payload_size: r.try_get("payload_size")?,
             submission: Submission {
@@ -193,14 +201,19 @@ macro_rules! ledger_entry {
 
 /// The `submission` columns every ledger read selects (the payload apart).
 const LEDGER_COLUMNS: &str = "id, received, request_id, client, site, method, url, \
-     content_type, payload_size, outcome, status, operation_outcome, versions";
+     content_type, payload_size, outcome, status, operation_outcome, versions, purged";
 
 /// The database behind the server: SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
     planner: std::sync::Arc<Planner>,
+    /// The key ledger payloads are sealed with (shared by every clone of the store).
+    ledger_key: LedgerKeySlot,
 }
+
+/// The ledger key of a store and its clones ([`Store::set_ledger_key`]).
+pub(crate) type LedgerKeySlot = std::sync::Arc<std::sync::RwLock<Option<sealed::LedgerKey>>>;
 
 /// Keeps the query planner's statistics in step with the data. Without them SQLite guesses
 /// index selectivity and, for a search such as `subject=Patient/x&date=ge2020`, probes each
@@ -284,6 +297,7 @@ pub struct Tx {
     /// versions this transaction wrote.
     planner: (std::sync::Arc<Planner>, Backend),
     written: u64,
+    ledger_key: Option<sealed::LedgerKey>,
 }
 
 enum TxInner {
@@ -419,11 +433,13 @@ impl Store {
                 inner: TxInner::Sqlite(p.write.begin_with("BEGIN IMMEDIATE").await?),
                 planner: (self.planner.clone(), self.backend.clone()),
                 written: 0,
+                ledger_key: self.ledger_key(),
             },
             Backend::Postgres(p) => Tx {
                 inner: TxInner::Postgres(p.begin().await?),
                 planner: (self.planner.clone(), self.backend.clone()),
                 written: 0,
+                ledger_key: self.ledger_key(),
             },
         })
     }
@@ -507,7 +523,8 @@ impl Store {
     }
 
     /// Versions, newest first: of one resource (`res_type` and `id`), of a type (`id`
-    /// `None`), or of every type (`res_type` `None`); only those updated at or after
+    /// `None`), or of every type but the gateway's own audit records (`res_type` `None`:
+    /// `AuditEvent` and `Provenance` are asked for by type); only those updated at or after
     /// `since` (instant text) when given, and those of `site` when given (tenancy); at
     /// most `count`.
     ///
@@ -523,7 +540,8 @@ impl Store {
     ) -> Result<Vec<Stored>> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM resource_version v \
-             WHERE ($1 = '' OR v.res_type = $1) AND ($2 = '' OR v.res_id = $2) \
+             WHERE (($1 = '' AND v.res_type NOT IN ('AuditEvent', 'Provenance')) \
+                    OR v.res_type = $1) AND ($2 = '' OR v.res_id = $2) \
              AND v.last_updated >= $3 AND ($5 OR (v.site = $6 AND v.site <> '')) \
              ORDER BY v.seq DESC LIMIT $4"
         );
@@ -739,7 +757,7 @@ impl Store {
     /// On database failure or a payload that does not decompress.
     pub async fn submissions(&self, site: Option<&str>, count: i64) -> Result<Vec<LedgerEntry>> {
         let sql = format!(
-            "SELECT {LEDGER_COLUMNS}, payload FROM submission \
+            "SELECT {LEDGER_COLUMNS}, payload, payload_key FROM submission \
              WHERE ($1 = '' OR site = $1) ORDER BY id DESC LIMIT $2"
         );
         let rows = on_pool!(self, |c| {
@@ -750,11 +768,8 @@ impl Store {
                 .fetch_all(c)
                 .await?
             {
-                let payload: Vec<u8> = {
-                    use sqlx::Row as _;
-                    r.try_get("payload")?
-                };
-                out.push(ledger_entry!(r, decompress(&payload)?));
+                let payload = self.payload_of(&r)?;
+                out.push(ledger_entry!(r, payload));
             }
             out
         });
@@ -796,21 +811,111 @@ impl Store {
     /// # Errors
     /// On database failure or a payload that does not decompress.
     pub async fn submission(&self, id: i64) -> Result<Option<LedgerEntry>> {
-        let sql = format!("SELECT {LEDGER_COLUMNS}, payload FROM submission WHERE id = $1");
+        let sql =
+            format!("SELECT {LEDGER_COLUMNS}, payload, payload_key FROM submission WHERE id = $1");
         let row = on_pool!(
             self,
             |c| match sqlx::query(&sql).bind(id).fetch_optional(c).await? {
                 Some(r) => {
-                    let payload: Vec<u8> = {
-                        use sqlx::Row as _;
-                        r.try_get("payload")?
-                    };
-                    Some(ledger_entry!(r, decompress(&payload)?))
+                    let payload = self.payload_of(&r)?;
+                    Some(ledger_entry!(r, payload))
                 }
                 None => None,
             }
         );
         Ok(row)
+    }
+}
+
+impl Store {
+    /// Sets the key ledger payloads are sealed with from now on (for this store and its
+    /// clones).
+    pub fn set_ledger_key(&self, key: sealed::LedgerKey) {
+        if let Ok(mut slot) = self.ledger_key.write() {
+            *slot = Some(key);
+        }
+    }
+
+    /// The ledger key, if one is set.
+    pub fn ledger_key(&self) -> Option<sealed::LedgerKey> {
+        self.ledger_key.read().ok().and_then(|k| k.clone())
+    }
+
+    /// The payload of a ledger row (`payload`, `payload_key`, `purged`, `id`, `received`,
+    /// `request_id` selected): opened with the ledger key when sealed, decompressed.
+    fn payload_of(&self, r: &dyn RowAccess) -> Result<Vec<u8>> {
+        if r.text("purged")?.is_some() {
+            return Ok(Vec::new());
+        }
+        let stored = r.bytes("payload")?;
+        let packed = match r.text("payload_key")? {
+            None => stored,
+            Some(sealed_with) => {
+                let row = r.int("id")?;
+                let key = self.ledger_key().ok_or(sealed::SealError::NoKey(row))?;
+                if key.fingerprint() != sealed_with {
+                    return Err(sealed::SealError::WrongKey {
+                        row,
+                        sealed_with,
+                        configured: key.fingerprint().to_string(),
+                    }
+                    .into());
+                }
+                let received = r.text("received")?.unwrap_or_default();
+                let request_id = r.text("request_id")?.unwrap_or_default();
+                key.open(&stored, &sealed::aad(&received, &request_id), row)?
+            }
+        };
+        Ok(decompress(&packed)?)
+    }
+
+    /// Checks that the ledger key opens the ledger: the newest sealed payload must have been
+    /// sealed with it.
+    ///
+    /// # Errors
+    /// [`sealed::SealError::WrongKey`] (as [`StoreError::Seal`]) naming both fingerprints;
+    /// database failures.
+    pub async fn check_ledger_key(&self) -> Result<()> {
+        let Some(key) = self.ledger_key() else {
+            return Ok(());
+        };
+        let sql = "SELECT id, payload_key FROM submission \
+                   WHERE payload_key IS NOT NULL ORDER BY id DESC LIMIT 1";
+        let found: Option<(i64, String)> =
+            on_pool!(self, |c| sqlx::query_as(sql).fetch_optional(c).await?);
+        match found {
+            Some((row, sealed_with)) if sealed_with != key.fingerprint() => {
+                Err(sealed::SealError::WrongKey {
+                    row,
+                    sealed_with,
+                    configured: key.fingerprint().to_string(),
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Purges the payloads of ledger entries received before `cutoff` (instant text, see
+    /// [`sealed::cutoff`]): the payload is emptied and `purged` set to `now`; the entries
+    /// stay. Returns how many were purged.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn purge_payloads(&self, cutoff: &str, now: &str) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let sql = "UPDATE submission SET payload = $1, purged = $2 \
+                   WHERE received < $3 AND purged IS NULL";
+        let empty: Vec<u8> = Vec::new();
+        let n = on_tx!(tx, |c| sqlx::query(sql)
+            .bind(&empty)
+            .bind(now)
+            .bind(cutoff)
+            .execute(c)
+            .await?
+            .rows_affected());
+        tx.commit().await?;
+        Ok(n)
     }
 }
 
@@ -820,6 +925,10 @@ trait RowAccess {
     fn stored(&self) -> Result<Stored>;
     /// A nullable text column.
     fn text(&self, column: &str) -> Result<Option<String>>;
+    /// A blob column.
+    fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+    /// An integer column.
+    fn int(&self, column: &str) -> Result<i64>;
 }
 
 impl RowAccess for sqlx::sqlite::SqliteRow {
@@ -830,6 +939,14 @@ impl RowAccess for sqlx::sqlite::SqliteRow {
         use sqlx::Row as _;
         Ok(self.try_get(column)?)
     }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
 }
 
 impl RowAccess for sqlx::postgres::PgRow {
@@ -837,6 +954,14 @@ impl RowAccess for sqlx::postgres::PgRow {
         Ok(stored!(self))
     }
     fn text(&self, column: &str) -> Result<Option<String>> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
         use sqlx::Row as _;
         Ok(self.try_get(column)?)
     }
@@ -1427,12 +1552,20 @@ impl Tx {
     /// # Errors
     /// On database failure.
     pub async fn record(&mut self, s: &Submission) -> Result<i64> {
-        let payload = compress(&s.payload)?;
+        let packed = compress(&s.payload)?;
+        let (payload, key) = match &self.ledger_key {
+            Some(k) => (
+                k.seal(&packed, &sealed::aad(&s.received, &s.request_id)),
+                Some(k.fingerprint().to_string()),
+            ),
+            None => (packed, None),
+        };
         let size = i64::try_from(s.payload.len()).unwrap_or(i64::MAX);
         let versions = s.versions.join(" ");
         let sql = "INSERT INTO submission (received, request_id, client, site, method, url, \
                    content_type, payload, payload_size, outcome, status, operation_outcome, \
-                   versions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                   versions, payload_key) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                    RETURNING id";
         let id = on_tx!(self, |c| {
             use sqlx::Row as _;
@@ -1450,6 +1583,7 @@ impl Tx {
                 .bind(i64::from(s.status))
                 .bind(s.operation_outcome.as_deref())
                 .bind(&versions)
+                .bind(key.as_deref())
                 .fetch_one(c)
                 .await?
                 .try_get::<i64, _>("id")?

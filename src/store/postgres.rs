@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0004_search_types.sql"),
     ),
     (5, "site", include_str!("migrations/postgres/0005_site.sql")),
+    (
+        7,
+        "ledger_seal",
+        include_str!("migrations/postgres/0007_ledger_seal.sql"),
+    ),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in
@@ -59,6 +64,7 @@ pub async fn open(url: &str, schema: Option<&str>) -> Result<Store> {
             u64::try_from(rows).unwrap_or(0),
         )),
         backend: Backend::Postgres(pool),
+        ledger_key: std::sync::Arc::default(),
     })
 }
 

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0004_search_types.sql"),
     ),
     (5, "site", include_str!("migrations/sqlite/0005_site.sql")),
+    (
+        7,
+        "ledger_seal",
+        include_str!("migrations/sqlite/0007_ledger_seal.sql"),
+    ),
 ];
 
 /// The two pools of a SQLite store.
@@ -109,5 +114,6 @@ pub async fn open(path: &Path) -> Result<Store> {
     Ok(Store {
         backend: Backend::Sqlite(Pools { read, write }),
         planner: Arc::new(super::Planner::starting_at(rows)),
+        ledger_key: std::sync::Arc::default(),
     })
 }

@@ -8,6 +8,7 @@ pub mod fhirpath;
 pub mod map;
 pub mod model;
 pub mod profiles;
+pub mod pseudonymize;
 pub mod search;
 pub mod serve;
 pub mod store;

@@ -484,13 +484,45 @@ pub(crate) fn issues(oo: &Value) -> String {
 /// # Errors
 /// When the session cannot start (key, discovery) or the inputs cannot be listed.
 pub async fn push(settings: Settings, paths: &[PathBuf]) -> Result<Vec<FileReport>, ClientError> {
+    push_with(settings, paths, None).await
+}
+
+/// The de-identification a site applies before sending: the policy with its key, and the
+/// site's code at the gateway.
+pub type Deidentify<'a> = (&'a crate::pseudonymize::Pseudonymizer, &'a str);
+
+/// `client push`, each file de-identified first when `deidentify` is given (a file the
+/// policy refuses is not sent; its report says why).
+///
+/// # Errors
+/// As [`push`].
+pub async fn push_with(
+    settings: Settings,
+    paths: &[PathBuf],
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<Vec<FileReport>, ClientError> {
     let files = input_files(paths)?;
     let mut session = Session::connect(settings).await?;
     let mut reports = Vec::with_capacity(files.len());
     for path in files {
-        reports.push(push_file(&mut session, &path).await);
+        reports.push(push_file(&mut session, &path, deidentify).await);
     }
     Ok(reports)
+}
+
+/// `text` de-identified when asked (`name` names it in a refusal).
+fn prepare(
+    text: String,
+    name: &Path,
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<String, String> {
+    match deidentify {
+        Some((p, site)) => {
+            crate::pseudonymize::cli::deidentify_text(p, site, &text, &name.display().to_string())
+                .map_err(|e| format!("not sent: de-identification refused it: {e}"))
+        }
+        None => Ok(text),
+    }
 }
 
 /// Maps site exports with a mapping file and pushes the Bundle it makes: the inputs are
@@ -505,12 +537,25 @@ pub async fn push_mapped(
     mapping: &Path,
     inputs: &[PathBuf],
 ) -> Result<FileReport, ClientError> {
+    push_mapped_with(settings, mapping, inputs, None).await
+}
+
+/// [`push_mapped`], the Bundle de-identified before it is sent when `deidentify` is given.
+///
+/// # Errors
+/// As [`push_mapped`].
+pub async fn push_mapped_with(
+    settings: Settings,
+    mapping: &Path,
+    inputs: &[PathBuf],
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<FileReport, ClientError> {
     let refused = |summary: String| FileReport {
         path: mapping.to_path_buf(),
         status: None,
         summary,
     };
-    let bundle = match map_inputs(mapping, inputs) {
+    let bundle = match map_inputs(mapping, inputs).and_then(|b| prepare(b, mapping, deidentify)) {
         Ok(b) => b,
         Err(summary) => return Ok(refused(summary)),
     };
@@ -558,14 +603,21 @@ fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<String, String> {
     String::from_utf8(bundle).map_err(|e| format!("the mapped Bundle is not UTF-8: {e}"))
 }
 
-async fn push_file(session: &mut Session, path: &Path) -> FileReport {
-    let text = match std::fs::read_to_string(path) {
+async fn push_file(
+    session: &mut Session,
+    path: &Path,
+    deidentify: Option<Deidentify<'_>>,
+) -> FileReport {
+    let text = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| prepare(t, path, deidentify))
+    {
         Ok(t) => t,
         Err(e) => {
             return FileReport {
                 path: path.to_path_buf(),
                 status: None,
-                summary: e.to_string(),
+                summary: e,
             }
         }
     };

@@ -71,9 +71,7 @@ fn inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|f| {
-                    f.is_file()
-                        && f.extension()
-                            .is_some_and(|x| x == "json" || x == "ndjson")
+                    f.is_file() && f.extension().is_some_and(|x| x == "json" || x == "ndjson")
                 })
                 .collect();
             found.sort();

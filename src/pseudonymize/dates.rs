@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn shifts_dates_and_keeps_times() {
         assert_eq!(shift("2020-02-28", 1).as_deref(), Some("2020-02-29"));
-        assert_eq!(shift("2020-12-31T23:59:00Z", 1).as_deref(), Some("2021-01-01T23:59:00Z"));
+        assert_eq!(
+            shift("2020-12-31T23:59:00Z", 1).as_deref(),
+            Some("2021-01-01T23:59:00Z")
+        );
         assert_eq!(shift("2021-03-01", -1).as_deref(), Some("2021-02-28"));
         assert_eq!(shift("1970-01-01", -365).as_deref(), Some("1969-01-01"));
         assert_eq!(shift("2020", 5), None);

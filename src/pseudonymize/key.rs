@@ -90,8 +90,8 @@ mod tests {
     #[test]
     fn short_keys_are_refused_and_demo_keys_persist() {
         assert!(Key::from_bytes(b"short\n", Path::new("k")).is_err());
-        let k = Key::from_bytes(b"  0123456789abcdef0123456789abcdef \n", Path::new("k"))
-            .expect("key");
+        let k =
+            Key::from_bytes(b"  0123456789abcdef0123456789abcdef \n", Path::new("k")).expect("key");
         assert_eq!(k.bytes().len(), 32);
         assert_eq!(format!("{k:?}"), "Key(<secret>)");
         let dir = std::env::temp_dir().join(format!("imagio-demo-key-{}", uuid::Uuid::new_v4()));

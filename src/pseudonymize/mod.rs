@@ -109,7 +109,7 @@ pub fn apply(policy: &Policy, key: &Key, site: &str, json: Json) -> Result<Json,
         ctx.bundle(json)
     } else {
         let mut secrets = Vec::new();
-        ctx.resource(json, &res_type, &mut secrets, &HashMap::new())
+        ctx.resource(json, &res_type, &mut secrets, &HashMap::new(), false)
     }
 }
 
@@ -134,7 +134,9 @@ fn keyed(key: &Key, parts: [&str; 3]) -> String {
 
 /// Whether `s` has the shape of a pseudonym (32 lower-case hex digits).
 fn is_pseudonym(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `id` is a pseudonymous Patient id (`p-` + pseudonym).
@@ -318,7 +320,7 @@ impl<'a> Ctx<'a> {
                     .to_string();
                 let mut local_secrets = secrets.clone();
                 let done = self
-                    .resource(r, &t, &mut local_secrets, &full_urls)
+                    .resource(r, &t, &mut local_secrets, &full_urls, false)
                     .map_err(|mut u| {
                         u.location = relocate(&u.location, &format!("{at}.resource"));
                         u
@@ -373,7 +375,10 @@ impl<'a> Ctx<'a> {
                 u
             }
             (_, [_], Some(q), _) => {
-                format!("Patient?{}", self.criteria("Patient", q, &format!("{at}.url"))?)
+                format!(
+                    "Patient?{}",
+                    self.criteria("Patient", q, &format!("{at}.url"))?
+                )
             }
             _ => url,
         };
@@ -383,12 +388,15 @@ impl<'a> Ctx<'a> {
 
     /// De-identifies one resource of type `res_type`; `secrets` are the direct
     /// identifiers known from the submission, `full_urls` the Bundle's Patient `fullUrl`s.
+    /// A `contained` resource is neither labelled (dom-5) nor date-shifted on its own (its
+    /// container's shift covers it).
     fn resource(
         &self,
         mut json: Json,
         res_type: &str,
         secrets: &mut Secrets,
         full_urls: &HashMap<String, String>,
+        contained: bool,
     ) -> Result<Json, Unsafe> {
         let already = has_coding(&json, "tag", POLICY_TAG_SYSTEM, &self.policy.version);
         if res_type == "Patient" {
@@ -411,6 +419,12 @@ impl<'a> Ctx<'a> {
         // 3. Identifiers and ids.
         match res_type {
             "Patient" => {
+                // A Patient without an id from the site is known by its first identifier.
+                if json.get("id").is_none() {
+                    if let Some(local) = first_identifier(&json) {
+                        insert_after(&mut json, "resourceType", "id", Json::String(local));
+                    }
+                }
                 let ids: Vec<Json> = json
                     .get("identifier")
                     .map_or(&[][..], Json::items)
@@ -459,14 +473,17 @@ impl<'a> Ctx<'a> {
         // 4. References to patients.
         self.references(&mut json, full_urls, res_type)?;
         // 5. Dates.
-        if self.policy.date_shift_days > 0 && !already {
+        if self.policy.date_shift_days > 0 && !already && !contained {
             if let Some(patient) = patient_of(&json, res_type) {
                 let days = self.shift_days(&patient);
                 dates::shift_all(&mut json, days);
             }
         }
         if res_type == "Patient" {
-            let birth = json.get("birthDate").and_then(Json::as_str).map(str::to_string);
+            let birth = json
+                .get("birthDate")
+                .and_then(Json::as_str)
+                .map(str::to_string);
             if let Some(b) = birth {
                 match self.policy.birth_date {
                     BirthDate::Year => {
@@ -486,7 +503,7 @@ impl<'a> Ctx<'a> {
                     .unwrap_or_default()
                     .to_string();
                 let done = self
-                    .resource(c, &t, &mut secrets.clone(), full_urls)
+                    .resource(c, &t, &mut secrets.clone(), full_urls, true)
                     .map_err(|mut u| {
                         u.location = relocate(&u.location, &format!("{res_type}.contained[{i}]"));
                         u
@@ -495,7 +512,9 @@ impl<'a> Ctx<'a> {
             }
         }
         // 7. The policy version.
-        self.mark(&mut json);
+        if !contained {
+            self.mark(&mut json);
+        }
         Ok(json)
     }
 
@@ -597,9 +616,7 @@ impl<'a> Ctx<'a> {
 /// `fullUrl`, the resource's `id`, or else its first identifier (`system|value`).
 fn entry_patient_local(entry: &Json) -> Option<String> {
     let request = entry.get("request");
-    let method = request
-        .and_then(|r| r.get("method"))
-        .and_then(Json::as_str);
+    let method = request.and_then(|r| r.get("method")).and_then(Json::as_str);
     let url = request.and_then(|r| r.get("url")).and_then(Json::as_str);
     if let (Some("POST"), Some(_)) = (method, request.and_then(|r| r.get("ifNoneExist"))) {
         // A conditional create keeps the server's choice of id.
@@ -624,10 +641,18 @@ fn entry_patient_local(entry: &Json) -> Option<String> {
     if let Some(id) = r.get("id").and_then(Json::as_str) {
         return Some(id.to_string());
     }
+    first_identifier(r)
+}
+
+/// `system|value` of a resource's first identifier.
+fn first_identifier(r: &Json) -> Option<String> {
     let first = r.get("identifier").map_or(&[][..], Json::items).first()?;
     Some(format!(
         "{}|{}",
-        first.get("system").and_then(Json::as_str).unwrap_or_default(),
+        first
+            .get("system")
+            .and_then(Json::as_str)
+            .unwrap_or_default(),
         first.get("value").and_then(Json::as_str)?
     ))
 }
@@ -644,7 +669,11 @@ fn patient_of(json: &Json, res_type: &str) -> Option<String> {
         return json.get("id").and_then(Json::as_str).map(str::to_string);
     }
     for key in ["subject", "patient", "beneficiary", "individual"] {
-        if let Some(r) = json.get(key).and_then(|r| r.get("reference")).and_then(Json::as_str) {
+        if let Some(r) = json
+            .get(key)
+            .and_then(|r| r.get("reference"))
+            .and_then(Json::as_str)
+        {
             if let Some(id) = r.strip_prefix("Patient/") {
                 return Some(id_of(id).to_string());
             }
@@ -780,8 +809,7 @@ fn contains_word(text: &str, word: &str) -> bool {
         let end = start + word.len();
         let before = lower[..start].chars().next_back();
         let after = lower[end..].chars().next();
-        if !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-        {
+        if !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric) {
             return true;
         }
         from = start + lower[start..].chars().next().map_or(1, char::len_utf8);

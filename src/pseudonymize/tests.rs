@@ -29,8 +29,18 @@ fn a_patient_keeps_only_pseudonyms_and_the_birth_year() {
     let p = p();
     let out = p.apply("site-a", j(PATIENT)).expect("safe").to_text();
     for gone in [
-        "Smith", "Ann", "555-1234", "Elm", "Springfield", "MRN-123", "999-11-2222", "Jones",
-        "1950-04-03", "LOCAL7", "English", "\"text\"",
+        "Smith",
+        "Ann",
+        "555-1234",
+        "Elm",
+        "Springfield",
+        "MRN-123",
+        "999-11-2222",
+        "Jones",
+        "1950-04-03",
+        "LOCAL7",
+        "English",
+        "\"text\"",
     ] {
         assert!(!out.contains(gone), "{gone} left in {out}");
     }
@@ -39,7 +49,10 @@ fn a_patient_keeps_only_pseudonyms_and_the_birth_year() {
     let ids = json.get("identifier").expect("identifiers").items();
     assert_eq!(ids.len(), 2);
     let mrn = Ctx::new(p.policy(), &p.key, "site-a").pseudonym("urn:mrn", "MRN-123");
-    assert_eq!(ids[0].get("value").and_then(Json::as_str), Some(mrn.as_str()));
+    assert_eq!(
+        ids[0].get("value").and_then(Json::as_str),
+        Some(mrn.as_str())
+    );
     assert_eq!(
         ids[0].get("system").and_then(Json::as_str),
         Some("https://a-imagio.eu/fhir/sid/subject")
@@ -48,7 +61,10 @@ fn a_patient_keeps_only_pseudonyms_and_the_birth_year() {
         json.get("id").and_then(Json::as_str),
         Some(p.patient_id("site-a", "LOCAL7").as_str())
     );
-    assert!(out.contains("PSEUDED") && out.contains("imagio-deid-1"), "{out}");
+    assert!(
+        out.contains("PSEUDED") && out.contains("imagio-deid-1"),
+        "{out}"
+    );
     assert_eq!(json.get("gender").and_then(Json::as_str), Some("female"));
 }
 
@@ -89,7 +105,10 @@ fn a_bundle_links_every_resource_to_the_pseudonymous_patient() {
     );
     let out = p.apply("site-a", j(&bundle)).expect("safe");
     let text = out.to_text();
-    assert!(!text.contains("MRN-123") && !text.contains("Smith") && !text.contains("M2"), "{text}");
+    assert!(
+        !text.contains("MRN-123") && !text.contains("Smith") && !text.contains("M2"),
+        "{text}"
+    );
     let entries = out.get("entry").expect("entries").items();
     // The Patient was POSTed under urn:uuid:aaaa: it is PUT to the id derived from it.
     let id = p.patient_id("site-a", "aaaa");
@@ -110,12 +129,23 @@ fn a_bundle_links_every_resource_to_the_pseudonymous_patient() {
     // Conditional references and references by identifier use the subject pseudonym.
     let mrn = Ctx::new(p.policy(), &p.key, "site-a").pseudonym("urn:mrn", "MRN-123");
     let proc_ = entries[2].get("resource").expect("procedure").to_text();
-    assert!(proc_.contains(&format!("identifier=https%3A%2F%2Fa-imagio.eu%2Ffhir%2Fsid%2Fsubject%7C{mrn}")), "{proc_}");
+    assert!(
+        proc_.contains(&format!(
+            "identifier=https%3A%2F%2Fa-imagio.eu%2Ffhir%2Fsid%2Fsubject%7C{mrn}"
+        )),
+        "{proc_}"
+    );
     assert!(proc_.contains(&format!("\"value\":\"{mrn}\"")), "{proc_}");
     // Conditional update and create criteria.
     let m2 = Ctx::new(p.policy(), &p.key, "site-a").pseudonym("urn:mrn", "M2");
-    let url = entries[3].get("request").and_then(|r| r.get("url")).and_then(Json::as_str);
-    assert!(url.is_some_and(|u| u.ends_with(&format!("%7C{m2}"))), "{url:?}");
+    let url = entries[3]
+        .get("request")
+        .and_then(|r| r.get("url"))
+        .and_then(Json::as_str);
+    assert!(
+        url.is_some_and(|u| u.ends_with(&format!("%7C{m2}"))),
+        "{url:?}"
+    );
     let r4 = entries[4].get("request").expect("request");
     assert_eq!(r4.get("method").and_then(Json::as_str), Some("POST"));
     let m3 = Ctx::new(p.policy(), &p.key, "site-a").pseudonym("urn:mrn", "M3");
@@ -131,7 +161,10 @@ fn a_bundle_links_every_resource_to_the_pseudonymous_patient() {
         )
         .expect("safe");
     assert_eq!(
-        later.get("subject").and_then(|s| s.get("reference")).and_then(Json::as_str),
+        later
+            .get("subject")
+            .and_then(|s| s.get("reference"))
+            .and_then(Json::as_str),
         Some(format!("Patient/{id}").as_str())
     );
     // And the whole Bundle de-identified again is unchanged.
@@ -166,9 +199,15 @@ fn a_name_in_free_text_is_refused_with_its_location() {
 #[test]
 fn criteria_without_a_system_cannot_be_pseudonymized() {
     let p = p();
-    let e = p.criteria("s", "Patient", "identifier=123").expect_err("no system");
+    let e = p
+        .criteria("s", "Patient", "identifier=123")
+        .expect_err("no system");
     assert!(e.reason.contains("no system"));
-    assert_eq!(p.criteria("s", "Observation", "identifier=123").expect("kept"), "identifier=123");
+    assert_eq!(
+        p.criteria("s", "Observation", "identifier=123")
+            .expect("kept"),
+        "identifier=123"
+    );
     let id = p.criteria("s", "Patient", "_id=L1").expect("id");
     assert_eq!(id, format!("_id={}", p.patient_id("s", "L1")));
 }
@@ -186,10 +225,16 @@ fn dates_shift_by_one_secret_offset_per_patient() {
               "subject":{"reference":"Patient/LOCAL7"},"effectiveDateTime":"1950-04-03T10:00:00Z"}"#),
         )
         .expect("safe");
-    let shifted = obs.get("effectiveDateTime").and_then(Json::as_str).expect("date");
+    let shifted = obs
+        .get("effectiveDateTime")
+        .and_then(Json::as_str)
+        .expect("date");
     let id = patient.get("id").and_then(Json::as_str).expect("id");
     let days = Ctx::new(p.policy(), &p.key, "s").shift_days(id);
-    assert_eq!(shifted, dates::shift("1950-04-03T10:00:00Z", days).expect("date"));
+    assert_eq!(
+        shifted,
+        dates::shift("1950-04-03T10:00:00Z", days).expect("date")
+    );
     // Applying again (site, then server) does not shift twice.
     let again = p.apply("s", obs.clone()).expect("safe");
     assert!(again.same(&obs));
@@ -199,4 +244,18 @@ fn dates_shift_by_one_secret_offset_per_patient() {
         .collect();
     assert!(distinct.len() > 5);
     assert!(distinct.iter().all(|d| d.abs() <= 30));
+}
+
+#[test]
+fn contained_resources_are_de_identified_but_not_labelled() {
+    let p = p();
+    let text = r##"{"resourceType":"Observation","status":"final","code":{"text":"y"},
+      "contained":[{"resourceType":"Patient","id":"c1","name":[{"family":"Smith"}],
+        "identifier":[{"system":"urn:mrn","value":"MRN-9"}]}],
+      "subject":{"reference":"#c1"}}"##;
+    let out = p.apply("s", j(text)).expect("safe");
+    let c = &out.get("contained").expect("contained").items()[0];
+    assert!(c.get("name").is_none() && c.get("meta").is_none());
+    assert!(!out.to_text().contains("MRN-9"));
+    assert!(out.get("meta").is_some());
 }

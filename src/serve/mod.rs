@@ -74,6 +74,9 @@ pub struct Config {
     pub max_depth: usize,
     /// Authentication (SMART Backend Services, or `--no-auth`).
     pub auth: crate::auth::AuthConfig,
+    /// De-identification of every write before validation (`None`: resources are stored
+    /// as sent; the library's generic FHIR tests only, the CLI always sets it).
+    pub pseudonymize: Option<crate::pseudonymize::Pseudonymizer>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             max_body: 64 * 1024 * 1024,
             max_depth: 128,
             auth: crate::auth::AuthConfig::default(),
+            pseudonymize: None,
         }
     }
 }

@@ -69,9 +69,20 @@ impl Key {
             use std::os::unix::fs::OpenOptionsExt as _;
             options.mode(0o600);
         }
-        let mut file = options
-            .open(&path)
-            .map_err(|e| KeyError::Io(path.clone(), e))?;
+        let mut file = match options.open(&path) {
+            Ok(f) => f,
+            // Another server started beside this one made it first: use that key.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                for _ in 0..20 {
+                    if let Ok(k) = Key::load(&path) {
+                        return Ok((k, path, false));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                return Ok((Key::load(&path)?, path, false));
+            }
+            Err(e) => return Err(KeyError::Io(path.clone(), e)),
+        };
         std::io::Write::write_all(&mut file, format!("{hex}\n").as_bytes())
             .map_err(|e| KeyError::Io(path.clone(), e))?;
         Ok((Key(hex.into_bytes()), path, true))

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod map;
 pub mod model;
 pub mod profiles;
+pub mod pseudonymize;
 pub mod search;
 pub mod serve;
 pub mod store;

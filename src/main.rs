@@ -90,6 +90,34 @@ enum Command {
         /// days), checked every hour; default: kept forever.
         #[arg(long, env = "IMAGIO_LEDGER_RETENTION", value_name = "DURATION", value_parser = imagio_gateway::store::sealed::parse_retention)]
         ledger_retention: Option<std::time::Duration>,
+        /// The study secret keying pseudonyms (at least 32 bytes). Required unless --listen
+        /// is a loopback address (demo mode), where ./imagio-demo/pseudonym.key is made
+        /// on first start and reused.
+        #[arg(long, env = "IMAGIO_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+        pseudonym_key: Option<PathBuf>,
+        /// The de-identification policy (default: the embedded profiles/deidentify/default.toml).
+        #[arg(long, env = "IMAGIO_DEIDENTIFY_POLICY", value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// De-identify FHIR JSON (Bundles, resources) and NDJSON files at the site, with the
+    /// policy and key the gateway uses: the output carries the same pseudonyms the gateway
+    /// would give. Exit 0 when every file was written, 1 when the policy refused some.
+    Deidentify {
+        /// The policy (default: the embedded one).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// The study secret keying pseudonyms.
+        #[arg(long, env = "IMAGIO_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+        key: PathBuf,
+        /// The site code the gateway knows this site by (the site of its client).
+        #[arg(long, value_name = "CODE")]
+        site: String,
+        /// Folder for the de-identified files (same names); standard output without it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Files or folders (walked for *.json and *.ndjson).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
     },
     /// The submission ledger.
     Ledger {
@@ -414,6 +442,19 @@ enum ClientCommand {
         /// error (see mappings/README.md).
         #[arg(long, value_name = "FILE")]
         mapping: Option<PathBuf>,
+        /// De-identify every file here before sending it (see `deidentify`); needs
+        /// --pseudonym-key and --site.
+        #[arg(long, requires_all = ["pseudonym_key", "site"])]
+        deidentify: bool,
+        /// The study secret keying pseudonyms, for --deidentify.
+        #[arg(long, env = "IMAGIO_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+        pseudonym_key: Option<PathBuf>,
+        /// The de-identification policy, for --deidentify (default: the embedded one).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// This site's code at the gateway, for --deidentify.
+        #[arg(long, value_name = "CODE")]
+        site: Option<String>,
     },
     /// Search resource types into one NDJSON file per type (Type.ndjson in --out).
     ///
@@ -505,6 +546,8 @@ fn main() -> ExitCode {
             mappings,
             ledger_key,
             ledger_retention,
+            pseudonym_key,
+            policy,
         } => {
             if let Some(f) = &jwks_ca_cert {
                 if let Err(e) = imagio_gateway::client::ca_certificates(f) {
@@ -512,7 +555,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            let pseudonymizer = match server_pseudonymizer(listen, pseudonym_key, policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             serve(imagio_gateway::serve::Config {
+                pseudonymize: Some(pseudonymizer),
                 listen,
                 database_url,
                 validation,
@@ -600,9 +651,23 @@ fn main() -> ExitCode {
                     scope,
                     ca_cert,
                     mapping,
+                    deidentify,
+                    pseudonym_key,
+                    policy,
+                    site,
                 },
         } => with_runtime(push(
             mapping,
+            match (deidentify, pseudonym_key, site) {
+                (true, Some(k), Some(s)) => match pseudonymizer(policy, &k) {
+                    Ok(p) => Some((p, s)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                _ => None,
+            },
             imagio_gateway::client::Settings {
                 server,
                 client_id,
@@ -703,6 +768,19 @@ fn main() -> ExitCode {
             Ok(registry) => {
                 imagio_gateway::validate::cli::run(registry, &loads, &profiles, &files, format)
             }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Deidentify {
+            policy,
+            key,
+            site,
+            out,
+            inputs,
+        } => match pseudonymizer(policy, &key) {
+            Ok(p) => imagio_gateway::pseudonymize::cli::run(&p, &site, &inputs, out.as_deref()),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -875,14 +953,16 @@ async fn import(
 /// all were accepted, 1 when some were not, 2 when nothing could be sent.
 async fn push(
     mapping: Option<PathBuf>,
+    deidentify: Option<(imagio_gateway::pseudonymize::Pseudonymizer, String)>,
     settings: imagio_gateway::client::Settings,
     paths: Vec<PathBuf>,
 ) -> ExitCode {
+    let deid = deidentify.as_ref().map(|(p, s)| (p, s.as_str()));
     let reports = match mapping {
-        Some(m) => imagio_gateway::client::push_mapped(settings, &m, &paths)
+        Some(m) => imagio_gateway::client::push_mapped_with(settings, &m, &paths, deid)
             .await
             .map(|r| vec![r]),
-        None => imagio_gateway::client::push(settings, &paths).await,
+        None => imagio_gateway::client::push_with(settings, &paths, deid).await,
     };
     match reports {
         Ok(reports) => {
@@ -964,6 +1044,51 @@ async fn pull(
 }
 
 /// Sets up logging (`RUST_LOG`, default `info`) and the async runtime, and runs the server.
+/// The policy (`--policy` or the embedded default) with the key file.
+fn pseudonymizer(
+    policy: Option<PathBuf>,
+    key: &std::path::Path,
+) -> Result<imagio_gateway::pseudonymize::Pseudonymizer, String> {
+    use imagio_gateway::pseudonymize::{Key, Policy, Pseudonymizer};
+    let policy = match policy {
+        Some(p) => Policy::load(&p),
+        None => Policy::default_policy(),
+    }
+    .map_err(|e| e.to_string())?;
+    let key = Key::load(key).map_err(|e| e.to_string())?;
+    Ok(Pseudonymizer::new(policy, key))
+}
+
+/// What `serve` de-identifies with: the key file given, or, in demo mode (a loopback
+/// `--listen`), `./imagio-demo/pseudonym.key`, made on first start.
+fn server_pseudonymizer(
+    listen: std::net::SocketAddr,
+    key: Option<PathBuf>,
+    policy: Option<PathBuf>,
+) -> Result<imagio_gateway::pseudonymize::Pseudonymizer, String> {
+    if let Some(k) = key {
+        return pseudonymizer(policy, &k);
+    }
+    if !listen.ip().is_loopback() {
+        return Err(format!(
+            "serve on {listen} needs the study's pseudonym key: --pseudonym-key FILE or              IMAGIO_PSEUDONYM_KEY_FILE (only a loopback --listen runs in demo mode with a              generated key)"
+        ));
+    }
+    let (_, path, made) =
+        imagio_gateway::pseudonymize::Key::demo(std::path::Path::new("imagio-demo"))
+            .map_err(|e| e.to_string())?;
+    let shown = std::fs::canonicalize(&path).unwrap_or(path.clone());
+    if made {
+        println!(
+            "demo mode: no --pseudonym-key given; made a pseudonym key in {} (pseudonyms              depend on it: keep it, or give the study's key with --pseudonym-key)",
+            shown.display()
+        );
+    } else {
+        eprintln!("demo mode: pseudonyms keyed by {}", shown.display());
+    }
+    pseudonymizer(policy, &path)
+}
+
 fn serve(config: imagio_gateway::serve::Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -171,7 +171,9 @@ mod scenarios {
         for n in 0..10 {
             let s = pick(a, b, n);
             let mut mine = created.clone();
-            mine["name"] = json!([{"family": format!("Writer{n}")}]);
+            // An extension, not a name: the CLI's server removes names (pseudonymization).
+            mine["extension"] =
+                json!([{"url": "http://example.org/writer", "valueString": format!("Writer{n}")}]);
             let (client, url) = (s.client.clone(), s.url(&path));
             tasks.push(tokio::spawn(async move {
                 let r = client
@@ -202,7 +204,7 @@ mod scenarios {
         let (_, _, read) = b.get(&path).await;
         assert_eq!(read["meta"]["versionId"], "2");
         assert_eq!(
-            read["name"][0]["family"],
+            read["extension"][0]["valueString"],
             format!("Writer{}", winners[0]),
             "the stored version is the winner's"
         );
@@ -211,8 +213,7 @@ mod scenarios {
         for n in 0..10 {
             let s = pick(a, b, n);
             let (client, url) = (s.client.clone(), s.url(&path));
-            let ops =
-                json!([{"op": "add", "path": "/name/-", "value": {"family": format!("P{n}")}}]);
+            let ops = json!([{"op": "add", "path": "/extension/-", "value": {"url": "http://example.org/writer", "valueString": format!("P{n}")}}]);
             tasks.push(tokio::spawn(async move {
                 client
                     .patch(url)
@@ -228,7 +229,11 @@ mod scenarios {
             assert_eq!(t.await.expect("task"), StatusCode::OK);
         }
         let (_, _, read) = a.get(&path).await;
-        assert_eq!(read["name"].as_array().map(Vec::len), Some(11), "{read}");
+        assert_eq!(
+            read["extension"].as_array().map(Vec::len),
+            Some(11),
+            "{read}"
+        );
         assert_eq!(read["meta"]["versionId"], "12");
     }
 }

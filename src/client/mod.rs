@@ -498,13 +498,45 @@ pub(crate) fn issues(oo: &Value) -> String {
 /// # Errors
 /// When the session cannot start (key, discovery) or the inputs cannot be listed.
 pub async fn push(settings: Settings, paths: &[PathBuf]) -> Result<Vec<FileReport>, ClientError> {
+    push_with(settings, paths, None).await
+}
+
+/// The de-identification a site applies before sending: the policy with its key, and the
+/// site's code at the gateway.
+pub type Deidentify<'a> = (&'a crate::pseudonymize::Pseudonymizer, &'a str);
+
+/// `client push`, each file de-identified first when `deidentify` is given (a file the
+/// policy refuses is not sent; its report says why).
+///
+/// # Errors
+/// As [`push`].
+pub async fn push_with(
+    settings: Settings,
+    paths: &[PathBuf],
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<Vec<FileReport>, ClientError> {
     let files = input_files(paths)?;
     let mut session = Session::connect(settings).await?;
     let mut reports = Vec::with_capacity(files.len());
     for path in files {
-        reports.push(push_file(&mut session, &path).await);
+        reports.push(push_file(&mut session, &path, deidentify).await);
     }
     Ok(reports)
+}
+
+/// `text` de-identified when asked (`name` names it in a refusal).
+fn prepare(
+    text: String,
+    name: &Path,
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<String, String> {
+    match deidentify {
+        Some((p, site)) => {
+            crate::pseudonymize::cli::deidentify_text(p, site, &text, &name.display().to_string())
+                .map_err(|e| format!("not sent: de-identification refused it: {e}"))
+        }
+        None => Ok(text),
+    }
 }
 
 /// Maps site exports with a mapping file at the site, as a check, and uploads the files as
@@ -521,15 +553,45 @@ pub async fn push_mapped(
     mapping: &Path,
     inputs: &[PathBuf],
 ) -> Result<FileReport, ClientError> {
+    push_mapped_with(settings, mapping, inputs, None).await
+}
+
+/// [`push_mapped`], the Bundle de-identified before it is sent when `deidentify` is given.
+///
+/// # Errors
+/// As [`push_mapped`].
+pub async fn push_mapped_with(
+    settings: Settings,
+    mapping: &Path,
+    inputs: &[PathBuf],
+    deidentify: Option<Deidentify<'_>>,
+) -> Result<FileReport, ClientError> {
     let refused = |summary: String| FileReport {
         path: mapping.to_path_buf(),
         status: None,
         summary,
     };
-    let (name, upload) = match map_inputs(mapping, inputs) {
+    let (name, bundle, upload) = match map_inputs(mapping, inputs) {
         Ok(b) => b,
         Err(summary) => return Ok(refused(summary)),
     };
+    if deidentify.is_some() {
+        // De-identified at the site: the raw files would carry identifiers, so the mapped
+        // Bundle is de-identified and sent as a transaction instead of the upload.
+        let bundle = match prepare(bundle, mapping, deidentify) {
+            Ok(b) => b,
+            Err(summary) => return Ok(refused(summary)),
+        };
+        let mut session = Session::connect(settings).await?;
+        return Ok(match session.send(&bundle).await {
+            Ok((status, body)) => FileReport {
+                path: mapping.to_path_buf(),
+                status: Some(status),
+                summary: summarize(status, &body),
+            },
+            Err(e) => refused(e.to_string()),
+        });
+    }
     let mut session = Session::connect(settings).await?;
     let url = format!("{}/ingest/{}", session.fhir_base, name);
     let content_type = format!(
@@ -554,17 +616,21 @@ pub async fn push_mapped(
     )
 }
 
-/// The mapping's name and the upload of `inputs` (a `multipart/form-data` body), or why
-/// they are not to be sent: the mapping is run here first and any error stops the push.
-fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<(String, Vec<u8>), String> {
+/// The mapping's name, the transaction Bundle it makes of `inputs` and their upload (a
+/// `multipart/form-data` body), or why they are not to be sent: the mapping is run here
+/// first and any error stops the push.
+fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<(String, String, Vec<u8>), String> {
     let spec = crate::map::load(mapping).map_err(|e| e.to_string())?;
     let files = inputs
         .iter()
         .map(|p| crate::map::Input::read(p).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let validator = crate::map::study_validator(None).map_err(|e| e.to_string())?;
-    let outcome = crate::map::run(&spec, &files, Some(&validator), false, &mut std::io::sink())
+    let mut bundle = Vec::new();
+    let outcome = crate::map::run(&spec, &files, Some(&validator), false, &mut bundle)
         .map_err(|e| e.to_string())?;
+    let bundle =
+        String::from_utf8(bundle).map_err(|e| format!("the mapped Bundle is not UTF-8: {e}"))?;
     let errors: Vec<String> = outcome
         .diagnostics
         .iter()
@@ -596,18 +662,26 @@ fn map_inputs(mapping: &Path, inputs: &[PathBuf]) -> Result<(String, Vec<u8>), S
         .collect();
     Ok((
         spec.name.clone(),
+        bundle,
         crate::ingest::import::multipart(&parts, &spec),
     ))
 }
 
-async fn push_file(session: &mut Session, path: &Path) -> FileReport {
-    let text = match std::fs::read_to_string(path) {
+async fn push_file(
+    session: &mut Session,
+    path: &Path,
+    deidentify: Option<Deidentify<'_>>,
+) -> FileReport {
+    let text = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| prepare(t, path, deidentify))
+    {
         Ok(t) => t,
         Err(e) => {
             return FileReport {
                 path: path.to_path_buf(),
                 status: None,
-                summary: e.to_string(),
+                summary: e,
             }
         }
     };

@@ -70,6 +70,7 @@ async fn process(
             "POST /fhir takes a Bundle of type batch or transaction".into(),
         ));
     }
+    let json = write::deidentify(state, json)?;
     let kind = json.get("type").and_then(Json::as_str).unwrap_or_default();
     let base = base_url(headers, state);
     let ret = prefer(headers);

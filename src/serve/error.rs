@@ -17,7 +17,7 @@
 //! | `MultipleMatches` (conditional create/update) | 412 | `multiple-matches` |
 //! | `TooLarge` | 413 | `too-costly` |
 //! | `UnsupportedMediaType` | 415 | `not-supported` |
-//! | `Invalid` (validation errors) | 422 | the validator's codes, every issue listed |
+//! | `Invalid` (validation errors; input de-identification cannot make safe) | 422 | the validator's codes, every issue listed; `business-rule` at the location for de-identification |
 //! | `Unprocessable` (a patch that does not apply, a failing `test`) | 422 | `processing` |
 //! | `Store`, `Internal` | 500 | `exception`, generic text |
 //! | `Unavailable` (database unreachable) | 503 | `transient`, generic text |
@@ -189,6 +189,20 @@ impl From<crate::endpoints::EndpointsError> for ApiError {
             crate::endpoints::EndpointsError::Store(s) => ApiError::Store(s),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<crate::pseudonymize::Unsafe> for ApiError {
+    fn from(e: crate::pseudonymize::Unsafe) -> Self {
+        ApiError::Invalid(vec![Issue {
+            severity: crate::validate::Severity::Error,
+            kind: crate::validate::IssueType::BusinessRule,
+            message: format!("de-identification refused the resource: {}", e.reason),
+            location: e.location,
+            line: None,
+            column: None,
+            rule: Some("imagio-deidentify".into()),
+        }])
     }
 }
 

@@ -88,6 +88,9 @@ pub struct Config {
     pub ledger_key: Option<PathBuf>,
     /// How long ledger payloads are kept before they are purged (`None`: forever).
     pub ledger_retention: Option<std::time::Duration>,
+    /// De-identification of every write before validation (`None`: resources are stored
+    /// as sent; the library's generic FHIR tests only, the CLI always sets it).
+    pub pseudonymize: Option<crate::pseudonymize::Pseudonymizer>,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             mappings_dir: None,
             ledger_key: None,
             ledger_retention: None,
+            pseudonymize: None,
         }
     }
 }

@@ -287,15 +287,33 @@ pub async fn create(
         known_type(&res_type)?;
         let resource = req.resource(&res_type).await?;
         let criteria = match req.headers.get("if-none-exist") {
-            Some(v) => Some(Criteria::parse(v.to_str().map_err(|_| {
-                ApiError::BadRequest("If-None-Exist is not ASCII text".into())
-            })?)?),
+            Some(v) => Some(Criteria::parse(&write::target_criteria(
+                &req.state,
+                &res_type,
+                v.to_str()
+                    .map_err(|_| ApiError::BadRequest("If-None-Exist is not ASCII text".into()))?,
+            )?)?),
             None => None,
         };
-        let op = Op::Create {
-            resource,
-            id: write::new_id(),
-            criteria,
+        // A de-identified Patient has its pseudonymous id: sent again, it is the same
+        // Patient (an update that changes nothing), not a new one.
+        let pseudo_id = resource
+            .json
+            .get("id")
+            .and_then(Json::as_str)
+            .filter(|_| res_type == "Patient" && req.state.config().pseudonymize.is_some())
+            .map(str::to_string);
+        let op = match (pseudo_id, criteria) {
+            (Some(id), None) => Op::Update {
+                resource,
+                id,
+                if_match: None,
+            },
+            (_, criteria) => Op::Create {
+                resource,
+                id: write::new_id(),
+                criteria,
+            },
         };
         req.commit(&op).await
     }
@@ -324,6 +342,7 @@ pub async fn update(
         known_type(&res_type)?;
         let if_match = write::if_match(&req.headers)?;
         let resource = req.resource(&res_type).await?;
+        let id = write::target_id(&req.state, &res_type, id);
         match resource.json.get("id").and_then(Json::as_str) {
             Some(body_id) if body_id == id => {}
             Some(body_id) => {
@@ -370,7 +389,11 @@ pub async fn conditional_update(
     };
     let result = async {
         known_type(&res_type)?;
-        let criteria = Criteria::parse(query.as_deref().unwrap_or_default())?;
+        let criteria = Criteria::parse(&write::target_criteria(
+            &req.state,
+            &res_type,
+            query.as_deref().unwrap_or_default(),
+        )?)?;
         let if_match = write::if_match(&req.headers)?;
         let resource = req.resource(&res_type).await?;
         let op = Op::ConditionalUpdate {
@@ -399,6 +422,7 @@ pub async fn delete(
     let result = async {
         known_type(&res_type)?;
         let if_match = write::if_match(&req.headers)?;
+        let id = write::target_id(&req.state, &res_type, id);
         let op = Op::Delete {
             res_type,
             id,
@@ -426,7 +450,11 @@ pub async fn conditional_delete(
     let req = WriteRequest::without_body(state, &rid, &method, &uri, headers);
     let result = async {
         known_type(&res_type)?;
-        let criteria = Criteria::parse(query.as_deref().unwrap_or_default())?;
+        let criteria = Criteria::parse(&write::target_criteria(
+            &req.state,
+            &res_type,
+            query.as_deref().unwrap_or_default(),
+        )?)?;
         let if_match = write::if_match(&req.headers)?;
         let op = Op::ConditionalDelete {
             res_type,
@@ -536,7 +564,9 @@ pub async fn conditional_patch(
     headers: HeaderMap,
     body: Result<FhirBody, ApiError>,
 ) -> Response {
-    let target = Criteria::parse(query.as_deref().unwrap_or_default()).map(Selector::Criteria);
+    let target = write::target_criteria(&state, &res_type, query.as_deref().unwrap_or_default())
+        .and_then(|q| Criteria::parse(&q))
+        .map(Selector::Criteria);
     patch_request(state, &rid, &method, &uri, headers, body, &res_type, target).await
 }
 
@@ -560,7 +590,10 @@ async fn patch_request(
     };
     let result = async {
         known_type(res_type)?;
-        let target = target?;
+        let target = match target? {
+            Selector::Id(id) => Selector::Id(write::target_id(&req.state, res_type, id)),
+            other => other,
+        };
         let if_match = write::if_match(&req.headers)?;
         let Some(body) = &req.body else {
             return Err(ApiError::BadRequest("no body".into()));

@@ -60,12 +60,58 @@ pub async fn check(
             )));
         }
     }
-    let warnings = validate(state, text.to_string()).await?;
+    // De-identified before validation: what is validated is what is stored.
+    let (json, text) = match &state.config().pseudonymize {
+        Some(p) => {
+            let json = p.apply(&site(), json)?;
+            let text = json.to_text();
+            (json, text)
+        }
+        None => (json, text.to_string()),
+    };
+    let warnings = validate(state, text).await?;
     Ok(Checked {
         res_type,
         json,
         warnings,
     })
+}
+
+/// The caller's site, which keys its pseudonyms (`local` without a caller).
+pub fn site() -> String {
+    crate::auth::current().map_or_else(|| "local".to_string(), |p| p.site)
+}
+
+/// De-identifies a whole Bundle (its Patient entries, requests and references) before its
+/// entries are checked one by one; as sent when pseudonymization is off.
+///
+/// # Errors
+/// [`ApiError::Invalid`] naming the location the policy cannot make safe.
+pub fn deidentify(state: &AppState, json: Json) -> Result<Json, ApiError> {
+    match &state.config().pseudonymize {
+        Some(p) => Ok(p.apply(&site(), json)?),
+        None => Ok(json),
+    }
+}
+
+/// The id of a write's URL as stored: a Patient's id from the site becomes its
+/// pseudonymous id.
+pub fn target_id(state: &AppState, res_type: &str, id: String) -> String {
+    match &state.config().pseudonymize {
+        Some(p) if res_type == "Patient" => p.patient_id(&site(), &id),
+        _ => id,
+    }
+}
+
+/// Conditional criteria of a write as matched: Patient identifiers and ids pseudonymized.
+///
+/// # Errors
+/// [`ApiError::Invalid`] for criteria that cannot be pseudonymized.
+pub fn target_criteria(state: &AppState, res_type: &str, query: &str) -> Result<String, ApiError> {
+    match &state.config().pseudonymize {
+        Some(p) => Ok(p.criteria(&site(), res_type, query)?),
+        None => Ok(query.to_string()),
+    }
 }
 
 /// Validates resource text on the blocking pool (validation is CPU work); returns the

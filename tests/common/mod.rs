@@ -48,7 +48,14 @@ pub fn unique(prefix: &str) -> String {
 
 /// Starts a server on `db` (`None` when PostgreSQL is asked for and not configured).
 pub async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Option<Server> {
-    let (store, cleanup) = match db {
+    let (store, cleanup) = open_db(db).await?;
+    Some(serve_store(store, cleanup, validation, max_body).await)
+}
+
+/// A fresh store on `db`: a temporary SQLite file or a new PostgreSQL schema (`None` when
+/// PostgreSQL is asked for and not configured).
+pub async fn open_db(db: Db) -> Option<(Store, Cleanup)> {
+    Some(match db {
         Db::Sqlite => {
             let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_test")));
             let store = Store::open(path.to_str().expect("utf-8 temp path"))
@@ -67,8 +74,7 @@ pub async fn start(db: Db, validation: ValidationMode, max_body: usize) -> Optio
                 .expect("open postgres schema");
             (store, Cleanup::Schema(url, schema))
         }
-    };
-    Some(serve_store(store, cleanup, validation, max_body).await)
+    })
 }
 
 /// Two servers (separate `AppState`s, separate connection pools) on one database: the same
@@ -109,6 +115,11 @@ pub async fn serve_store(
         },
         ..Config::default()
     };
+    serve_config(store, cleanup, config).await
+}
+
+/// Serves `store` with `config` on a free port of 127.0.0.1.
+pub async fn serve_config(store: Store, cleanup: Cleanup, config: Config) -> Server {
     let state = AppState::new(store.clone(), config).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

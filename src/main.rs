@@ -279,6 +279,17 @@ enum Command {
         /// No progress display.
         #[arg(long)]
         quiet: bool,
+        /// The study secret keying pseudonyms (the server's --pseudonym-key). Required for
+        /// PostgreSQL; a SQLite file without it uses the demo key ./imagio-demo/pseudonym.key.
+        #[arg(long, env = "IMAGIO_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+        pseudonym_key: Option<PathBuf>,
+        /// The de-identification policy (default: the embedded one).
+        #[arg(long, env = "IMAGIO_DEIDENTIFY_POLICY", value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// The ledger key (the server's --ledger-key). Required for PostgreSQL; a SQLite
+        /// file without it uses the demo key ./imagio-demo/ledger.key.
+        #[arg(long, env = "IMAGIO_LEDGER_KEY", value_name = "FILE")]
+        ledger_key: Option<PathBuf>,
         /// The input files (each matched to a source by its files pattern).
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
@@ -830,8 +841,18 @@ fn main() -> ExitCode {
             site,
             json,
             quiet,
+            pseudonym_key,
+            policy,
+            ledger_key,
             inputs,
         } => {
+            let secrets = match import_secrets(&database_url, pseudonym_key, policy, ledger_key) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let options = imagio_gateway::ingest::import::Options {
                 mapping,
                 inputs,
@@ -840,7 +861,7 @@ fn main() -> ExitCode {
                 site,
                 progress: !quiet,
             };
-            with_runtime(import(database_url, cli.profiles_dir, options, json))
+            with_runtime(import(database_url, cli.profiles_dir, options, secrets, json))
         }
         Command::Endpoints {
             database_url,
@@ -906,15 +927,65 @@ fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 
 /// `import`: the summary on standard output; exit 0 when every row loaded, 1 when some did
 /// not (they are in the report), 2 when the import could not run or stopped.
+/// The keys `import` writes with: those given, or for a SQLite file the demo keys of
+/// `./imagio-demo/` (made when missing, as `serve` in demo mode does).
+fn import_secrets(
+    database_url: &str,
+    pseudonym_key: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    ledger_key: Option<PathBuf>,
+) -> Result<imagio_gateway::ingest::import::Secrets, String> {
+    let postgres = database_url.starts_with("postgres:") || database_url.starts_with("postgresql:");
+    let demo = std::path::Path::new("imagio-demo");
+    let key_path = match pseudonym_key {
+        Some(k) => k,
+        None if postgres => {
+            return Err(
+                "import into PostgreSQL needs the study's pseudonym key (--pseudonym-key FILE)"
+                    .into(),
+            )
+        }
+        None => {
+            let (_, path, _) = imagio_gateway::pseudonymize::Key::demo(demo)
+                .map_err(|e| e.to_string())?;
+            eprintln!("demo mode: pseudonyms keyed by {}", path.display());
+            path
+        }
+    };
+    let ledger_key = match ledger_key {
+        Some(k) => k,
+        None if postgres => {
+            return Err("import into PostgreSQL needs the ledger key (--ledger-key FILE)".into())
+        }
+        None => {
+            let path = demo.join("ledger.key");
+            imagio_gateway::store::sealed::LedgerKey::load_or_create(&path)
+                .map_err(|e| e.to_string())?;
+            eprintln!("demo mode: ledger payloads sealed with {}", path.display());
+            path
+        }
+    };
+    Ok(imagio_gateway::ingest::import::Secrets {
+        pseudonymize: pseudonymizer(policy, &key_path)?,
+        ledger_key,
+    })
+}
+
 async fn import(
     database_url: String,
     profiles_dir: Option<PathBuf>,
     options: imagio_gateway::ingest::import::Options,
+    secrets: imagio_gateway::ingest::import::Secrets,
     json: bool,
 ) -> ExitCode {
     let report = options.report.clone();
-    match imagio_gateway::ingest::import::run(&database_url, profiles_dir.as_deref(), &options)
-        .await
+    match imagio_gateway::ingest::import::run(
+        &database_url,
+        profiles_dir.as_deref(),
+        &options,
+        secrets,
+    )
+    .await
     {
         Ok(s) => {
             if json {
@@ -1071,7 +1142,9 @@ fn server_pseudonymizer(
     }
     if !listen.ip().is_loopback() {
         return Err(format!(
-            "serve on {listen} needs the study's pseudonym key: --pseudonym-key FILE or              IMAGIO_PSEUDONYM_KEY_FILE (only a loopback --listen runs in demo mode with a              generated key)"
+            "serve on {listen} needs the study's pseudonym key: --pseudonym-key FILE or \
+             IMAGIO_PSEUDONYM_KEY_FILE (only a loopback --listen runs in demo mode with a \
+             generated key)"
         ));
     }
     let (_, path, made) =
@@ -1080,7 +1153,8 @@ fn server_pseudonymizer(
     let shown = std::fs::canonicalize(&path).unwrap_or(path.clone());
     if made {
         println!(
-            "demo mode: no --pseudonym-key given; made a pseudonym key in {} (pseudonyms              depend on it: keep it, or give the study's key with --pseudonym-key)",
+            "demo mode: no --pseudonym-key given; made a pseudonym key in {} (pseudonyms \
+             depend on it: keep it, or give the study's key with --pseudonym-key)",
             shown.display()
         );
     } else {

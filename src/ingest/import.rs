@@ -50,6 +50,17 @@ pub struct Options {
     pub progress: bool,
 }
 
+/// The keys an import needs, the same as the server's: resources are de-identified with
+/// the study's pseudonym key before they are stored, and ledger entries sealed with the
+/// ledger key (a different ledger key would make the server refuse to start).
+#[derive(Clone)]
+pub struct Secrets {
+    /// The de-identification policy and pseudonym key.
+    pub pseudonymize: crate::pseudonymize::Pseudonymizer,
+    /// The ledger key file.
+    pub ledger_key: PathBuf,
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -117,15 +128,19 @@ pub async fn run(
     database_url: &str,
     profiles_dir: Option<&Path>,
     options: &Options,
+    secrets: Secrets,
 ) -> Result<Summary, IngestError> {
     let store = crate::store::Store::open(database_url).await?;
     let config = crate::serve::Config {
         database_url: database_url.to_string(),
         validation: crate::serve::ValidationMode::Study,
         profiles_dir: profiles_dir.map(Path::to_path_buf),
+        pseudonymize: Some(secrets.pseudonymize),
+        ledger_key: Some(secrets.ledger_key),
         ..crate::serve::Config::default()
     };
     let state = AppState::new(store.clone(), config)?;
+    state.store().check_ledger_key().await?;
     let result = import(&state, options).await;
     store.close().await;
     result

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod definitions;
+pub mod export;
 pub mod fhirpath;
 pub mod map;
 pub mod model;

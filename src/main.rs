@@ -59,6 +59,18 @@ enum Command {
         /// fetching clients' JWKS URLs over HTTPS.
         #[arg(long, env = "IMAGIO_JWKS_CA_CERT", value_name = "FILE")]
         jwks_ca_cert: Option<PathBuf>,
+        /// Bulk export: the folder of job files (shared by replicas).
+        #[arg(long, default_value = "imagio-export", value_name = "DIR")]
+        export_dir: PathBuf,
+        /// Bulk export: seconds the files of a finished job are kept.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        export_retention: u64,
+        /// Bulk export: resources read per database page.
+        #[arg(long, default_value_t = 5000, value_name = "N")]
+        export_page: i64,
+        /// Bulk export: accept and answer jobs but leave running them to other replicas.
+        #[arg(long)]
+        no_export_worker: bool,
     },
     /// Make key pairs for SMART Backend Services clients.
     Keys {
@@ -194,9 +206,10 @@ struct LoadArgs {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// load: resources to store (re-posting the Bundles with new UUIDs) before reads and
-    /// searches.
-    #[arg(long, default_value_t = 100_000)]
-    resources: usize,
+    /// searches (default 100,000); export: resources to load and export (default
+    /// 1,000,000).
+    #[arg(long)]
+    resources: Option<usize>,
     /// load: how long the read phase and the search phase each run (10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = imagio_gateway::bench::load::parse_duration)]
     duration: std::time::Duration,
@@ -377,6 +390,10 @@ fn main() -> ExitCode {
             public_url,
             token_lifetime,
             jwks_ca_cert,
+            export_dir,
+            export_retention,
+            export_page,
+            no_export_worker,
         } => {
             if let Some(f) = &jwks_ca_cert {
                 if let Err(e) = imagio_gateway::client::ca_certificates(f) {
@@ -396,6 +413,13 @@ fn main() -> ExitCode {
                     public_url,
                     token_lifetime,
                     jwks_ca_cert,
+                },
+                export: imagio_gateway::export::ExportConfig {
+                    dir: export_dir,
+                    retention: std::time::Duration::from_secs(export_retention),
+                    page: export_page,
+                    worker: !no_export_worker,
+                    ..Default::default()
                 },
             })
         }
@@ -571,9 +595,17 @@ fn main() -> ExitCode {
             database_url: load.database_url,
             concurrency: load.concurrency,
             connections: load.connections,
-            resources: load.resources,
+            resources: load.resources.unwrap_or(100_000),
             duration: load.duration,
             no_auth: load.no_auth,
+        }),
+        Command::Bench {
+            what: imagio_gateway::bench::Suite::Export,
+            load,
+            ..
+        } => imagio_gateway::bench::export::run(&imagio_gateway::bench::export::Options {
+            database_url: load.database_url,
+            resources: load.resources.unwrap_or(1_000_000),
         }),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         // --- mappings (issue 7) ---

@@ -5,6 +5,7 @@
 //! implementation side by side in the same run, over the same input. `load` measures the
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
+pub mod export;
 pub mod load;
 
 use crate::model;
@@ -26,6 +27,9 @@ pub enum Suite {
     /// The server under load: ingest of transaction Bundles, reads and searches at
     /// `--resources` stored, the server's memory (not part of `all`).
     Load,
+    /// A system-level Bulk Data export of `--resources` stored resources through the
+    /// server: resources/s and the server's memory (not part of `all`).
+    Export,
 }
 
 /// The folder the suites read when none is given.

@@ -74,6 +74,8 @@ pub struct Config {
     pub max_depth: usize,
     /// Authentication (SMART Backend Services, or `--no-auth`).
     pub auth: crate::auth::AuthConfig,
+    /// Bulk Data export (`$export`): files, retention, the worker.
+    pub export: crate::export::ExportConfig,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             max_body: 64 * 1024 * 1024,
             max_depth: 128,
             auth: crate::auth::AuthConfig::default(),
+            export: crate::export::ExportConfig::default(),
         }
     }
 }
@@ -236,7 +239,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/{type}/{id}/_history", get(rest::history_instance))
         .route("/{type}/{id}/_history/{vid}", get(rest::vread))
-        .route("/{type}/{id}/$validate", post(rest::validate_instance));
+        .route("/{type}/{id}/$validate", post(rest::validate_instance))
+        .merge(crate::export::http::routes());
     Router::new()
         .nest("/fhir", fhir)
         .route("/health", get(health))
@@ -359,9 +363,21 @@ pub async fn serve_on(
 ) -> Result<(), ServeError> {
     let store = state.store().clone();
     state.auth().set_listen_addr(listener.local_addr()?);
-    axum::serve(listener, router(state))
+    // The export worker stops (giving up its job's claim) when the server does.
+    let (stop_worker, stopping) = tokio::sync::watch::channel(false);
+    let worker = state
+        .config()
+        .export
+        .worker
+        .then(|| tokio::spawn(crate::export::run::worker(state.clone(), stopping)));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    let _ = stop_worker.send(true);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    served?;
     store.close().await;
     Ok(())
 }

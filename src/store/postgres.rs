@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0004_search_types.sql"),
     ),
     (5, "site", include_str!("migrations/postgres/0005_site.sql")),
+    (
+        6,
+        "export",
+        include_str!("migrations/postgres/0006_export.sql"),
+    ),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0004_search_types.sql"),
     ),
     (5, "site", include_str!("migrations/sqlite/0005_site.sql")),
+    (
+        6,
+        "export",
+        include_str!("migrations/sqlite/0006_export.sql"),
+    ),
 ];
 
 /// The two pools of a SQLite store.

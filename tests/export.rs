@@ -38,7 +38,6 @@ enum Db {
 
 /// A database and an export folder shared by the servers of one test.
 struct Env {
-    db: Db,
     file: Option<PathBuf>,
     pg: Option<(String, String)>,
     export_dir: PathBuf,
@@ -49,7 +48,6 @@ impl Env {
         let export_dir = std::env::temp_dir().join(unique("imagio_export"));
         match db {
             Db::Sqlite => Some(Env {
-                db,
                 file: Some(std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_ex")))),
                 pg: None,
                 export_dir,
@@ -60,7 +58,6 @@ impl Env {
                     return None;
                 };
                 Some(Env {
-                    db,
                     file: None,
                     pg: Some((url, unique("x"))),
                     export_dir,
@@ -571,7 +568,9 @@ async fn full_flow(db: Db) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let since = imagio_gateway::store::time::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let later = s.transaction(&tb, vec![observation(8, 6, "2160-0")]).await;
+    let mut obs = observation(8, 6, "2160-0");
+    obs["subject"]["reference"] = json!(b[0].clone());
+    let later = s.transaction(&tb, vec![obs]).await;
     let url = s
         .kickoff(
             &format!("/$export?_since={}", since.replace(':', "%3A")),
@@ -749,6 +748,7 @@ async fn restart_mid_job(db: Db) {
         assert!(Instant::now() < deadline, "no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let first_base = first.base.clone();
     first.stop().await;
     let job = env
         .store()
@@ -775,7 +775,7 @@ async fn restart_mid_job(db: Db) {
     // A new server on the same database finishes it.
     let second = env.serve(|_| {}).await;
     let tsp = second.token(&sponsor).await;
-    let url = url.replace(&first.base, &second.base);
+    let url = url.replace(&first_base, &second.base);
     let m = second.manifest(&url, &tsp).await;
     assert_eq!(m["output"][0]["count"], 39);
     assert_eq!(

@@ -138,6 +138,7 @@ async fn kickoff(state: &AppState, level: Level, req: Request) -> Result<Respons
     }
     let lenient = prefers(&headers, "handling=lenient");
     let method = req.method().clone();
+    // Relative to the FHIR base: the router nested under `/fhir` sees the path without it.
     let uri = req.uri().clone();
     let mut pairs = super::kickoff_query_pairs(uri.query().unwrap_or_default());
     if method == Method::POST {
@@ -158,7 +159,7 @@ async fn kickoff(state: &AppState, level: Level, req: Request) -> Result<Respons
         scope: p.scopes.to_string(),
         request: format!(
             "{}{}",
-            state.auth().base_url(),
+            base(state),
             uri.path_and_query().map_or("", |pq| pq.as_str())
         ),
         params: serde_json::to_string(&params).map_err(|e| ApiError::Internal(e.to_string()))?,

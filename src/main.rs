@@ -311,8 +311,7 @@ enum ClientCommand {
     /// e.g. `--query _lastUpdated=gt2026-01-01T00:00:00Z` for an incremental pull. Without
     /// `--type`, every study type the token may search is pulled. Prints one line per type;
     /// exit 0 when every type was written, 1 when some failed, 2 when nothing could start.
-    /// Bulk Data `$export` is not offered by the gateway yet: `pull` will use it when it
-    /// is.
+    /// `pull` searches; for everything at once the gateway offers Bulk Data `$export`.
     Pull {
         /// The gateway (its base URL or its FHIR base).
         #[arg(long, value_name = "URL")]

@@ -163,6 +163,8 @@ async fn load_store(url: &str, n: usize) -> Result<(), LoadError> {
             }
         }
     }
+    // Statistics, as a store that grew through the server (or autovacuum) has them.
+    store.analyze().await.map_err(db)?;
     store.close().await;
     Ok(())
 }

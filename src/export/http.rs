@@ -285,7 +285,7 @@ async fn status_of(state: &AppState, id: &str) -> Result<Response, ApiError> {
                 .filter(|o| o.kind == "output" && o.done)
                 .count();
             let progress =
-                if job.status == "queued" || job.claimed_by.is_none() && outputs.is_empty() {
+                if job.status == "queued" || (job.claimed_by.is_none() && outputs.is_empty()) {
                     "queued".to_string()
                 } else {
                     format!("in progress: {written} resources written, {done} types complete")

@@ -420,6 +420,22 @@ impl Store {
         tx.commit().await
     }
 
+    /// Gathers planner statistics now (after a bulk load: without them PostgreSQL plans a
+    /// keyset page as a bitmap scan and a sort of every remaining row).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn analyze(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(p) => sqlx::raw_sql(super::sqlite::ANALYZE)
+                .execute(&p.write)
+                .await
+                .map(drop)?,
+            Backend::Postgres(p) => sqlx::raw_sql(super::PG_ANALYZE).execute(p).await.map(drop)?,
+        }
+        Ok(())
+    }
+
     /// Runs a query of `(res_id, content)` rows built from `pieces` and hands each row to
     /// `row` as it arrives from the database (nothing is collected); stops at the first
     /// error `row` returns. Returns the rows seen.

@@ -431,7 +431,10 @@ impl Store {
                 .execute(&p.write)
                 .await
                 .map(drop)?,
-            Backend::Postgres(p) => sqlx::raw_sql(super::PG_ANALYZE).execute(p).await.map(drop)?,
+            Backend::Postgres(p) => sqlx::raw_sql(super::PG_ANALYZE)
+                .execute(p)
+                .await
+                .map(drop)?,
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod definitions;
 pub mod endpoints;
+pub mod export;
 pub mod fhirpath;
 pub mod ingest;
 pub mod map;

@@ -98,6 +98,18 @@ enum Command {
         /// The de-identification policy (default: the embedded profiles/deidentify/default.toml).
         #[arg(long, env = "IMAGIO_DEIDENTIFY_POLICY", value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Bulk export: the folder of job files (shared by replicas).
+        #[arg(long, default_value = "imagio-export", value_name = "DIR")]
+        export_dir: PathBuf,
+        /// Bulk export: seconds the files of a finished job are kept.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        export_retention: u64,
+        /// Bulk export: resources read per database page.
+        #[arg(long, default_value_t = 5000, value_name = "N")]
+        export_page: i64,
+        /// Bulk export: accept and answer jobs but leave running them to other replicas.
+        #[arg(long)]
+        no_export_worker: bool,
     },
     /// De-identify FHIR JSON (Bundles, resources) and NDJSON files at the site, with the
     /// policy and key the gateway uses: the output carries the same pseudonyms the gateway
@@ -351,9 +363,10 @@ struct LoadArgs {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// load: resources to store (re-posting the Bundles with new UUIDs) before reads and
-    /// searches.
-    #[arg(long, default_value_t = 100_000)]
-    resources: usize,
+    /// searches (default 100,000); export: resources to load and export (default
+    /// 1,000,000).
+    #[arg(long)]
+    resources: Option<usize>,
     /// load: how long the read phase and the search phase each run (10s, 500ms, 2m).
     #[arg(long, default_value = "10s", value_parser = imagio_gateway::bench::load::parse_duration)]
     duration: std::time::Duration,
@@ -475,8 +488,7 @@ enum ClientCommand {
     /// e.g. `--query _lastUpdated=gt2026-01-01T00:00:00Z` for an incremental pull. Without
     /// `--type`, every study type the token may search is pulled. Prints one line per type;
     /// exit 0 when every type was written, 1 when some failed, 2 when nothing could start.
-    /// Bulk Data `$export` is not offered by the gateway yet: `pull` will use it when it
-    /// is.
+    /// `pull` searches; for everything at once the gateway offers Bulk Data `$export`.
     Pull {
         /// The gateway (its base URL or its FHIR base).
         #[arg(long, value_name = "URL")]
@@ -559,6 +571,10 @@ fn main() -> ExitCode {
             ledger_retention,
             pseudonym_key,
             policy,
+            export_dir,
+            export_retention,
+            export_page,
+            no_export_worker,
         } => {
             if let Some(f) = &jwks_ca_cert {
                 if let Err(e) = imagio_gateway::client::ca_certificates(f) {
@@ -590,6 +606,13 @@ fn main() -> ExitCode {
                 mappings_dir: mappings,
                 ledger_key,
                 ledger_retention,
+                export: imagio_gateway::export::ExportConfig {
+                    dir: export_dir,
+                    retention: std::time::Duration::from_secs(export_retention),
+                    page: export_page,
+                    worker: !no_export_worker,
+                    ..Default::default()
+                },
             })
         }
         Command::Ledger {
@@ -810,7 +833,7 @@ fn main() -> ExitCode {
             database_url: load.database_url,
             concurrency: load.concurrency,
             connections: load.connections,
-            resources: load.resources,
+            resources: load.resources.unwrap_or(100_000),
             duration: load.duration,
             no_auth: load.no_auth,
         }),
@@ -832,6 +855,13 @@ fn main() -> ExitCode {
             load,
             ..
         } => imagio_gateway::bench::endpoints::run(load.patients, load.database_url),
+            what: imagio_gateway::bench::Suite::Export,
+            load,
+            ..
+        } => imagio_gateway::bench::export::run(&imagio_gateway::bench::export::Options {
+            database_url: load.database_url,
+            resources: load.resources.unwrap_or(1_000_000),
+        }),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         Command::Import {
             mapping,

@@ -341,7 +341,7 @@ pub fn classify(method: &str, path: &str, query: &str) -> Option<Classified> {
             "E",
             vec![Entity::Named(format!("{t}/{op}"))],
         ),
-        ([t, id, op], "POST") if op.starts_with('$') => c(
+        ([t, id, op], _) if op.starts_with('$') => c(
             R("operation"),
             "E",
             vec![res(t, id, None), Entity::Named(format!("{t}/{op}"))],
@@ -349,6 +349,12 @@ pub fn classify(method: &str, path: &str, query: &str) -> Option<Classified> {
         ([op], _) if op.starts_with('$') => {
             c(R("operation"), "E", vec![Entity::Named((*op).to_string())])
         }
+        // `$export-poll-status/{job}`, `$export-file/{job}/{name}`.
+        ([op, rest @ ..], _) if op.starts_with('$') => c(
+            R("operation"),
+            if method == "DELETE" { "D" } else { "E" },
+            vec![Entity::Named(format!("{op}/{}", rest.join("/")))],
+        ),
         ([t, op], _) if op.starts_with('$') => c(
             R("operation"),
             "E",

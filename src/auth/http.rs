@@ -283,6 +283,10 @@ fn classify(method: &Method, segs: &[&str]) -> Need {
     let one = |t: &str, i| Need::One(t.to_string(), i);
     const VALIDATE: &[Interaction] = &[Create, Update];
     match (segs, method.as_str()) {
+        // Bulk export: a valid token; the handlers check scopes per type and the job's
+        // owner.
+        ([op, ..], _) if op.starts_with("$export") => Need::Token,
+        ([_, "$export"] | [_, _, "$export"], _) => Need::Token,
         ([] | ["_history"], "GET") => one("*", Search),
         ([t], "POST") => one(t, Create),
         ([t], "PUT" | "PATCH") => one(t, Update),

@@ -214,13 +214,13 @@ fn is_uuid(b: &[u8]) -> bool {
 }
 
 /// Where the server stores, and how to clean it up.
-enum Database {
+pub(super) enum Database {
     Sqlite(PathBuf),
     Postgres { admin_url: String, name: String },
 }
 
 impl Database {
-    fn url(&self) -> Result<String, LoadError> {
+    pub(super) fn url(&self) -> Result<String, LoadError> {
         match self {
             Database::Sqlite(p) => Ok(p.display().to_string()),
             Database::Postgres { admin_url, name } => {
@@ -232,14 +232,14 @@ impl Database {
         }
     }
 
-    fn label(&self) -> &'static str {
+    pub(super) fn label(&self) -> &'static str {
         match self {
             Database::Sqlite(_) => "sqlite",
             Database::Postgres { .. } => "postgres",
         }
     }
 
-    async fn create(url: Option<&str>, work: &Path) -> Result<Database, LoadError> {
+    pub(super) async fn create(url: Option<&str>, work: &Path) -> Result<Database, LoadError> {
         let Some(url) = url else {
             return Ok(Database::Sqlite(work.join("bench.sqlite")));
         };
@@ -260,7 +260,7 @@ impl Database {
         })
     }
 
-    async fn drop_it(&self) -> Result<(), LoadError> {
+    pub(super) async fn drop_it(&self) -> Result<(), LoadError> {
         match self {
             Database::Sqlite(_) => Ok(()),
             Database::Postgres { admin_url, name } => {
@@ -288,13 +288,13 @@ async fn pg_execute(url: &str, sql: &str) -> Result<(), LoadError> {
 }
 
 /// The two clients of an authenticated run.
-struct Clients {
-    site: crate::client::Settings,
-    sponsor: crate::client::Settings,
+pub(super) struct Clients {
+    pub(super) site: crate::client::Settings,
+    pub(super) sponsor: crate::client::Settings,
 }
 
 /// Registers a site client (ingest) and a sponsor client (reads) sharing one new ES384 key.
-async fn register(url: &str, work: &Path) -> Result<Clients, LoadError> {
+pub(super) async fn register(url: &str, work: &Path) -> Result<Clients, LoadError> {
     let db = |e: String| LoadError::Database(e);
     let key = SigningKey::generate(Alg::Es384).map_err(|e| db(e.to_string()))?;
     let key_path = work.join("bench.key.pem");
@@ -347,10 +347,10 @@ fn free_port() -> Result<u16, LoadError> {
 }
 
 /// The server child process; killed when dropped.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: Child,
     log: PathBuf,
-    base: String,
+    pub(super) base: String,
 }
 
 impl ServerProcess {
@@ -359,6 +359,17 @@ impl ServerProcess {
         work: &Path,
         no_auth: bool,
         token_lifetime: u64,
+    ) -> Result<ServerProcess, LoadError> {
+        Self::spawn_with(db_url, work, no_auth, token_lifetime, &[])
+    }
+
+    /// [`ServerProcess::spawn`] with more `serve` arguments.
+    pub(super) fn spawn_with(
+        db_url: &str,
+        work: &Path,
+        no_auth: bool,
+        token_lifetime: u64,
+        extra: &[String],
     ) -> Result<ServerProcess, LoadError> {
         let exe = std::env::current_exe().map_err(|e| LoadError::Io("current_exe".into(), e))?;
         let port = free_port()?;
@@ -383,6 +394,7 @@ impl ServerProcess {
         if no_auth {
             cmd.arg("--no-auth");
         }
+        cmd.args(extra);
         let child = cmd
             .spawn()
             .map_err(|e| LoadError::Io("spawning serve".into(), e))?;
@@ -393,7 +405,7 @@ impl ServerProcess {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -405,7 +417,7 @@ impl ServerProcess {
     }
 
     /// Waits until `/health` answers (at most a minute).
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<(), LoadError> {
+    pub(super) async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<(), LoadError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("{}/ready", self.base);
         loop {
@@ -453,7 +465,7 @@ const READ: usize = 1;
 const SEARCH: usize = 2;
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`).
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
+pub(super) fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -462,7 +474,7 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
 
 /// User plus system CPU seconds a process has used (`/proc/PID/stat`, USER_HZ = 100);
 /// `None` where `/proc` is not available.
-fn cpu_seconds(pid: &str) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: &str) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = text.get(text.rfind(')')? + 1..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -494,7 +506,7 @@ impl Cpu {
 }
 
 /// The machine's 1-minute load average at the start (other work competing for the CPUs).
-fn load_average() -> Option<f64> {
+pub(super) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -895,7 +907,10 @@ async fn measure(
 }
 
 /// An access token for `settings` from the server at `base`.
-async fn token(mut settings: crate::client::Settings, base: &str) -> Result<String, LoadError> {
+pub(super) async fn token(
+    mut settings: crate::client::Settings,
+    base: &str,
+) -> Result<String, LoadError> {
     settings.server = base.to_string();
     let mut session = crate::client::Session::connect(settings)
         .await

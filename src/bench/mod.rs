@@ -7,6 +7,7 @@
 
 pub mod import;
 pub mod endpoints;
+pub mod export;
 pub mod load;
 pub mod map;
 
@@ -39,6 +40,9 @@ pub enum Suite {
     /// The endpoint datasets and Kaplan-Meier estimates of `--patients` simulated
     /// journeys, end to end, from NDJSON and from a store (not part of `all`).
     Endpoints,
+    /// A system-level Bulk Data export of `--resources` stored resources through the
+    /// server: resources/s and the server's memory (not part of `all`).
+    Export,
 }
 
 /// The folder the suites read when none is given.

@@ -37,6 +37,9 @@ pub enum Kind {
     /// ImplementationGuides (none embedded): their `global` profiles apply to every
     /// resource of a type.
     ImplementationGuide,
+    /// CompartmentDefinitions (the five of R4: Patient, Encounter, RelatedPerson,
+    /// Practitioner, Device), for the membership of compartments (bulk export).
+    CompartmentDefinition,
 }
 
 impl Kind {
@@ -50,11 +53,12 @@ impl Kind {
             "ConceptMap" => Some(Kind::ConceptMap),
             "Questionnaire" => Some(Kind::Questionnaire),
             "ImplementationGuide" => Some(Kind::ImplementationGuide),
+            "CompartmentDefinition" => Some(Kind::CompartmentDefinition),
             _ => None,
         }
     }
 
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::StructureDefinition,
         Kind::ValueSet,
         Kind::CodeSystem,
@@ -62,6 +66,7 @@ impl Kind {
         Kind::ConceptMap,
         Kind::Questionnaire,
         Kind::ImplementationGuide,
+        Kind::CompartmentDefinition,
     ];
 
     fn text(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Kind {
             Kind::ValueSet => include_str!("../../definitions/r4/valuesets.tsv"),
             Kind::CodeSystem => include_str!("../../definitions/r4/codesystems.tsv"),
             Kind::SearchParameter => include_str!("../../definitions/r4/searchparameters.tsv"),
+            Kind::CompartmentDefinition => include_str!("../../definitions/r4/compartments.tsv"),
             Kind::ConceptMap | Kind::Questionnaire | Kind::ImplementationGuide => "",
         }
     }

@@ -228,6 +228,21 @@ pub fn pack(source: &Path, out: &Path) -> Result<PackReport, PackError> {
     }
     report.search_parameters = sp_lines.len();
     report.bytes += write_lines(&out.join("searchparameters.tsv"), sp_lines.values())?;
+
+    // Compartment definitions (which search parameters put a resource in a compartment).
+    let mut cd_lines = BTreeMap::new();
+    for res in bundle_resources(&source.join("profiles-resources.json"))? {
+        if res.get("resourceType").and_then(Value::as_str) != Some("CompartmentDefinition") {
+            continue;
+        }
+        let cd = pick(
+            &res,
+            &["resourceType", "id", "url", "name", "code", "resource"],
+        );
+        let url = str_of(&res, "url").to_string();
+        cd_lines.insert(url.clone(), line(&url, &cd));
+    }
+    report.bytes += write_lines(&out.join("compartments.tsv"), cd_lines.values())?;
     Ok(report)
 }
 

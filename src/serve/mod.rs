@@ -91,6 +91,8 @@ pub struct Config {
     /// De-identification of every write before validation (`None`: resources are stored
     /// as sent; the library's generic FHIR tests only, the CLI always sets it).
     pub pseudonymize: Option<crate::pseudonymize::Pseudonymizer>,
+    /// Bulk Data export (`$export`): files, retention, the worker.
+    pub export: crate::export::ExportConfig,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             ledger_key: None,
             ledger_retention: None,
             pseudonymize: None,
+            export: crate::export::ExportConfig::default(),
         }
     }
 }
@@ -298,7 +301,8 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/{id}/_history", get(rest::history_instance))
         .route("/{type}/{id}/_history/{vid}", get(rest::vread))
         .route("/{type}/{id}/$validate", post(rest::validate_instance))
-        .route("/ingest/{mapping}", post(ingest::ingest));
+        .route("/ingest/{mapping}", post(ingest::ingest))
+        .merge(crate::export::http::routes());
     Router::new()
         .nest("/fhir", fhir)
         .route("/health", get(health))
@@ -431,18 +435,30 @@ pub async fn serve_on(
         .config()
         .ledger_retention
         .map(|r| tokio::spawn(purge_periodically(store.clone(), r)));
+    // The export worker stops (giving up its job's claim) when the server does.
+    let (stop_worker, stopping) = tokio::sync::watch::channel(false);
+    let worker = state
+        .config()
+        .export
+        .worker
+        .then(|| tokio::spawn(crate::export::run::worker(state.clone(), stopping)));
     let kept = state.clone();
-    axum::serve(
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await?;
+    .await;
+    let _ = stop_worker.send(true);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
     // Events of the last requests are still queued: commit them before closing.
     kept.auditor().flush().await;
     if let Some(p) = purge {
         p.abort();
     }
+    served?;
     store.close().await;
     Ok(())
 }

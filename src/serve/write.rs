@@ -737,16 +737,22 @@ async fn put(
         )
         .await
     {
-        Ok((stored, replaced)) => Ok(Done {
-            status: if replaced.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            },
-            written: replaced.as_ref() != Some(&stored),
-            stored: Some(stored),
-            warnings,
-        }),
+        Ok((stored, replaced)) => {
+            // The site's Group follows its patients, in this transaction (Group $export).
+            if resource.res_type == "Patient" && !stored.site.is_empty() {
+                crate::export::group::add_member(tx, &stored.site, id).await?;
+            }
+            Ok(Done {
+                status: if replaced.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                written: replaced.as_ref() != Some(&stored),
+                stored: Some(stored),
+                warnings,
+            })
+        }
         Err(StoreError::Conflict) if client_if_match => {
             let named = match expect {
                 Expect::Version(v) => v.to_string(),

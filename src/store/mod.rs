@@ -356,6 +356,7 @@ macro_rules! stored {
 }
 
 pub mod auth;
+pub mod export;
 
 /// The search index tables (migrations 0002 and 0004).
 const SEARCH_TABLES: [&str; 8] = [

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "site", include_str!("migrations/postgres/0005_site.sql")),
     (
+        6,
+        "export",
+        include_str!("migrations/postgres/0006_export.sql"),
+    ),
+    (
         7,
         "ledger_seal",
         include_str!("migrations/postgres/0007_ledger_seal.sql"),

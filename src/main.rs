@@ -855,6 +855,7 @@ fn main() -> ExitCode {
             load,
             ..
         } => imagio_gateway::bench::endpoints::run(load.patients, load.database_url),
+        Command::Bench {
             what: imagio_gateway::bench::Suite::Export,
             load,
             ..

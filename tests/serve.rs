@@ -677,6 +677,24 @@ mod scenarios {
         assert_eq!(patient_entry["conditionalCreate"], true);
         assert!(rest["resource"].as_array().expect("r").len() > 140);
         assert!(rest["interaction"].to_string().contains("transaction"));
+        // Bulk Data: system, Patient and Group $export are advertised; the gateway's own
+        // audit records are not writable through the API, and say so.
+        assert_eq!(
+            rest["operation"][0]["definition"],
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+        );
+        assert!(patient_entry["operation"]
+            .to_string()
+            .contains("OperationDefinition/patient-export"));
+        let audit = rest["resource"]
+            .as_array()
+            .expect("r")
+            .iter()
+            .find(|r| r["type"] == "AuditEvent")
+            .expect("AuditEvent");
+        let audit_codes = audit["interaction"].to_string();
+        assert!(audit_codes.contains("search-type"), "{audit_codes}");
+        assert!(!audit_codes.contains("create") && !audit_codes.contains("delete"));
         // type and system history, _since and _count
         s.post("/fhir/Patient", &patient("urn:h", "1"), &[]).await;
         s.post("/fhir/Patient", &patient("urn:h", "2"), &[]).await;

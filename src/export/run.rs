@@ -203,7 +203,11 @@ async fn run_as_caller(
         Level::Group(id) => Patients::Group(id.clone()),
     };
     let mut types = if params.types.is_empty() {
-        store.resource_types(site.as_deref()).await?
+        // The gateway's own records (AuditEvent, Provenance) are not study data: they are
+        // exported when `_type` names them, not by default.
+        let mut all = store.resource_types(site.as_deref()).await?;
+        all.retain(|t| !crate::audit::event::append_only(t));
+        all
     } else {
         params.types.clone()
     };

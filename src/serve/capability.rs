@@ -23,6 +23,31 @@ const INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// The interactions of the append-only types (AuditEvent, Provenance: written by the
+/// gateway only, `audit`).
+const READ_ONLY_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "history-instance",
+    "history-type",
+    "search-type",
+];
+
+/// The Bulk Data operation of a type (`Patient/$export`, `Group/[id]/$export`).
+fn type_export(t: &str) -> Option<(&'static str, &'static str)> {
+    match t {
+        "Patient" => Some((
+            "export",
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+        )),
+        "Group" => Some((
+            "export",
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        )),
+        _ => None,
+    }
+}
+
 /// What the CapabilityStatement says of search results (`search::result`).
 const SEARCH_RESULTS: &str = "Results: _sort (comma list, - for descending; _id, _lastUpdated and string, date, token and reference parameters; several values sort by the lowest ascending and the highest descending, no value last; by id without _sort); paging by _count with next and previous links carrying an opaque _cursor (keyset paging: pages do not shift when resources are created, updated or deleted between fetches), _offset as a starting point; _include and _revinclude one level (Type:param[:Target], Type:* for every reference parameter; :iterate is not supported); _elements (tagged SUBSETTED) and _summary=true|text|data|false|count. Site clients' searches, totals, includes and history hold their site's resources only.";
 
@@ -55,6 +80,7 @@ fn statement(state: &AppState) -> String {
     out.push_str(",\"kind\":\"instance\",\"software\":{\"name\":\"imagio-gateway\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.push_str("},\"implementation\":{\"description\":\"A-IMAGIO study data gateway\"},");
+    out.push_str("\"instantiates\":[\"http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data\"],");
     out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"patchFormat\":[\"application/json-patch+json\",\"application/fhir+json\"],");
     out.push_str("\"rest\":[{\"mode\":\"server\",\"documentation\":");
     let validation = match state.config().validation {
@@ -89,7 +115,12 @@ fn statement(state: &AppState) -> String {
             out.push(']');
         }
         out.push_str(",\"interaction\":[");
-        for (j, code) in INTERACTIONS.iter().enumerate() {
+        let interactions = if crate::audit::event::append_only(t) {
+            READ_ONLY_INTERACTIONS
+        } else {
+            INTERACTIONS
+        };
+        for (j, code) in interactions.iter().enumerate() {
             if j > 0 {
                 out.push(',');
             }
@@ -99,8 +130,17 @@ fn statement(state: &AppState) -> String {
         }
         out.push_str("],\"versioning\":\"versioned-update\",\"readHistory\":true,\"updateCreate\":true,\"conditionalCreate\":true,\"conditionalRead\":\"not-supported\",\"conditionalUpdate\":true,\"conditionalDelete\":\"single\",\"searchInclude\":[");
         write_str(&mut out, &format!("{t}:*"));
-        out.push_str("],\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}]}");
+        out.push_str("],\"operation\":[{\"name\":\"validate\",\"definition\":\"http://hl7.org/fhir/OperationDefinition/Resource-validate\"}");
+        if let Some((name, definition)) = type_export(t) {
+            out.push_str(",{\"name\":");
+            write_str(&mut out, name);
+            out.push_str(",\"definition\":");
+            write_str(&mut out, definition);
+            out.push('}');
+        }
+        out.push_str("]}");
     }
-    out.push_str("],\"interaction\":[{\"code\":\"transaction\"},{\"code\":\"batch\"},{\"code\":\"history-system\"}]}]}");
+    out.push_str("],\"interaction\":[{\"code\":\"transaction\"},{\"code\":\"batch\"},{\"code\":\"history-system\"}],");
+    out.push_str("\"operation\":[{\"name\":\"export\",\"definition\":\"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export\"}]}]}");
     out
 }

@@ -285,27 +285,3 @@ pub async fn open_store(db: Db) -> Option<(Store, Cleanup)> {
     }
 }
 
-/// Serves `store` with `config` on a free port of 127.0.0.1.
-pub async fn serve_config(store: Store, cleanup: Cleanup, config: Config) -> Server {
-    let state = AppState::new(store.clone(), config).expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        serve_on(listener, state, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Server {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        store,
-        stop: Some(stop),
-        task: Some(task),
-        cleanup,
-    }
-}

@@ -892,7 +892,13 @@ fn main() -> ExitCode {
                 site,
                 progress: !quiet,
             };
-            with_runtime(import(database_url, cli.profiles_dir, options, secrets, json))
+            with_runtime(import(
+                database_url,
+                cli.profiles_dir,
+                options,
+                secrets,
+                json,
+            ))
         }
         Command::Endpoints {
             database_url,
@@ -977,8 +983,8 @@ fn import_secrets(
             )
         }
         None => {
-            let (_, path, _) = imagio_gateway::pseudonymize::Key::demo(demo)
-                .map_err(|e| e.to_string())?;
+            let (_, path, _) =
+                imagio_gateway::pseudonymize::Key::demo(demo).map_err(|e| e.to_string())?;
             eprintln!("demo mode: pseudonyms keyed by {}", path.display());
             path
         }

@@ -5,9 +5,9 @@
 //! implementation side by side in the same run, over the same input. `load` measures the
 //! whole server (a child process) under concurrent HTTP load: see [`load`].
 
-pub mod import;
 pub mod endpoints;
 pub mod export;
+pub mod import;
 pub mod load;
 pub mod map;
 

@@ -591,7 +591,6 @@ fn entry_index(location: &str) -> Option<usize> {
     rest.split(']').next()?.parse().ok()
 }
 
-
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())

@@ -80,7 +80,9 @@ fn statement(state: &AppState) -> String {
     out.push_str(",\"kind\":\"instance\",\"software\":{\"name\":\"imagio-gateway\",\"version\":");
     write_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.push_str("},\"implementation\":{\"description\":\"A-IMAGIO study data gateway\"},");
-    out.push_str("\"instantiates\":[\"http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data\"],");
+    out.push_str(
+        "\"instantiates\":[\"http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data\"],",
+    );
     out.push_str("\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"patchFormat\":[\"application/json-patch+json\",\"application/fhir+json\"],");
     out.push_str("\"rest\":[{\"mode\":\"server\",\"documentation\":");
     let validation = match state.config().validation {

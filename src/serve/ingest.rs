@@ -126,12 +126,26 @@ async fn inputs(
                 mapping.name
             )));
         }
-        let ndjson = media_type_is(ct, &["application/fhir+ndjson", "application/ndjson", "application/x-ndjson"]);
+        let ndjson = media_type_is(
+            ct,
+            &[
+                "application/fhir+ndjson",
+                "application/ndjson",
+                "application/x-ndjson",
+            ],
+        );
         let file = headers
             .get(header::CONTENT_DISPOSITION)
             .and_then(|v| v.to_str().ok())
             .and_then(disposition_filename)
-            .unwrap_or_else(|| if ndjson { "upload.ndjson" } else { "upload.json" }.to_string());
+            .unwrap_or_else(|| {
+                if ndjson {
+                    "upload.ndjson"
+                } else {
+                    "upload.json"
+                }
+                .to_string()
+            });
         fhir.into_iter()
             .map(|s| (s, file.clone(), bytes.to_vec()))
             .collect()

@@ -284,4 +284,3 @@ pub async fn open_store(db: Db) -> Option<(Store, Cleanup)> {
         }
     }
 }
-

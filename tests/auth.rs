@@ -51,6 +51,16 @@ async fn start_with(db: Db, auth: AuthConfig) -> Option<Server> {
 
 /// A server validating writes with `validation`.
 async fn start_validating(db: Db, auth: AuthConfig, validation: ValidationMode) -> Option<Server> {
+    let config = Config {
+        validation,
+        auth,
+        ..Config::default()
+    };
+    start_config(db, config).await
+}
+
+/// A server on `db` with `config`.
+async fn start_config(db: Db, config: Config) -> Option<Server> {
     let (store, cleanup, file) = match db {
         Db::Sqlite => {
             let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_auth")));
@@ -70,11 +80,6 @@ async fn start_validating(db: Db, auth: AuthConfig, validation: ValidationMode) 
                 .expect("open postgres");
             (store, Some((url, schema)), None)
         }
-    };
-    let config = Config {
-        validation,
-        auth,
-        ..Config::default()
     };
     let state = AppState::new(store.clone(), config).expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1788,6 +1793,101 @@ async fn client_pushes_the_synthea_samples() {
         assert!(r.accepted(), "{r:?}");
         assert!(r.summary.ends_with("entries written"), "{r:?}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    s.stop().await;
+}
+
+/// `client push --deidentify`: a site de-identifies a Synthea Bundle before it leaves the
+/// hospital; the gateway stores it with the pseudonyms its own de-identification gives
+/// (the site-side output's Patient id and subject identifier), no name reaches it, and the
+/// same Bundle pushed raw afterwards (de-identified by the gateway) links to the same
+/// Patient instead of making another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_push_deidentify_gives_the_gateways_pseudonyms() {
+    use imagio_gateway::pseudonymize::{Key, Policy, Pseudonymizer};
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/samples/synthea/Cleo_Friesen_59907280-53b1-4677-92b9-83c1332a08b3.json");
+    if !file.is_file() {
+        eprintln!("SKIPPED: {} not found", file.display());
+        return;
+    }
+    let key = Key::from_bytes(
+        b"a-imagio test pseudonym key 0123456789abcdef",
+        std::path::Path::new("test"),
+    )
+    .expect("key");
+    let pseudonymizer = Pseudonymizer::new(Policy::default_policy().expect("policy"), key);
+    let config = Config {
+        validation: ValidationMode::Base,
+        pseudonymize: Some(pseudonymizer.clone()),
+        ..Config::default()
+    };
+    let Some(s) = start_config(Db::Sqlite, config).await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("imagio_deid_push"));
+    let (settings, _, _) = site_client_files(&s, "nl01", Alg::Es384, &dir).await;
+
+    // What the site's own de-identification makes of the file.
+    let raw = std::fs::read_to_string(&file).expect("bundle");
+    let local = imagio_gateway::pseudonymize::cli::deidentify_text(
+        &pseudonymizer,
+        "nl01",
+        &raw,
+        "Cleo.json",
+    )
+    .expect("de-identified at the site");
+    let local: Value = serde_json::from_str(&local).expect("json");
+    let local_patient = local["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "Patient")
+        .expect("a Patient")
+        .clone();
+    let family = serde_json::from_str::<Value>(&raw).expect("json")["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "Patient")
+        .and_then(|p| p["name"][0]["family"].as_str().map(str::to_string))
+        .expect("a family name in the input");
+
+    let reports = imagio_gateway::client::push_with(
+        settings.clone(),
+        std::slice::from_ref(&file),
+        Some((&pseudonymizer, "nl01")),
+    )
+    .await
+    .expect("push");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    let patients = s
+        .store
+        .current_page("Patient", None, "", 10)
+        .await
+        .expect("patients");
+    assert_eq!(patients.len(), 1);
+    let (id, stored) = &patients[0];
+    assert_eq!(Some(id.as_str()), local_patient["id"].as_str());
+    let stored: Value = serde_json::from_str(stored).expect("json");
+    assert_eq!(stored["identifier"], local_patient["identifier"]);
+    assert!(stored.get("name").is_none());
+    assert!(!stored.to_string().contains(&family));
+
+    // The raw Bundle, de-identified by the gateway this time: the same Patient, no other.
+    let reports = imagio_gateway::client::push(settings, &[file])
+        .await
+        .expect("push");
+    assert!(reports[0].accepted(), "{:?}", reports[0]);
+    let again = s
+        .store
+        .current_page("Patient", None, "", 10)
+        .await
+        .expect("patients");
+    assert_eq!(again.len(), 1);
+    assert_eq!(&again[0].0, id);
     let _ = std::fs::remove_dir_all(&dir);
     s.stop().await;
 }

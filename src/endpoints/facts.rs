@@ -72,27 +72,13 @@ pub fn day(text: &str) -> Option<Day> {
     if !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
         return None;
     }
-    // Days from civil (proleptic Gregorian), era-based.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    let days = crate::store::time::days_from_civil(i64::from(y), i64::from(m), i64::from(d));
+    Day::try_from(days).ok()
 }
 
 /// The `YYYY-MM-DD` text of a day.
 pub fn day_text(day: Day) -> String {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i32::from(m <= 2);
+    let (y, m, d) = crate::store::time::civil_from_days(i64::from(day));
     format!("{y:04}-{m:02}-{d:02}")
 }
 

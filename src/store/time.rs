@@ -50,7 +50,7 @@ pub fn http_date(instant: &str) -> Option<String> {
 
 /// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar, in
 /// 400-year eras of 146,097 days, with years starting in March so the leap day comes last).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -180,10 +180,13 @@ fn prepare(value: &serde_json::Value) -> Result<Prepared, StoreError> {
     })
 }
 
-async fn put_prepared(tx: &mut Tx, mut p: Prepared) -> Result<Stored, StoreError> {
+async fn put_prepared(tx: &mut Tx, p: &Prepared) -> Result<Stored, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
+    // `put` stamps `id` and `meta` into the JSON: a copy, so a batch that lost a race can
+    // be written again from the same prepared records.
+    let mut json = p.json.clone();
     let (stored, _) = tx
-        .put(&p.res_type, &id, &mut p.json, Expect::Any, None, &p.index)
+        .put(&p.res_type, &id, &mut json, Expect::Any, None, &p.index)
         .await?;
     Ok(stored)
 }
@@ -235,7 +238,7 @@ pub async fn in_transaction(
             .collect();
         if !targets.is_empty() {
             let p = prepare(&event::provenance(&targets, activity, &recorded, &origin))?;
-            put_prepared(tx, p).await?;
+            put_prepared(tx, &p).await?;
         }
     }
     if let Some((code, action)) = event {
@@ -248,7 +251,7 @@ pub async fn in_transaction(
             })
             .collect();
         let e = for_request(Kind::Rest(code), action, status, entities);
-        put_prepared(tx, prepare(&e.to_json())?).await?;
+        put_prepared(tx, &prepare(&e.to_json())?).await?;
     }
     Ok(())
 }
@@ -344,11 +347,6 @@ async fn write_batch(store: &Store, prepared: Vec<Prepared>) {
         let result = async {
             let mut tx = store.begin().await?;
             for p in &prepared {
-                let p = Prepared {
-                    res_type: p.res_type.clone(),
-                    json: p.json.clone(),
-                    index: p.index.clone(),
-                };
                 put_prepared(&mut tx, p).await?;
             }
             tx.commit().await

@@ -2,7 +2,9 @@
 //! the shape of IHE BALP's RESTful patterns) and [`provenance`], both rendered as FHIR R4
 //! JSON; [`classify`] tells which interaction a request is.
 
-use serde_json::{json, Value};
+use crate::model::json::Json;
+use crate::search::IndexRow;
+use serde_json::Value;
 
 /// Identifier system of gateway clients (`AuditEvent.agent.who.identifier`,
 /// `Provenance.agent.who.identifier`).
@@ -123,15 +125,36 @@ pub fn outcome(status: u16) -> &'static str {
     }
 }
 
-/// A Coding. The display is left out: each display would be one more index row (`:text`)
-/// per record, and the codes are those of published code systems.
-fn coding(system: &str, code: &str, _display: &str) -> Value {
-    json!({ "system": system, "code": code })
+/// A JSON object from its members, in order.
+fn obj<const N: usize>(members: [(&str, Json); N]) -> Json {
+    Json::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
-/// The `who` Reference of a client: `Device/{client}` (the registered client; no Device
-/// resource is stored) with the client id as identifier.
-fn who_reference(who: &Who) -> Value {
+/// A JSON string.
+fn text(s: impl Into<String>) -> Json {
+    Json::String(s.into())
+}
+
+/// Appends `key: value` to an object.
+fn put(object: &mut Json, key: &str, value: Json) {
+    if let Json::Object(members) = object {
+        members.push((key.to_string(), value));
+    }
+}
+
+/// A Coding. The display is left out: each display would be one more index row (`:text`)
+/// per record, and the codes are those of published code systems.
+fn coding(system: &str, code: &str) -> Json {
+    obj([("system", text(system)), ("code", text(code))])
+}
+
+/// The text of the `who` Reference of a client.
+fn who_display(who: &Who) -> String {
     let mut display = who.client.clone();
     if !who.site.is_empty() {
         display.push_str(&format!(" (site {}, {})", who.site, who.role));
@@ -139,12 +162,24 @@ fn who_reference(who: &Who) -> Value {
     if !who.verified {
         display.push_str(" (claimed, not authenticated)");
     }
-    let mut v = json!({
-        "identifier": { "system": CLIENT_SYSTEM, "value": who.client },
-        "display": display,
-    });
+    display
+}
+
+/// The `who` Reference of a client: `Device/{client}` (the registered client; no Device
+/// resource is stored) with the client id as identifier.
+fn who_reference(who: &Who) -> Json {
+    let mut v = obj([
+        (
+            "identifier",
+            obj([
+                ("system", text(CLIENT_SYSTEM)),
+                ("value", text(&who.client)),
+            ]),
+        ),
+        ("display", text(who_display(who))),
+    ]);
     if is_fhir_id(&who.client) {
-        v["reference"] = json!(format!("Device/{}", who.client));
+        put(&mut v, "reference", text(format!("Device/{}", who.client)));
     }
     v
 }
@@ -156,14 +191,15 @@ fn is_fhir_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// `meta` with the site label of `site` (tenancy: a site client sees its own records).
-fn meta(site: &str) -> Value {
-    if site.is_empty() {
-        return json!({});
-    }
-    json!({ "security": [ {
-        "system": crate::auth::tenancy::SITE_SYSTEM, "code": site
-    } ] })
+/// `meta` with the site label of `site` (tenancy: a site client sees its own records);
+/// `None` without a site.
+fn meta(site: &str) -> Option<Json> {
+    (!site.is_empty()).then(|| {
+        obj([(
+            "security",
+            Json::Array(vec![coding(crate::auth::tenancy::SITE_SYSTEM, site)]),
+        )])
+    })
 }
 
 impl AuditEvent {
@@ -176,106 +212,304 @@ impl AuditEvent {
     }
 
     /// The event as FHIR R4 JSON (without `id`: the store gives it).
-    pub fn to_json(&self) -> Value {
-        let (event_type, subtype) = match &self.kind {
-            Kind::Rest(code) => (
-                coding(EVENT_TYPE, "rest", "Restful Operation"),
-                coding(RESTFUL, code, code),
+    pub fn to_json(&self) -> Json {
+        let (event_type, subtype) = self.kind_codings();
+        let mut client = obj([
+            (
+                "type",
+                obj([("coding", Json::Array(vec![coding(DCM, "110153")]))]),
             ),
-            Kind::Login => (
-                coding(DCM, "110114", "User Authentication"),
-                coding(DCM, "110122", "Login"),
-            ),
-        };
-        let mut client = json!({
-            "type": { "coding": [coding(DCM, "110153", "Source Role ID")] },
-            "requestor": true,
-        });
+            ("requestor", Json::Bool(true)),
+        ]);
         match &self.who {
             Some(w) => {
-                client["who"] = who_reference(w);
-                client["name"] = json!(w.client);
+                put(&mut client, "who", who_reference(w));
+                put(&mut client, "name", text(&w.client));
                 if !w.role.is_empty() {
-                    client["role"] = json!([{ "coding": [coding(ROLE_SYSTEM, &w.role, &w.role)] }]);
+                    let role = obj([("coding", Json::Array(vec![coding(ROLE_SYSTEM, &w.role)]))]);
+                    put(&mut client, "role", Json::Array(vec![role]));
                 }
             }
-            None => client["who"] = json!({ "display": "unauthenticated caller" }),
+            None => put(
+                &mut client,
+                "who",
+                obj([("display", text("unauthenticated caller"))]),
+            ),
         }
         if let Some(peer) = &self.peer {
-            client["network"] = json!({ "address": peer, "type": "2" });
+            put(
+                &mut client,
+                "network",
+                obj([("address", text(peer)), ("type", text("2"))]),
+            );
         }
-        let server = json!({
-            "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
-            "who": { "display": "imagio-gateway" },
-            "requestor": false,
-        });
-        let mut entities: Vec<Value> = self.entities.iter().map(entity_json).collect();
-        entities.push(json!({
-            "what": { "identifier": { "system": REQUEST_SYSTEM, "value": self.request_id } },
-            "type": coding(BALP_ENTITY, "XrequestId", "X-Request-Id"),
-        }));
-        let mut v = json!({
-            "resourceType": "AuditEvent",
-            "meta": meta(self.site()),
-            "type": event_type,
-            "subtype": [subtype],
-            "action": self.action,
-            "recorded": self.recorded,
-            "outcome": outcome(self.status),
-            "outcomeDesc": format!("HTTP {} to {}", self.status, self.request),
-            "agent": [client, server],
-            "source": {
-                "site": "imagio-gateway",
-                "observer": { "display": "imagio-gateway" },
-                "type": [coding(SOURCE_TYPE, "4", "Application Server")],
-            },
-            "entity": entities,
-        });
-        if self.site().is_empty() {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("meta");
-            }
+        let server = obj([
+            (
+                "type",
+                obj([("coding", Json::Array(vec![coding(DCM, "110152")]))]),
+            ),
+            ("who", obj([("display", text(GATEWAY))])),
+            ("requestor", Json::Bool(false)),
+        ]);
+        let mut entities: Vec<Json> = self.entities.iter().map(entity_json).collect();
+        entities.push(obj([
+            ("what", obj([("identifier", self.request_identifier())])),
+            ("type", coding(BALP_ENTITY, "XrequestId")),
+        ]));
+        let mut v = obj([("resourceType", text("AuditEvent"))]);
+        if let Some(m) = meta(self.site()) {
+            put(&mut v, "meta", m);
+        }
+        for (key, value) in [
+            ("type", event_type),
+            ("subtype", Json::Array(vec![subtype])),
+            ("action", text(self.action)),
+            ("recorded", text(&self.recorded)),
+            ("outcome", text(outcome(self.status))),
+            (
+                "outcomeDesc",
+                text(format!("HTTP {} to {}", self.status, self.request)),
+            ),
+            ("agent", Json::Array(vec![client, server])),
+            (
+                "source",
+                obj([
+                    ("site", text(GATEWAY)),
+                    ("observer", obj([("display", text(GATEWAY))])),
+                    ("type", Json::Array(vec![coding(SOURCE_TYPE, "4")])),
+                ]),
+            ),
+            ("entity", Json::Array(entities)),
+        ] {
+            put(&mut v, key, value);
         }
         v
     }
+
+    /// `type` and `subtype` of the event.
+    fn kind_codings(&self) -> (Json, Json) {
+        let (t, s) = self.kind_codes();
+        (coding(t.0, t.1), coding(s.0, s.1))
+    }
+
+    /// The (system, code) of `type` and of `subtype`.
+    fn kind_codes(&self) -> ((&'static str, &'static str), (&'static str, &str)) {
+        match &self.kind {
+            Kind::Rest(code) => ((EVENT_TYPE, "rest"), (RESTFUL, code)),
+            Kind::Login => ((DCM, "110114"), (DCM, "110122")),
+        }
+    }
+
+    /// The request id as an Identifier (no `value` when there is none: FHIR strings are
+    /// never empty).
+    fn request_identifier(&self) -> Json {
+        let mut identifier = obj([("system", text(REQUEST_SYSTEM))]);
+        if !self.request_id.is_empty() {
+            put(&mut identifier, "value", text(&self.request_id));
+        }
+        identifier
+    }
+
+    /// The search index rows of [`AuditEvent::to_json`], made from the event itself: what
+    /// [`crate::search::index`] finds in its JSON with the R4 AuditEvent SearchParameters
+    /// (a test holds the two equal), without parsing JSON or evaluating FHIRPath, so
+    /// recording an event costs microseconds. `None` when the definitions in use index
+    /// AuditEvent by other parameters than those this function knows (a study definition
+    /// added one): the caller then indexes the JSON.
+    pub fn index_rows(&self) -> Option<Vec<IndexRow>> {
+        if !known_parameters() {
+            return None;
+        }
+        let mut rows = Vec::new();
+        let token = |rows: &mut Vec<IndexRow>, param: &str, system: &str, code: &str| {
+            if !code.is_empty() {
+                rows.push(IndexRow::Token {
+                    param: param.into(),
+                    system: system.into(),
+                    code: code.into(),
+                });
+            }
+        };
+        let string = |rows: &mut Vec<IndexRow>, param: &str, value: &str| {
+            if !value.is_empty() {
+                rows.push(IndexRow::String {
+                    param: param.into(),
+                    value: value.to_lowercase(),
+                });
+            }
+        };
+        let reference = |rows: &mut Vec<IndexRow>, param: &str, target: &str| {
+            rows.push(IndexRow::Reference {
+                param: param.into(),
+                target: target.into(),
+            });
+        };
+        let site = self.site();
+        if !site.is_empty() {
+            token(
+                &mut rows,
+                "_security",
+                crate::auth::tenancy::SITE_SYSTEM,
+                site,
+            );
+        }
+        token(&mut rows, "action", "", self.action);
+        if let Some(peer) = &self.peer {
+            string(&mut rows, "address", peer);
+        }
+        if let Some(w) = &self.who {
+            if !w.client.is_empty() {
+                rows.push(IndexRow::ReferenceIdentifier {
+                    param: "agent".into(),
+                    system: CLIENT_SYSTEM.into(),
+                    value: w.client.clone(),
+                });
+            }
+            if is_fhir_id(&w.client) {
+                reference(&mut rows, "agent", &format!("Device/{}", w.client));
+            }
+            string(&mut rows, "agent-name", &w.client);
+            if !w.role.is_empty() {
+                token(&mut rows, "agent-role", ROLE_SYSTEM, &w.role);
+            }
+        }
+        if let Some((low, high)) = crate::search::date_range(&self.recorded) {
+            rows.push(IndexRow::Date {
+                param: "date".into(),
+                low,
+                high,
+            });
+        }
+        for e in &self.entities {
+            token(&mut rows, "entity-type", ENTITY_TYPE, "2");
+            match e {
+                Entity::Resource { res_type, id, .. } => {
+                    let target = format!("{res_type}/{id}");
+                    if target.starts_with("Patient/") || target.contains("/Patient/") {
+                        reference(&mut rows, "patient", &target);
+                    }
+                    reference(&mut rows, "entity", &target);
+                    token(&mut rows, "entity-role", OBJECT_ROLE, "4");
+                }
+                Entity::Query { res_type, query } => {
+                    token(&mut rows, "entity-role", OBJECT_ROLE, "24");
+                    if let (Some(t), true) = (res_type, query.is_empty()) {
+                        string(&mut rows, "entity-name", t);
+                    }
+                }
+                Entity::Named(name) => {
+                    token(&mut rows, "entity-role", OBJECT_ROLE, "3");
+                    string(&mut rows, "entity-name", name);
+                }
+            }
+        }
+        if !self.request_id.is_empty() {
+            rows.push(IndexRow::ReferenceIdentifier {
+                param: "entity".into(),
+                system: REQUEST_SYSTEM.into(),
+                value: self.request_id.clone(),
+            });
+        }
+        token(&mut rows, "entity-type", BALP_ENTITY, "XrequestId");
+        token(&mut rows, "outcome", "", outcome(self.status));
+        token(&mut rows, "site", "", GATEWAY);
+        let ((ts, tc), (ss, sc)) = self.kind_codes();
+        token(&mut rows, "type", ts, tc);
+        token(&mut rows, "subtype", ss, sc);
+        rows.sort();
+        rows.dedup();
+        Some(rows)
+    }
 }
 
-fn entity_json(e: &Entity) -> Value {
-    let system_object = coding(ENTITY_TYPE, "2", "System Object");
+/// The name the gateway gives itself in its records.
+const GATEWAY: &str = "imagio-gateway";
+
+/// The AuditEvent search parameters [`AuditEvent::index_rows`] covers (those of R4 and of
+/// every resource); the parameters that find nothing in the gateway's events (`altid`,
+/// `policy`, `source`: a display-only observer, `_profile`, `_tag`, `_source`) included.
+const KNOWN_PARAMETERS: [&str; 22] = [
+    "_profile",
+    "_security",
+    "_source",
+    "_tag",
+    "action",
+    "address",
+    "agent",
+    "agent-name",
+    "agent-role",
+    "altid",
+    "date",
+    "entity",
+    "entity-name",
+    "entity-role",
+    "entity-type",
+    "outcome",
+    "patient",
+    "policy",
+    "site",
+    "source",
+    "subtype",
+    "type",
+];
+
+/// Whether the definitions in use index AuditEvent by exactly [`KNOWN_PARAMETERS`].
+fn known_parameters() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        let mut codes = crate::search::indexed_parameters("AuditEvent");
+        codes.sort();
+        codes.dedup();
+        codes == KNOWN_PARAMETERS
+    })
+}
+
+fn entity_json(e: &Entity) -> Json {
+    let system_object = coding(ENTITY_TYPE, "2");
     match e {
         Entity::Resource {
             res_type,
             id,
             version,
         } => {
-            let mut v = json!({
-                "what": { "reference": format!("{res_type}/{id}") },
-                "type": system_object,
-                "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
-            });
+            let mut v = obj([
+                (
+                    "what",
+                    obj([("reference", text(format!("{res_type}/{id}")))]),
+                ),
+                ("type", system_object),
+                ("role", coding(OBJECT_ROLE, "4")),
+            ]);
             if let Some(n) = version {
-                v["detail"] = json!([{ "type": "version", "valueString": n.to_string() }]);
+                let detail = obj([
+                    ("type", text("version")),
+                    ("valueString", text(n.to_string())),
+                ]);
+                put(&mut v, "detail", Json::Array(vec![detail]));
             }
             v
         }
         Entity::Query { res_type, query } => {
             use base64::Engine as _;
-            let mut v = json!({
-                "type": system_object,
-                "role": coding(OBJECT_ROLE, "24", "Query"),
-                "query": base64::engine::general_purpose::STANDARD.encode(query.as_bytes()),
-                "description": query,
-            });
-            if let Some(t) = res_type {
-                v["name"] = json!(t);
+            let mut v = obj([("type", system_object), ("role", coding(OBJECT_ROLE, "24"))]);
+            // sev-1: a name or a query, not both (the type searched is in `outcomeDesc`).
+            match res_type {
+                _ if !query.is_empty() => {
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(query.as_bytes());
+                    put(&mut v, "query", text(encoded));
+                    put(&mut v, "description", text(query));
+                }
+                Some(t) => put(&mut v, "name", text(t)),
+                None => {}
             }
             v
         }
-        Entity::Named(name) => json!({
-            "type": system_object,
-            "role": coding(OBJECT_ROLE, "3", "Report"),
-            "name": name,
-        }),
+        Entity::Named(name) => obj([
+            ("type", system_object),
+            ("role", coding(OBJECT_ROLE, "3")),
+            ("name", text(name)),
+        ]),
     }
 }
 
@@ -401,72 +635,95 @@ pub struct Origin {
 
 /// A Provenance for the versions `targets` (`Type/id/_history/n`) written by one request
 /// with one `activity` (`CREATE`, `UPDATE`, `DELETE`), recorded at `recorded`.
-pub fn provenance(targets: &[String], activity: &str, recorded: &str, origin: &Origin) -> Value {
-    let mut agent = json!({
-        "type": { "coding": [coding(
-            "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-            "author",
-            "Author",
-        )] },
-        "who": who_reference(&origin.who),
-    });
+pub fn provenance(targets: &[String], activity: &str, recorded: &str, origin: &Origin) -> Json {
+    let author = coding(
+        "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+        "author",
+    );
+    let mut agent = obj([
+        ("type", obj([("coding", Json::Array(vec![author]))])),
+        ("who", who_reference(&origin.who)),
+    ]);
     if !origin.who.site.is_empty() {
-        agent["onBehalfOf"] = json!({
-            "identifier": {
-                "system": crate::auth::tenancy::SITE_SYSTEM,
-                "value": origin.who.site,
-            },
-            "display": format!("site {}", origin.who.site),
-        });
+        let site = &origin.who.site;
+        put(
+            &mut agent,
+            "onBehalfOf",
+            obj([
+                (
+                    "identifier",
+                    obj([
+                        ("system", text(crate::auth::tenancy::SITE_SYSTEM)),
+                        ("value", text(site)),
+                    ]),
+                ),
+                ("display", text(format!("site {site}"))),
+            ]),
+        );
     }
+    let source = |role: &str, system: &str, value: &str, display: String| {
+        let mut identifier = obj([("system", text(system))]);
+        if !value.is_empty() {
+            put(&mut identifier, "value", text(value));
+        }
+        obj([
+            ("role", text(role)),
+            (
+                "what",
+                obj([("identifier", identifier), ("display", text(display))]),
+            ),
+        ])
+    };
     let mut entity = Vec::new();
     if let Some(id) = origin.submission {
-        entity.push(json!({
-            "role": "source",
-            "what": {
-                "identifier": { "system": SUBMISSION_SYSTEM, "value": id.to_string() },
-                "display": format!("ledger entry {id} (/admin/submissions/{id})"),
-            },
-        }));
+        let display = format!("ledger entry {id} (/admin/submissions/{id})");
+        entity.push(source(
+            "source",
+            SUBMISSION_SYSTEM,
+            &id.to_string(),
+            display,
+        ));
     }
-    entity.push(json!({
-        "role": "source",
-        "what": {
-            "identifier": { "system": REQUEST_SYSTEM, "value": origin.request_id },
-            "display": format!("request {}", origin.request_id),
-        },
-    }));
+    let display = format!("request {}", origin.request_id);
+    entity.push(source(
+        "source",
+        REQUEST_SYSTEM,
+        &origin.request_id,
+        display,
+    ));
     if let Some(m) = &origin.mapping {
-        entity.push(json!({
-            "role": "derivation",
-            "what": {
-                "identifier": { "system": MAPPING_SYSTEM, "value": m },
-                "display": format!("mapping {m}"),
-            },
-        }));
+        entity.push(source(
+            "derivation",
+            MAPPING_SYSTEM,
+            m,
+            format!("mapping {m}"),
+        ));
     }
     let site = if origin.who.verified {
         origin.who.site.as_str()
     } else {
         ""
     };
-    let mut v = json!({
-        "resourceType": "Provenance",
-        "meta": meta(site),
-        "target": targets.iter().map(|t| json!({ "reference": t })).collect::<Vec<_>>(),
-        "recorded": recorded,
-        "activity": { "coding": [coding(
-            "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-            activity,
-            &activity.to_lowercase(),
-        )] },
-        "agent": [agent],
-        "entity": entity,
-    });
-    if site.is_empty() {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("meta");
-        }
+    let mut v = obj([("resourceType", text("Provenance"))]);
+    if let Some(m) = meta(site) {
+        put(&mut v, "meta", m);
+    }
+    let targets = targets
+        .iter()
+        .map(|t| obj([("reference", text(t))]))
+        .collect();
+    let operation = coding(
+        "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+        activity,
+    );
+    for (key, value) in [
+        ("target", Json::Array(targets)),
+        ("recorded", text(recorded)),
+        ("activity", obj([("coding", Json::Array(vec![operation]))])),
+        ("agent", Json::Array(vec![agent])),
+        ("entity", Json::Array(entity)),
+    ] {
+        put(&mut v, key, value);
     }
     v
 }
@@ -566,13 +823,130 @@ mod tests {
                 version: None,
             }],
         };
-        let v = e.to_json();
+        let v: Value = serde_json::from_str(&e.to_json().to_text()).unwrap();
+        assert_eq!(v["resourceType"], "AuditEvent");
         assert_eq!(v["outcome"], "4");
         assert_eq!(v["agent"][0]["who"]["reference"], "Device/c1");
         assert_eq!(v["agent"][0]["network"]["address"], "127.0.0.1");
         assert_eq!(v["entity"][0]["what"]["reference"], "Patient/1");
+        assert_eq!(v["entity"][1]["what"]["identifier"]["value"], "r1");
         assert_eq!(v["meta"]["security"][0]["code"], "s1");
         assert_eq!(outcome(200), "0");
         assert_eq!(outcome(503), "8");
+    }
+
+    /// Events of every shape the gateway records.
+    fn variety() -> Vec<AuditEvent> {
+        let who = |client: &str, site: &str, role: &str, verified| Who {
+            client: client.into(),
+            site: site.into(),
+            role: role.into(),
+            verified,
+        };
+        let base = AuditEvent {
+            kind: Kind::Rest("read"),
+            action: "R",
+            recorded: "2026-03-04T05:06:07.890Z".into(),
+            status: 200,
+            who: None,
+            peer: None,
+            request_id: String::new(),
+            request: "GET /fhir/Patient/1".into(),
+            entities: Vec::new(),
+        };
+        let resource = |t: &str, id: &str, version| Entity::Resource {
+            res_type: t.into(),
+            id: id.into(),
+            version,
+        };
+        vec![
+            base.clone(),
+            AuditEvent {
+                who: Some(who("site-nl01", "NL01", "site", true)),
+                peer: Some("10.0.0.7".into()),
+                request_id: "0f1e-22".into(),
+                entities: vec![resource("Patient", "p-1", None)],
+                ..base.clone()
+            },
+            AuditEvent {
+                kind: Kind::Rest("search-type"),
+                action: "E",
+                status: 403,
+                who: Some(who("Sponsor Client!", "", "sponsor", true)),
+                peer: Some("::1".into()),
+                request_id: "r2".into(),
+                entities: vec![Entity::Query {
+                    res_type: Some("Observation".into()),
+                    query: "subject=Patient/x&date=ge2020".into(),
+                }],
+                ..base.clone()
+            },
+            AuditEvent {
+                kind: Kind::Rest("transaction"),
+                action: "E",
+                status: 500,
+                who: Some(who("nl01", "NL01", "", false)),
+                request_id: "r3".into(),
+                entities: vec![
+                    resource("Patient", "a", Some(2)),
+                    resource("Procedure", "b", Some(1)),
+                    resource("Observation", "c", None),
+                    Entity::Named("$export".into()),
+                    Entity::Query {
+                        res_type: None,
+                        query: String::new(),
+                    },
+                ],
+                ..base.clone()
+            },
+            AuditEvent {
+                kind: Kind::Login,
+                action: "E",
+                recorded: "2026-11-28T00:00:00Z".into(),
+                status: 401,
+                who: Some(who("admin", "", "admin", true)),
+                ..base
+            },
+        ]
+    }
+
+    #[test]
+    fn index_rows_are_what_the_search_parameters_find_in_the_json() {
+        for e in variety() {
+            let text = e.to_json().to_text();
+            let element = crate::model::parse(&text).expect("the event parses as FHIR");
+            let generic = crate::search::index(&element);
+            assert!(!generic.is_empty());
+            assert_eq!(e.index_rows(), Some(generic), "{text}");
+        }
+    }
+
+    #[test]
+    fn events_and_provenance_are_valid_r4() {
+        let validator = crate::validate::Validator::new(crate::definitions::Registry::core());
+        let origin = Origin {
+            who: Who {
+                client: "site-nl01".into(),
+                site: "NL01".into(),
+                role: "site".into(),
+                verified: true,
+            },
+            submission: Some(7),
+            request_id: "r9".into(),
+            mapping: Some("nl01-registry".into()),
+        };
+        let p = provenance(
+            &["Patient/a/_history/1".to_string()],
+            "CREATE",
+            "2026-01-01T00:00:00Z",
+            &origin,
+        );
+        let mut texts: Vec<String> = variety().iter().map(|e| e.to_json().to_text()).collect();
+        texts.push(p.to_text());
+        for text in texts {
+            let issues = validator.validate_json(&text, &[]);
+            let errors: Vec<_> = issues.iter().filter(|i| i.severity.is_error()).collect();
+            assert!(errors.is_empty(), "{text}: {errors:?}");
+        }
     }
 }

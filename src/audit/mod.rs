@@ -22,7 +22,7 @@ pub use event::{AuditEvent, Entity, Kind, Origin, Who};
 use crate::model::json::Json;
 use crate::search::IndexRow;
 use crate::serve::AppState;
-use crate::store::{Expect, Store, StoreError, Stored, Tx};
+use crate::store::{Fresh, Store, StoreError, Stored, Tx};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -143,52 +143,64 @@ pub async fn purge(
     Ok((n?, cutoff))
 }
 
-/// A resource the gateway writes itself, ready for [`Tx::put`].
+/// A resource the gateway writes itself, ready for [`Tx::create_fresh`].
 struct Prepared {
-    res_type: String,
+    res_type: &'static str,
     json: Json,
     index: Vec<IndexRow>,
 }
 
-/// Turns a record's JSON into the project's tree (`resourceType` first) and its index rows.
-fn prepare(value: &serde_json::Value) -> Result<Prepared, StoreError> {
-    let text = value.to_string();
-    let mut json = Json::parse(&text, 64)
-        .map_err(|e| StoreError::Payload(std::io::Error::other(e.to_string())))?;
-    if let Json::Object(members) = &mut json {
-        if let Some(i) = members.iter().position(|(k, _)| k == "resourceType") {
-            let rt = members.remove(i);
-            members.insert(0, rt);
+impl Prepared {
+    /// An audit event: its JSON and its index rows, made from the event itself.
+    fn event(event: &AuditEvent) -> Prepared {
+        let json = event.to_json();
+        let index = event
+            .index_rows()
+            .unwrap_or_else(|| index_json("AuditEvent", &json));
+        Prepared {
+            res_type: "AuditEvent",
+            json,
+            index,
         }
     }
-    let res_type = json
-        .get("resourceType")
-        .and_then(Json::as_str)
-        .unwrap_or("AuditEvent")
-        .to_string();
-    let index = match crate::model::parse(&text) {
-        Ok(element) => crate::search::index(&element),
-        Err(e) => {
-            tracing::warn!(error = %e, "an audit record did not parse for indexing");
-            Vec::new()
+
+    /// A Provenance, indexed through its JSON.
+    fn provenance(json: Json) -> Prepared {
+        let index = index_json("Provenance", &json);
+        Prepared {
+            res_type: "Provenance",
+            json,
+            index,
         }
-    };
-    Ok(Prepared {
-        res_type,
-        json,
-        index,
-    })
+    }
 }
 
-async fn put_prepared(tx: &mut Tx, p: &Prepared) -> Result<Stored, StoreError> {
-    let id = uuid::Uuid::new_v4().to_string();
-    // `put` stamps `id` and `meta` into the JSON: a copy, so a batch that lost a race can
-    // be written again from the same prepared records.
-    let mut json = p.json.clone();
-    let (stored, _) = tx
-        .put(&p.res_type, &id, &mut json, Expect::Any, None, &p.index)
-        .await?;
-    Ok(stored)
+/// The index rows of a record through the generic path (JSON text, element tree,
+/// SearchParameter expressions).
+fn index_json(res_type: &str, json: &Json) -> Vec<IndexRow> {
+    match crate::model::parse(&json.to_text()) {
+        Ok(element) => crate::search::index(&element),
+        Err(e) => {
+            tracing::warn!(res_type, error = %e, "an audit record did not parse for indexing");
+            Vec::new()
+        }
+    }
+}
+
+/// Writes prepared records in `tx` under fresh ids, in one round of bulk inserts. The
+/// JSON is copied (`create_fresh` stamps it), so a batch that lost a race can be written
+/// again from the same records.
+async fn create_prepared(tx: &mut Tx, prepared: &[Prepared]) -> Result<Vec<Stored>, StoreError> {
+    let mut fresh: Vec<Fresh<'_>> = prepared
+        .iter()
+        .map(|p| Fresh {
+            res_type: p.res_type,
+            id: uuid::Uuid::new_v4().to_string(),
+            content: p.json.clone(),
+            index: &p.index,
+        })
+        .collect();
+    tx.create_fresh(&mut fresh).await
 }
 
 /// One version a write touched, for [`in_transaction`].
@@ -225,6 +237,7 @@ pub async fn in_transaction(
         request_id: scope().map(|s| s.request_id.clone()).unwrap_or_default(),
         mapping: mapping.map(str::to_string),
     };
+    let mut records = Vec::new();
     for activity in ["CREATE", "UPDATE", "DELETE"] {
         let targets: Vec<String> = touched
             .iter()
@@ -237,8 +250,8 @@ pub async fn in_transaction(
             })
             .collect();
         if !targets.is_empty() {
-            let p = prepare(&event::provenance(&targets, activity, &recorded, &origin))?;
-            put_prepared(tx, &p).await?;
+            let json = event::provenance(&targets, activity, &recorded, &origin);
+            records.push(Prepared::provenance(json));
         }
     }
     if let Some((code, action)) = event {
@@ -251,8 +264,9 @@ pub async fn in_transaction(
             })
             .collect();
         let e = for_request(Kind::Rest(code), action, status, entities);
-        put_prepared(tx, &prepare(&e.to_json())?).await?;
+        records.push(Prepared::event(&e));
     }
+    create_prepared(tx, &records).await?;
     Ok(())
 }
 
@@ -295,13 +309,7 @@ impl Auditor {
     /// Queues `event` (waits while the queue is full). Its JSON and index rows are made
     /// here, on the caller's task, so the writer task only writes.
     pub async fn record(&self, event: AuditEvent) {
-        let prepared = match prepare(&event.to_json()) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "an audit event could not be prepared; lost");
-                return;
-            }
-        };
+        let prepared = Prepared::event(&event);
         if self.tx.send(Msg::Event(Box::new(prepared))).await.is_err() {
             tracing::error!("audit writer stopped; an audit event was lost");
         }
@@ -346,9 +354,7 @@ async fn write_batch(store: &Store, prepared: Vec<Prepared>) {
     for attempt in 1..=5 {
         let result = async {
             let mut tx = store.begin().await?;
-            for p in &prepared {
-                put_prepared(&mut tx, p).await?;
-            }
+            create_prepared(&mut tx, &prepared).await?;
             tx.commit().await
         }
         .await;

@@ -191,6 +191,11 @@ fn split_union(expression: &str) -> Vec<&str> {
     parts
 }
 
+/// The codes of the search parameters [`index`] evaluates on resources of `res_type`.
+pub fn indexed_parameters(res_type: &str) -> Vec<String> {
+    params(res_type).iter().map(|p| p.code.clone()).collect()
+}
+
 /// The index rows of a resource: every token, string, date, reference, quantity, number and
 /// uri value its type's search parameters (and those of every resource: `_tag`,
 /// `_security`, `_profile`, `_source`) find in it, sorted and without duplicates.

@@ -47,7 +47,7 @@ mod query;
 
 mod result;
 
-pub use index::{date_range, index, param_targets, param_type};
+pub use index::{date_range, index, indexed_parameters, param_targets, param_type};
 pub use query::{parse, uri_prefixes, where_sql, Clause, Cond, Parsed, Piece};
 pub use result::{
     count_sql, encode_cursor, include_targets_sql, page_sql, relative_target, resources_sql,

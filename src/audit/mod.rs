@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 const CHANNEL: usize = 4096;
 /// The most events one writer transaction commits.
 const BATCH: usize = 512;
+/// How long the writer gathers events before it commits them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 tokio::task_local! {
     static SCOPE: Arc<RequestScope>;
@@ -330,6 +332,9 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut events: Vec<Prepared> = Vec::new();
     let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
+        // Events are gathered for up to LINGER (fewer, larger commits: each commit also
+        // empties the page cache of every SQLite reader) unless a flush is waiting.
+        let until = tokio::time::Instant::now() + LINGER;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -337,7 +342,14 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 Msg::Flush(a) => acks.push(a),
             }
             if events.len() < BATCH {
-                next = rx.try_recv().ok();
+                next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) if acks.is_empty() => tokio::time::timeout_at(until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                    Err(_) => None,
+                };
             }
         }
         if !events.is_empty() {

@@ -51,6 +51,15 @@ pub struct Pools {
     pub write: SqlitePool,
 }
 
+/// Reader connections: SQLite work is CPU-bound, so more readers than a few per core only
+/// split the page caches (each connection has its own).
+const READERS: u32 = 4;
+
+/// Page cache of each reader, as SQLite's negative `cache_size` (KiB). Every commit empties
+/// it (another connection changed the file), so what counts is that one request's pages
+/// (a search's index pages, a page of results) stay in it between commits.
+const READER_CACHE_KIB: i64 = -8192;
+
 /// Statistics from a sample (`analysis_limit` rows per index): milliseconds, at any size.
 pub(super) const ANALYZE: &str = "PRAGMA analysis_limit = 1000; ANALYZE;";
 
@@ -98,9 +107,13 @@ pub async fn open(path: &Path) -> Result<Store> {
         .await?;
     migrator(MIGRATIONS).run(&write).await?;
     let read = SqlitePoolOptions::new()
-        .max_connections(8)
+        .max_connections(READERS)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(options.read_only(true))
+        .connect_with(
+            options
+                .read_only(true)
+                .pragma("cache_size", READER_CACHE_KIB.to_string()),
+        )
         .await?;
     // A file that already holds data gets statistics now if it has none (a store made by an
     // earlier version, or one never past the first threshold); the next run is due when

@@ -71,10 +71,10 @@ pub struct ExportOutputRow {
 /// planner walks the type's index in id order and stops after the page. Its row estimate for
 /// `res_type = $1 AND res_id > $2` multiplies the two selectivities, which is far too low
 /// when ids are correlated with the type (ids with a type prefix, as in `bench export`):
-/// believing the page needs every remaining row, it chose a hash join and a sort of all
-/// the remaining rows of the type on every page (the 30,000 Patients of a 300,000-resource store
-/// shaped like the bench, in pages of 5,000: 674 ms with those plans, 82 ms with these), and for small ranges a parallel plan
-/// whose workers cost more than the page.
+/// believing the page needs every remaining row, it chose a hash join and a sort of all the
+/// remaining rows of the type on every page (the 30,000 Patients of a 300,000-resource store
+/// shaped like the bench, in pages of 5,000: 674 ms with those plans, 82 ms with these), and
+/// for small ranges a parallel plan whose workers cost more than the page.
 const PG_PAGE_BEGIN: &str = "BEGIN READ ONLY; SET LOCAL enable_sort = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL max_parallel_workers_per_gather = 0";
 

@@ -380,6 +380,10 @@ struct LoadArgs {
     /// endpoints: simulated patients.
     #[arg(long, default_value_t = 5000)]
     patients: usize,
+    /// export: resources per database page (the server's --export-page; default its
+    /// default).
+    #[arg(long, value_name = "N")]
+    export_page: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -862,6 +866,7 @@ fn main() -> ExitCode {
         } => imagio_gateway::bench::export::run(&imagio_gateway::bench::export::Options {
             database_url: load.database_url,
             resources: load.resources.unwrap_or(1_000_000),
+            page: load.export_page,
         }),
         Command::Bench { what, data, .. } => imagio_gateway::bench::run(what, data.as_deref()),
         Command::Import {

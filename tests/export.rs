@@ -656,6 +656,55 @@ async fn full_flow(db: Db) {
     let files = s.downloaded(&s.manifest(&url, &tsp).await, &tsp).await;
     assert_eq!(ids_of(&files, "Patient").map(BTreeSet::len), Some(1));
 
+    // An updated resource is exported once, as its current version; a deleted one is not.
+    let (birch, gone) = (a[1].clone(), a[4].clone());
+    let mut renamed = patient(2, "Rowan");
+    renamed["id"] = json!(birch.trim_start_matches("Patient/"));
+    let (st, _, body) = s
+        .call(
+            reqwest::Method::PUT,
+            &format!("/{birch}"),
+            &ta,
+            &[],
+            Some(renamed),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, _, body) = s
+        .call(reqwest::Method::DELETE, &format!("/{gone}"), &ta, &[], None)
+        .await;
+    assert!(st.is_success(), "{st}: {body}");
+    let url = s.kickoff("/$export?_type=Patient,Observation", &tsp).await;
+    let m = s.manifest(&url, &tsp).await;
+    let files = s.downloaded(&m, &tsp).await;
+    let mut patients = id_set(&a, "Patient");
+    patients.extend(id_set(&b, "Patient"));
+    assert_eq!(ids_of(&files, "Patient"), Some(&patients));
+    let mut observations = id_set(&a, "Observation");
+    observations.extend(id_set(&b, "Observation"));
+    observations.extend(id_set(&later, "Observation"));
+    observations.remove(gone.trim_start_matches("Observation/"));
+    assert_eq!(ids_of(&files, "Observation"), Some(&observations));
+    let patient_file = m["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .find(|o| o["type"] == "Patient")
+        .and_then(|o| o["url"].as_str())
+        .expect("a Patient file")
+        .to_string();
+    let (st, _, body) = s
+        .call(reqwest::Method::GET, &patient_file, &tsp, &[], None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let current: Value = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("ndjson line"))
+        .find(|v| v["id"] == birch.trim_start_matches("Patient/"))
+        .expect("the updated Patient");
+    assert_eq!(current["name"][0]["family"], "Rowan");
+    assert_eq!(current["meta"]["versionId"], "2");
+
     s.stop().await;
     env.cleanup().await;
 }

@@ -22,6 +22,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// Resources to store and export.
     pub resources: usize,
+    /// The server's `--export-page` (its default when absent).
+    pub page: Option<i64>,
 }
 
 /// What a run measured.
@@ -199,13 +201,11 @@ async fn measure(options: &Options, db: &Database, work: &Path) -> Result<Figure
     let load_seconds = started.elapsed().as_secs_f64();
     let clients = register(&url, work).await?;
     let export_dir = work.join("export");
-    let mut server = ServerProcess::spawn_with(
-        &url,
-        work,
-        false,
-        3600,
-        &["--export-dir".into(), export_dir.display().to_string()],
-    )?;
+    let mut args = vec!["--export-dir".into(), export_dir.display().to_string()];
+    if let Some(page) = options.page {
+        args.extend(["--export-page".into(), page.to_string()]);
+    }
+    let mut server = ServerProcess::spawn_with(&url, work, false, 3600, &args)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;

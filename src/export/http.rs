@@ -172,6 +172,7 @@ async fn kickoff(state: &AppState, level: Level, req: Request) -> Result<Respons
         error: None,
     };
     state.store().export_insert(&job).await?;
+    state.export_wake().notify_one();
     // The kick-off, its polls, downloads and cancel are recorded as `operation` audit
     // events by the audit middleware (`audit::event::classify`).
     tracing::info!(job = %job.id, client = %job.client, request = %job.request, "export accepted");

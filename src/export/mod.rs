@@ -353,7 +353,14 @@ pub fn page_sql(q: &PageQuery<'_>) -> Vec<Piece> {
          WHERE r.res_type = ",
     );
     out.push(Piece::Bind(q.res_type.to_string()));
+    // The bound on `v.res_id` repeats the one on `r.res_id`: PostgreSQL carries equalities
+    // across a join but not ranges, and without it plans a merge join whose version-side
+    // index scan starts at the type's first id on every page, so each page reads every
+    // version before it (measured: 300 ms for a page half-way through 900,000 rows, 11 ms
+    // with the bound). SQLite's plan is the same either way.
     sql(&mut out, " AND NOT r.deleted AND r.res_id > ");
+    out.push(Piece::Bind(q.after.to_string()));
+    sql(&mut out, " AND v.res_id > ");
     out.push(Piece::Bind(q.after.to_string()));
     if let Some(since) = q.since {
         sql(&mut out, " AND r.last_updated > ");

@@ -123,8 +123,10 @@ pub async fn worker(state: AppState, mut stop: tokio::sync::watch::Receiver<bool
                 }
             }
             Ok(None) => {
+                // A job accepted by another replica is found at the next poll.
                 tokio::select! {
                     () = tokio::time::sleep(config.poll) => {}
+                    () = state.export_wake().notified() => {}
                     _ = stop.changed() => {}
                 }
             }

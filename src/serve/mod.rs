@@ -158,6 +158,8 @@ struct Shared {
     mappings: crate::ingest::Mappings,
     /// The audit events waiting for the writer task.
     auditor: crate::audit::Auditor,
+    /// Wakes this replica's export worker when a job is accepted here.
+    export_wake: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -216,6 +218,7 @@ impl AppState {
                 profiles,
                 capability: std::sync::OnceLock::new(),
                 mappings,
+                export_wake: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -230,6 +233,13 @@ impl AppState {
 
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Wakes this replica's export worker (a job was accepted here), so it claims the job
+    /// at once instead of at its next poll; a wake with no worker waiting is kept for its
+    /// next wait.
+    pub(crate) fn export_wake(&self) -> &tokio::sync::Notify {
+        &self.inner.export_wake
     }
 
     /// The authorization server.

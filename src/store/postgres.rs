@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger_seal",
         include_str!("migrations/postgres/0007_ledger_seal.sql"),
     ),
+    (
+        8,
+        "search_locality",
+        include_str!("migrations/postgres/0008_search_locality.sql"),
+    ),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger_seal",
         include_str!("migrations/sqlite/0007_ledger_seal.sql"),
     ),
+    (
+        8,
+        "search_locality",
+        include_str!("migrations/sqlite/0008_search_locality.sql"),
+    ),
 ];
 
 /// The two pools of a SQLite store.

@@ -99,6 +99,13 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn skip_ws(&mut self) {
         loop {
+            // Indentation comes in long runs of spaces: skip them eight at a time.
+            while let Some(w) = self.src.get(self.pos..self.pos + 8) {
+                if w != b"        " {
+                    break;
+                }
+                self.pos += 8;
+            }
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
                 self.pos += 1;
             }
@@ -480,8 +487,16 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Writes `s` as a JSON string literal (quotes included) onto `out`.
 pub fn write_str(out: &mut String, s: &str) {
-    out.push('"');
     let bytes = s.as_bytes();
+    // Most strings need no escape: copy them whole.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(bytes.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    out.push('"');
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: Option<&str> = match b {

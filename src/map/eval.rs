@@ -377,7 +377,11 @@ impl<'m> Engine<'m> {
     /// One resource of `rule` for the row.
     fn one(&mut self, rule: &'m ResourceRule, at: At) -> Option<Produced> {
         let id = self.id_of(rule, at, rule.id_line)?;
-        self.resource = Some(format!("{}/{id}", rule.type_name));
+        let mut name = String::with_capacity(rule.type_name.len() + 1 + id.len());
+        name.push_str(&rule.type_name);
+        name.push('/');
+        name.push_str(&id);
+        self.resource = Some(name);
         let line = |l: usize| Prov {
             line: u32::try_from(l).unwrap_or(0),
             cell: None,
@@ -761,12 +765,11 @@ impl<'m> Engine<'m> {
             Spec::Ref(name) => {
                 let m = self.m;
                 let target = &m.resources[*self.by_name.get(name.as_str())?];
-                let id = self.id_of(target, at, line)?;
+                let mut id = self.id_of(target, at, line)?;
+                id.insert(0, '/');
+                id.insert_str(0, &target.type_name);
                 Some(Val::new(
-                    Out::Obj(vec![(
-                        "reference".into(),
-                        Val::str(format!("{}/{id}", target.type_name), prov),
-                    )]),
+                    Out::Obj(vec![("reference".into(), Val::str(id, prov))]),
                     prov,
                 ))
             }

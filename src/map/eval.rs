@@ -829,13 +829,7 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn column(
-        &mut self,
-        c: &'m ColumnSpec,
-        at: At,
-        line: usize,
-        prov: Prov,
-    ) -> Option<Val<'m>> {
+    fn column(&mut self, c: &'m ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
         let (value, cell) = match self.cell(&c.column, at, line) {
             Cell::Value(v, cell) => (v, cell),
             Cell::Missing => {

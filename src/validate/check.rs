@@ -963,7 +963,12 @@ fn native_invariant(expression: &str, focus: &Item<'_>) -> Option<bool> {
     fn count(e: &Element, name: &str) -> usize {
         e.props
             .iter()
-            .find(|p| e.info.elements.get(usize::from(p.element)).is_some_and(|d| &*d.name == name))
+            .find(|p| {
+                e.info
+                    .elements
+                    .get(usize::from(p.element))
+                    .is_some_and(|d| &*d.name == name)
+            })
             .map_or(0, |p| p.values.len())
     }
     if expression == ELE_1 {

@@ -30,6 +30,19 @@ type Joined = Vec<Vec<Vec<Option<RowRef>>>>;
 /// Rows of a source by key values.
 type KeyIndex = HashMap<Vec<String>, RowRef>;
 
+/// What a column name comes to in a table, the same for every row (cached per run).
+#[derive(Clone, Copy)]
+enum Resolved<'m> {
+    /// A cell of the row's own table, by index.
+    Own(usize),
+    /// A constant.
+    Const(&'m str),
+}
+
+/// The key of a resolved column name: the name's address and length in the mapping, the
+/// `{n}` it is read for, and the table.
+type ResolvedKey = (usize, usize, u32, usize);
+
 /// The row being mapped.
 #[derive(Clone, Copy)]
 struct At {
@@ -53,8 +66,10 @@ pub(super) struct Engine<'m> {
     rule: usize,
     resource: Option<String>,
     /// The content member being made, and the members of this resource that failed.
-    member: Option<String>,
+    member: Option<&'m str>,
     failed: Vec<String>,
+    /// Column names already resolved (see [`Resolved`]).
+    resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
 }
 
 impl<'m> Engine<'m> {
@@ -79,6 +94,7 @@ impl<'m> Engine<'m> {
             resource: None,
             member: None,
             failed: Vec::new(),
+            resolved: HashMap::with_hasher(crate::model::schema::FastHash),
         };
         e.check_keys();
         e.joined = e.join_all();
@@ -101,9 +117,9 @@ impl<'m> Engine<'m> {
         line: usize,
         message: String,
     ) {
-        if let Some(m) = &self.member {
-            if severity.is_error() && !self.failed.contains(m) {
-                self.failed.push(m.clone());
+        if let Some(m) = self.member {
+            if severity.is_error() && !self.failed.iter().any(|f| f == m) {
+                self.failed.push(m.to_string());
             }
         }
         let source = cell
@@ -361,36 +377,44 @@ impl<'m> Engine<'m> {
     /// One resource of `rule` for the row.
     fn one(&mut self, rule: &'m ResourceRule, at: At) -> Option<Produced> {
         let id = self.id_of(rule, at, rule.id_line)?;
-        self.resource = Some(format!("{}/{id}", rule.type_name));
+        let mut name = String::with_capacity(rule.type_name.len() + 1 + id.len());
+        name.push_str(&rule.type_name);
+        name.push('/');
+        name.push_str(&id);
+        self.resource = Some(name);
         let line = |l: usize| Prov {
             line: u32::try_from(l).unwrap_or(0),
             cell: None,
         };
-        let mut members = vec![
+        let mut members = Vec::with_capacity(rule.content.len() + 3);
+        members.extend([
             (
-                "resourceType".to_string(),
-                Val::str(&rule.type_name, line(rule.line)),
+                "resourceType".into(),
+                Val::str(rule.type_name.as_str(), line(rule.line)),
             ),
-            ("id".to_string(), Val::str(&id, line(rule.id_line))),
+            ("id".into(), Val::str(id.clone(), line(rule.id_line))),
             (
-                "meta".to_string(),
+                "meta".into(),
                 Val::new(
                     Out::Obj(vec![(
-                        "profile".to_string(),
+                        "profile".into(),
                         Val::new(
-                            Out::Arr(vec![Val::str(&rule.profile, line(rule.profile_line))]),
+                            Out::Arr(vec![Val::str(
+                                rule.profile.as_str(),
+                                line(rule.profile_line),
+                            )]),
                             line(rule.profile_line),
                         ),
                     )]),
                     line(rule.profile_line),
                 ),
             ),
-        ];
+        ]);
         self.failed.clear();
         for (k, node) in &rule.content {
-            self.member = Some(k.clone());
+            self.member = Some(k.as_str());
             if let Some(v) = self.node(node, at) {
-                members.push((k.clone(), v));
+                members.push((k.as_str().into(), v));
             }
         }
         self.member = None;
@@ -412,7 +436,7 @@ impl<'m> Engine<'m> {
 
     /// The id of `rule`'s resource for the row: its template, with characters a FHIR id
     /// cannot hold replaced by `-`.
-    fn id_of(&mut self, rule: &ResourceRule, at: At, line: usize) -> Option<String> {
+    fn id_of(&mut self, rule: &'m ResourceRule, at: At, line: usize) -> Option<String> {
         let raw = match self.template(&rule.id, at, line) {
             Ok(s) => s,
             Err(None) => return None,
@@ -432,7 +456,7 @@ impl<'m> Engine<'m> {
         };
         let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
         let id: String = if raw.chars().all(fits) {
-            raw
+            raw.into_owned()
         } else {
             raw.chars().map(|c| if fits(c) { c } else { '-' }).collect()
         };
@@ -451,7 +475,18 @@ impl<'m> Engine<'m> {
 
     /// Resolves a column name in the row: `n`, `const.NAME`, `SOURCE.COLUMN` (the row or a
     /// joined row) or a column of the row's own file; `{n}` inside the name is replaced.
-    fn cell(&mut self, name: &str, at: At, line: usize) -> Cell<'m> {
+    fn cell(&mut self, name: &'m str, at: At, line: usize) -> Cell<'m> {
+        let key = (
+            name.as_ptr() as usize,
+            name.len(),
+            at.n.unwrap_or(u32::MAX),
+            at.table,
+        );
+        match self.resolved.get(&key) {
+            Some(Resolved::Own(ci)) => return self.read(at.table, at.row, *ci),
+            Some(Resolved::Const(v)) => return Cell::Value((*v).into(), None),
+            None => {}
+        }
         let name: std::borrow::Cow<str> = match at.n {
             Some(n) if name.contains("{n}") => name.replace("{n}", &n.to_string()).into(),
             _ => name.into(),
@@ -463,8 +498,12 @@ impl<'m> Engine<'m> {
             };
         }
         if let Some(c) = name.strip_prefix("const.") {
-            return match self.m.constants.get(c) {
-                Some(v) => Cell::Value(v.as_str().into(), None),
+            let m = self.m;
+            return match m.constants.get(c) {
+                Some(v) => {
+                    self.resolved.insert(key, Resolved::Const(v.as_str()));
+                    Cell::Value(v.as_str().into(), None)
+                }
                 None => {
                     self.report(
                         Severity::Error,
@@ -516,6 +555,14 @@ impl<'m> Engine<'m> {
             self.missing_column(table, col, line);
             return Cell::Missing;
         };
+        if table == at.table {
+            self.resolved.insert(key, Resolved::Own(ci));
+        }
+        self.read(table, row, ci)
+    }
+
+    /// The value of a cell.
+    fn read(&self, table: usize, row: usize, ci: usize) -> Cell<'m> {
         let cref = CellRef {
             table: u32::try_from(table).unwrap_or(u32::MAX),
             row: u32::try_from(row).unwrap_or(u32::MAX),
@@ -537,9 +584,9 @@ impl<'m> Engine<'m> {
 
     /// Marks the content member being made as failed (its problem is already reported).
     fn mark_failed(&mut self) {
-        if let Some(m) = &self.member {
-            if !self.failed.contains(m) {
-                self.failed.push(m.clone());
+        if let Some(m) = self.member {
+            if !self.failed.iter().any(|f| f == m) {
+                self.failed.push(m.to_string());
             }
         }
     }
@@ -547,7 +594,23 @@ impl<'m> Engine<'m> {
     /// A template's text; `Err(Some(column))` when a referenced column has no value,
     /// `Err(None)` when its absence was already reported (a missing column, a row without
     /// its joined row, a FHIR value that could not be read).
-    fn template(&mut self, t: &Template, at: At, line: usize) -> Result<String, Option<String>> {
+    fn template(
+        &mut self,
+        t: &'m Template,
+        at: At,
+        line: usize,
+    ) -> Result<std::borrow::Cow<'m, str>, Option<String>> {
+        // One part: its text as it is, without a copy.
+        if let [p] = t.parts.as_slice() {
+            return match p {
+                Part::Text(x) => Ok(x.as_str().into()),
+                Part::Column(c) => match self.cell(c, at, line) {
+                    Cell::Value(v, _) => Ok(v),
+                    Cell::Empty(_) => Err(Some(c.clone())),
+                    Cell::Missing => Err(None),
+                },
+            };
+        }
         let mut s = String::new();
         for p in &t.parts {
             match p {
@@ -559,10 +622,10 @@ impl<'m> Engine<'m> {
                 },
             }
         }
-        Ok(s)
+        Ok(s.into())
     }
 
-    fn cond(&mut self, c: &Cond, at: At, line: usize) -> bool {
+    fn cond(&mut self, c: &'m Cond, at: At, line: usize) -> bool {
         match c {
             Cond::Present(col) => matches!(self.cell(col, at, line), Cell::Value(..)),
             Cond::In(col, values) => match self.cell(col, at, line) {
@@ -649,7 +712,7 @@ impl<'m> Engine<'m> {
         vars
     }
 
-    fn node(&mut self, node: &Node, at: At) -> Option<Val> {
+    fn node(&mut self, node: &'m Node, at: At) -> Option<Val<'m>> {
         let prov = Prov {
             line: u32::try_from(node.line()).unwrap_or(0),
             cell: None,
@@ -659,7 +722,7 @@ impl<'m> Engine<'m> {
                 let mut out = Vec::with_capacity(members.len());
                 for (k, n) in members {
                     if let Some(v) = self.node(n, at) {
-                        out.push((k.clone(), v));
+                        out.push((k.as_str().into(), v));
                     }
                 }
                 (!out.is_empty()).then(|| Val::new(Out::Obj(out), prov))
@@ -677,10 +740,10 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn spec(&mut self, spec: &Spec, at: At, line: usize, prov: Prov) -> Option<Val> {
+    fn spec(&mut self, spec: &'m Spec, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
         match spec {
-            Spec::Const(Lit::Str(s)) => Some(Val::str(s, prov)),
-            Spec::Const(Lit::Num(n)) => Some(Val::new(Out::Num(n.clone()), prov)),
+            Spec::Const(Lit::Str(s)) => Some(Val::str(s.as_str(), prov)),
+            Spec::Const(Lit::Num(n)) => Some(Val::new(Out::Num(n.as_str().into()), prov)),
             Spec::Const(Lit::Bool(b)) => Some(Val::new(Out::Bool(*b), prov)),
             Spec::Template(t) => match self.template(t, at, line) {
                 Ok(s) => Some(Val::str(s, prov)),
@@ -700,13 +763,13 @@ impl<'m> Engine<'m> {
                 }
             }
             Spec::Ref(name) => {
-                let target = &self.m.resources[*self.by_name.get(name.as_str())?];
-                let id = self.id_of(target, at, line)?;
+                let m = self.m;
+                let target = &m.resources[*self.by_name.get(name.as_str())?];
+                let mut id = self.id_of(target, at, line)?;
+                id.insert(0, '/');
+                id.insert_str(0, &target.type_name);
                 Some(Val::new(
-                    Out::Obj(vec![(
-                        "reference".into(),
-                        Val::str(format!("{}/{id}", target.type_name), prov),
-                    )]),
+                    Out::Obj(vec![("reference".into(), Val::str(id, prov))]),
                     prov,
                 ))
             }
@@ -714,10 +777,10 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val> {
+    fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
         let vars = self.variables(at);
         let tables = self.tables;
-        let result: Result<Option<Out>, String> = {
+        let result: Result<Option<Out<'m>>, String> = {
             let mut ctx = context(tables, at);
             for (k, v) in &vars {
                 ctx = ctx.with_variable(
@@ -733,16 +796,16 @@ impl<'m> Engine<'m> {
                 }
                 Ok(items) => Ok(items.first().and_then(|i| match i.to_system()? {
                     SystemValue::Boolean(b) => Some(Out::Bool(b)),
-                    SystemValue::Integer(n) => Some(Out::Num(n.to_string())),
-                    SystemValue::Decimal(d) => Some(Out::Num(number_text(d))),
-                    SystemValue::String(s) => Some(Out::Str(s.to_string())),
-                    SystemValue::Date(d) => Some(Out::Str(d.to_string())),
-                    SystemValue::DateTime(d) => Some(Out::Str(d.to_string())),
-                    SystemValue::Time(t) => Some(Out::Str(t.to_string())),
+                    SystemValue::Integer(n) => Some(Out::Num(n.to_string().into())),
+                    SystemValue::Decimal(d) => Some(Out::Num(number_text(d).into())),
+                    SystemValue::String(s) => Some(Out::Str(s.to_string().into())),
+                    SystemValue::Date(d) => Some(Out::Str(d.to_string().into())),
+                    SystemValue::DateTime(d) => Some(Out::Str(d.to_string().into())),
+                    SystemValue::Time(t) => Some(Out::Str(t.to_string().into())),
                     SystemValue::Quantity(q) => Some(Out::Obj(vec![
                         (
                             "value".into(),
-                            Val::new(Out::Num(number_text(q.value)), prov),
+                            Val::new(Out::Num(number_text(q.value).into()), prov),
                         ),
                         ("unit".into(), Val::str(q.unit.to_string(), prov)),
                         ("system".into(), Val::str("http://unitsofmeasure.org", prov)),
@@ -766,9 +829,9 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn column(&mut self, c: &ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val> {
+    fn column(&mut self, c: &'m ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
         let (value, cell) = match self.cell(&c.column, at, line) {
-            Cell::Value(v, cell) => (v.into_owned(), cell),
+            Cell::Value(v, cell) => (v, cell),
             Cell::Missing => {
                 // Already reported: the element's absence is not news.
                 self.mark_failed();
@@ -811,11 +874,11 @@ impl<'m> Engine<'m> {
                 );
             };
             let mut members = vec![
-                ("system".to_string(), Val::str(&coding.system, prov)),
-                ("code".to_string(), Val::str(&coding.code, prov)),
+                ("system".into(), Val::str(coding.system.as_str(), prov)),
+                ("code".into(), Val::str(coding.code.as_str(), prov)),
             ];
             if let Some(d) = &coding.display {
-                members.push(("display".to_string(), Val::str(d, prov)));
+                members.push(("display".into(), Val::str(d.as_str(), prov)));
             }
             return Some(Val::new(Out::Obj(members), prov));
         }
@@ -823,7 +886,7 @@ impl<'m> Engine<'m> {
             Some(name) => {
                 let table = self.m.lookups.get(name)?;
                 match table.entries.get(&value.trim().to_lowercase()) {
-                    Some(v) => v.clone(),
+                    Some(v) => std::borrow::Cow::Borrowed(v.as_str()),
                     None => {
                         return fail(
                             self,
@@ -843,7 +906,7 @@ impl<'m> Engine<'m> {
             As::Boolean => convert::parse_boolean(&value).map(Out::Bool),
             As::Integer => convert::parse_number(&value, dialect.decimal).and_then(|d| {
                 if d.fract().is_zero() {
-                    Ok(Out::Num(number_text(d)))
+                    Ok(Out::Num(number_text(d).into()))
                 } else {
                     Err(format!("'{value}' is not a whole number"))
                 }
@@ -853,7 +916,7 @@ impl<'m> Engine<'m> {
                     (Some(from), Some(to)) => convert::convert_unit(d, from, to),
                     _ => Ok(d),
                 }
-                .map(|d| Out::Num(number_text(d)))
+                .map(|d| Out::Num(number_text(d).into()))
             }),
             As::Date => {
                 // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
@@ -862,14 +925,14 @@ impl<'m> Engine<'m> {
                     _ => &value,
                 };
                 convert::parse_date(value, &dialect.dates, dialect.yy_pivot)
-                    .map(|d| Out::Str(d.to_string()))
+                    .map(|d| Out::Str(d.to_string().into()))
             }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {
                     Ok(Out::Str(value))
                 } else {
                     convert::parse_date(&value, &dialect.dates, dialect.yy_pivot)
-                        .map(|d| Out::Str(format!("{:04}", d.year)))
+                        .map(|d| Out::Str(format!("{:04}", d.year).into()))
                 }
             }
         };

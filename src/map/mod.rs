@@ -326,6 +326,8 @@ pub fn run(
         base: mapping.base.trim_end_matches('/'),
         count: 0,
         error: None,
+        buf: String::new(),
+        url: String::new(),
     };
     writer.start();
     let resources = engine.produce(&mut |p| {
@@ -391,6 +393,10 @@ struct BundleWriter<'w> {
     base: &'w str,
     count: usize,
     error: Option<std::io::Error>,
+    /// The text of the entry being written (kept to reuse its allocation).
+    buf: String,
+    /// The entry's relative URL (likewise).
+    url: String,
 }
 
 impl BundleWriter<'_> {
@@ -409,13 +415,25 @@ impl BundleWriter<'_> {
     }
 
     fn entry(&mut self, p: &Produced) {
-        let url = format!("{}/{}", p.type_name, p.id);
-        let mut s = String::with_capacity(p.text.len() + p.text.len() / 4 + 200);
+        let mut s = std::mem::take(&mut self.buf);
+        s.clear();
+        let mut url = std::mem::take(&mut self.url);
+        url.clear();
+        url.push_str(&p.type_name);
+        url.push('/');
+        url.push_str(&p.id);
         if self.count > 0 {
             s.push(',');
         }
         s.push_str("\n    {\n      \"fullUrl\": ");
-        crate::model::json::write_str(&mut s, &format!("{}/{url}", self.base));
+        let rel = url.len();
+        url.push_str(self.base);
+        url.push('/');
+        url.push_str(&p.type_name);
+        url.push('/');
+        url.push_str(&p.id);
+        crate::model::json::write_str(&mut s, &url[rel..]);
+        url.truncate(rel);
         s.push_str(",\n      \"resource\": ");
         // The text is already indented for its place in the entry.
         s.push_str(p.text.trim_end());
@@ -423,6 +441,8 @@ impl BundleWriter<'_> {
         crate::model::json::write_str(&mut s, &url);
         s.push_str("\n      }\n    }");
         self.put(&s);
+        self.buf = s;
+        self.url = url;
         self.count += 1;
     }
 
@@ -593,6 +613,8 @@ pub fn write_bundle<'p>(
         base: mapping.base.trim_end_matches('/'),
         count: 0,
         error: None,
+        buf: String::new(),
+        url: String::new(),
     };
     writer.start();
     for p in produced {

@@ -4,6 +4,7 @@
 //! `mapping.toml:LINE` and `file.csv:ROW:COLUMN`.
 
 use crate::model::json::write_str;
+use std::borrow::Cow;
 
 /// A source cell: table (input file), row and cell index, all 0-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,50 +26,51 @@ pub struct Prov {
     pub cell: Option<CellRef>,
 }
 
-/// A produced JSON value.
+/// A produced JSON value. Keys and texts borrow from the mapping and the inputs (`'k`)
+/// where they can, so a resource costs few allocations of its own.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Out {
+pub enum Out<'k> {
     /// Object: members in order.
-    Obj(Vec<(String, Val)>),
+    Obj(Vec<(Cow<'k, str>, Val<'k>)>),
     /// Array.
-    Arr(Vec<Val>),
+    Arr(Vec<Val<'k>>),
     /// String.
-    Str(String),
+    Str(Cow<'k, str>),
     /// Number, as JSON text.
-    Num(String),
+    Num(Cow<'k, str>),
     /// Boolean.
     Bool(bool),
 }
 
 /// A value and its provenance.
 #[derive(Debug, Clone)]
-pub struct Val {
+pub struct Val<'k> {
     /// The value.
-    pub v: Out,
+    pub v: Out<'k>,
     /// Where it came from.
     pub prov: Prov,
 }
 
-impl PartialEq for Val {
+impl PartialEq for Val<'_> {
     /// Values compare by content only (the same resource from two rows is the same).
     fn eq(&self, other: &Self) -> bool {
         self.v == other.v
     }
 }
 
-impl Val {
+impl<'k> Val<'k> {
     /// A value with provenance.
-    pub fn new(v: Out, prov: Prov) -> Val {
+    pub fn new(v: Out<'k>, prov: Prov) -> Val<'k> {
         Val { v, prov }
     }
 
     /// A string value.
-    pub fn str(s: impl Into<String>, prov: Prov) -> Val {
+    pub fn str(s: impl Into<Cow<'k, str>>, prov: Prov) -> Val<'k> {
         Val::new(Out::Str(s.into()), prov)
     }
 
     /// The member `key` of an object.
-    pub fn get(&self, key: &str) -> Option<&Val> {
+    pub fn get(&self, key: &str) -> Option<&Val<'k>> {
         match &self.v {
             Out::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -78,28 +80,33 @@ impl Val {
 
 /// Writes `v` as indented JSON (two spaces); `lines[i]` is the provenance of output line
 /// `i + 1` (the value that starts on it).
-pub fn write(v: &Val, out: &mut String, lines: &mut Vec<Prov>) {
+pub fn write(v: &Val<'_>, out: &mut String, lines: &mut Vec<Prov>) {
     write_at(v, 0, out, lines);
 }
 
 /// Like [`write`], for a value nested `depth` levels deep in an enclosing document: its
 /// first line is not indented, the following ones are indented by `depth` more levels
 /// (how a resource sits in a Bundle entry, so it can be copied there as it is).
-pub fn write_at(v: &Val, depth: usize, out: &mut String, lines: &mut Vec<Prov>) {
+pub fn write_at(v: &Val<'_>, depth: usize, out: &mut String, lines: &mut Vec<Prov>) {
     lines.push(v.prov);
     value(v, depth, out, lines);
     out.push('\n');
 }
 
 fn newline(indent: usize, out: &mut String, lines: &mut Vec<Prov>, prov: Prov) {
+    /// Enough spaces for any depth a mapping nests to; deeper levels repeat it.
+    const SPACES: &str = "                                                                ";
     out.push('\n');
     lines.push(prov);
-    for _ in 0..indent {
-        out.push_str("  ");
+    let mut n = indent * 2;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        n -= k;
     }
 }
 
-fn value(v: &Val, indent: usize, out: &mut String, lines: &mut Vec<Prov>) {
+fn value(v: &Val<'_>, indent: usize, out: &mut String, lines: &mut Vec<Prov>) {
     match &v.v {
         Out::Str(s) => write_str(out, s),
         Out::Num(n) => out.push_str(n),

@@ -99,6 +99,17 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn skip_ws(&mut self) {
         loop {
+            // Indentation comes in long runs of spaces: skip them eight at a time.
+            while let Some(w) = self
+                .src
+                .get(self.pos..self.pos + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            {
+                if u64::from_ne_bytes(w) != u64::from_ne_bytes(*b"        ") {
+                    break;
+                }
+                self.pos += 8;
+            }
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
                 self.pos += 1;
             }
@@ -227,6 +238,7 @@ impl<'a> Cursor<'a> {
         self.expect(b'"')?;
         let start = self.pos;
         // Fast path: scan to the closing quote; bail to the slow path at the first escape.
+        self.pos += self.src.get(start..).map_or(0, plain_prefix);
         loop {
             match self.src.get(self.pos) {
                 Some(b'"') => {
@@ -478,10 +490,41 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The offset of the first byte of `bytes` that a JSON string cannot hold as it is (a
+/// control character, `"` or `\\`), or `bytes.len()`. Eight bytes are tested at a time.
+pub fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `x` is zero, or less than `n` (exact for n <= 128).
+    let less = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let mut at = 0;
+    for c in bytes.chunks_exact(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let w = u64::from_le_bytes(w);
+        if less(w, 0x20) | less(w ^ (ONES * 0x22), 1) | less(w ^ (ONES * 0x5c), 1) != 0 {
+            break;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .unwrap_or(bytes.len() - at)
+}
+
 /// Writes `s` as a JSON string literal (quotes included) onto `out`.
 pub fn write_str(out: &mut String, s: &str) {
-    out.push('"');
     let bytes = s.as_bytes();
+    // Most strings need no escape: copy them whole.
+    if plain_prefix(bytes) == bytes.len() {
+        out.reserve(bytes.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    out.push('"');
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: Option<&str> = match b {
@@ -781,6 +824,23 @@ mod tests {
     fn writes_back_what_it_read() {
         let text = r#"{"b":[1.50,true,null],"a":{"x":"q\"\n"}}"#;
         assert_eq!(Json::parse(text, 8).expect("json").to_text(), text);
+    }
+
+    #[test]
+    fn plain_prefix_stops_at_the_first_byte_to_escape() {
+        // At every offset, in and after the eight-byte words, and for each kind of byte.
+        for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 24];
+                bytes[at] = special;
+                bytes[at + 2] = b'"';
+                assert_eq!(plain_prefix(&bytes), at, "{special:#x} at {at}");
+            }
+        }
+        // Bytes just above the limits, and UTF-8, are plain.
+        let plain = "  !#[]^_{~ é € \u{7f}".as_bytes();
+        assert_eq!(plain_prefix(plain), plain.len());
+        assert_eq!(plain_prefix(b""), 0);
     }
 
     #[test]

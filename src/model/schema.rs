@@ -159,12 +159,15 @@ impl TypeInfo {
         if &*self.name == name || self.fhir_type_name() == name {
             return true;
         }
-        let mut base = self.base.as_deref().map(str::to_string);
-        while let Some(b) = base {
+        let mut info = self;
+        while let Some(b) = info.base.as_deref() {
             if b == name {
                 return true;
             }
-            base = type_info(&b).and_then(|t| t.base.as_deref().map(str::to_string));
+            match type_info(b) {
+                Some(t) => info = t,
+                None => return false,
+            }
         }
         false
     }

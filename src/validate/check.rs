@@ -573,6 +573,21 @@ impl<'v, 'a> Walk<'v, 'a> {
     }
 
     fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
+        // The two invariants on nearly every element, decided without the evaluator (with
+        // the evaluator's result on the element tree; see `native_invariant`).
+        if let Some(ok) = native_invariant(&c.expression, &focus) {
+            if !ok {
+                let severity = Severity::from_code(&c.severity);
+                self.report(
+                    severity,
+                    IssueType::Invariant,
+                    pos,
+                    format!("constraint failed: {} ({})", c.human, c.key),
+                    Some(&c.key),
+                );
+            }
+            return;
+        }
         let compiled = c
             .compiled
             .get_or_init(|| self.validator.expression(&c.expression));
@@ -933,6 +948,56 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
         }
     }
+}
+
+/// ele-1, on every element of every type.
+const ELE_1: &str = "hasValue() or (children().count() > id.count())";
+/// ext-1, on every extension.
+const EXT_1: &str = "extension.exists() != value.exists()";
+
+/// The result of the invariants [`ELE_1`] and [`EXT_1`] on `focus`, computed on the element
+/// tree as the FHIRPath evaluator computes them (neither can fail or be empty); `None` for
+/// other expressions and foci, which go to the evaluator.
+fn native_invariant(expression: &str, focus: &Item<'_>) -> Option<bool> {
+    // Values of the property whose element is named `name`, as navigation finds them.
+    fn count(e: &Element, name: &str) -> usize {
+        e.props
+            .iter()
+            .find(|p| {
+                e.info
+                    .elements
+                    .get(usize::from(p.element))
+                    .is_some_and(|d| &*d.name == name)
+            })
+            .map_or(0, |p| p.values.len())
+    }
+    if expression == ELE_1 {
+        return match focus {
+            // hasValue(): a primitive with a value. children(): a primitive's extensions;
+            // its id is in the `_name` part.
+            Item::Primitive(p) => Some(
+                p.value.is_some()
+                    || p.extensions().len()
+                        > usize::from(p.extras.as_ref().is_some_and(|x| x.id.is_some())),
+            ),
+            // hasValue() is false for a complex value; children() is every value of every
+            // property.
+            Item::Element(e) => {
+                let children: usize = e.props.iter().map(|p| p.values.len()).sum();
+                Some(children > count(e, "id"))
+            }
+            _ => None,
+        };
+    }
+    if expression == EXT_1 {
+        return match focus {
+            Item::Element(e) if &*e.info.name == "Extension" => {
+                Some((count(e, "extension") > 0) != (count(e, "value") > 0))
+            }
+            _ => None,
+        };
+    }
+    None
 }
 
 /// Where a markdown text has `<` followed by a letter or `/` (the start of an HTML tag).

@@ -73,6 +73,8 @@ pub struct Validator {
     /// Core definitions by type name (the walk asks for them at every complex value).
     core: RwLock<HashMap<String, Option<Arc<Profile>>, crate::model::schema::FastHash>>,
     expressions: RwLock<HashMap<String, Arc<Expression>>>,
+    /// The type each profile URL constrains (`None`: not in the registry), as looked up.
+    profile_types: RwLock<HashMap<String, Option<String>>>,
     /// The profile checked for a resource type when a resource claims none.
     defaults: HashMap<String, String>,
     /// Profiles every resource of a type must meet (ImplementationGuide `global`).
@@ -121,6 +123,7 @@ impl Validator {
             profiles: RwLock::new(HashMap::new()),
             core: RwLock::new(HashMap::with_hasher(crate::model::schema::FastHash)),
             expressions: RwLock::new(HashMap::new()),
+            profile_types: RwLock::new(HashMap::new()),
             defaults: HashMap::new(),
             options: Options::default(),
         }
@@ -169,9 +172,19 @@ impl Validator {
     /// The type a profile constrains (`Observation` for the vital-signs profile); `None`
     /// when the registry does not hold it.
     pub fn profile_type(&self, url: &str) -> Option<String> {
-        self.registry
+        if let Ok(cache) = self.profile_types.read() {
+            if let Some(t) = cache.get(url) {
+                return t.clone();
+            }
+        }
+        let t = self
+            .registry
             .get(crate::definitions::Kind::StructureDefinition, url)
-            .and_then(|sd| sd.get("type").and_then(|t| t.as_str()).map(str::to_string))
+            .and_then(|sd| sd.get("type").and_then(|t| t.as_str()).map(str::to_string));
+        if let Ok(mut cache) = self.profile_types.write() {
+            cache.insert(url.to_string(), t.clone());
+        }
+        t
     }
 
     /// The compiled core definition of a type (`Patient`, `HumanName`).

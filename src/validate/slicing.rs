@@ -113,8 +113,8 @@ fn meets(
                         .as_ref()
                         .or(profile.nodes[t].pattern.as_ref())
                 })
-                .cloned()
-                .or_else(|| extension_url(profile, slice, &d.path));
+                .map(std::borrow::Cow::Borrowed)
+                .or_else(|| extension_url(profile, slice, &d.path).map(std::borrow::Cow::Owned));
             match (expected, target) {
                 (Some(e), _) => found.iter().any(|x| pattern::matches(x, &e)),
                 // The slice does not constrain this path: it does not discriminate.

@@ -63,7 +63,7 @@ const READERS: u32 = 4;
 /// Page cache of each reader, as SQLite's negative `cache_size` (KiB). Every commit empties
 /// it (another connection changed the file), so what counts is that one request's pages
 /// (a search's index pages, a page of results) stay in it between commits.
-const READER_CACHE_KIB: i64 = -8192;
+const READER_CACHE_KIB: i64 = -4096;
 
 /// Statistics from a sample (`analysis_limit` rows per index): milliseconds, at any size.
 pub(super) const ANALYZE: &str = "PRAGMA analysis_limit = 1000; ANALYZE;";

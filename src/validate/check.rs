@@ -572,19 +572,23 @@ impl<'v, 'a> Walk<'v, 'a> {
         self.element(el, profile, 0);
     }
 
+    /// Reports that constraint `c` failed at `pos`, with the constraint's severity.
+    fn invariant_failed(&mut self, pos: u32, c: &Constraint) {
+        self.report(
+            Severity::from_code(&c.severity),
+            IssueType::Invariant,
+            pos,
+            format!("constraint failed: {} ({})", c.human, c.key),
+            Some(&c.key),
+        );
+    }
+
     fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
         // The two invariants on nearly every element, decided without the evaluator (with
         // the evaluator's result on the element tree; see `native_invariant`).
         if let Some(ok) = native_invariant(&c.expression, &focus) {
             if !ok {
-                let severity = Severity::from_code(&c.severity);
-                self.report(
-                    severity,
-                    IssueType::Invariant,
-                    pos,
-                    format!("constraint failed: {} ({})", c.human, c.key),
-                    Some(&c.key),
-                );
+                self.invariant_failed(pos, c);
             }
             return;
         }
@@ -613,16 +617,7 @@ impl<'v, 'a> Walk<'v, 'a> {
         // A constraint fails when it evaluates to false; an empty result (the expression
         // could not be decided, e.g. dates of different precision) does not fail it.
         match expr.evaluate_predicate(&ctx) {
-            Ok(Some(false)) => {
-                let severity = Severity::from_code(&c.severity);
-                self.report(
-                    severity,
-                    IssueType::Invariant,
-                    pos,
-                    format!("constraint failed: {} ({})", c.human, c.key),
-                    Some(&c.key),
-                );
-            }
+            Ok(Some(false)) => self.invariant_failed(pos, c),
             Ok(_) => {}
             Err(err) => self.report(
                 Severity::Warning,

@@ -5,70 +5,41 @@
 use imagio_gateway::auth::clients::{self, NewClient};
 use imagio_gateway::auth::keys::{Alg, SigningKey};
 use imagio_gateway::auth::{AuthConfig, Role};
-use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
+use imagio_gateway::serve::{Config, ValidationMode};
 use imagio_gateway::store::sealed::LedgerKey;
 use imagio_gateway::store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-const FHIR: &str = "application/fhir+json";
+use common::FHIR;
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const CLIENT_SYSTEM: &str = "https://a-imagio.eu/fhir/sid/client";
 const SUBMISSION_SYSTEM: &str = "https://a-imagio.eu/fhir/sid/submission";
 const REQUEST_SYSTEM: &str = "https://a-imagio.eu/fhir/sid/request-id";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
+#[allow(unused_macros)]
+mod common;
+use common::{unique, Cleanup, Db};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
+/// The shared harness's server (authentication on) and the ledger key file it reads.
 struct Server {
-    base: String,
-    http: reqwest::Client,
-    store: Store,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    /// PostgreSQL URL and schema.
-    schema: Option<(String, String)>,
-    /// The SQLite file.
-    file: Option<std::path::PathBuf>,
+    inner: common::Server,
     key_file: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Server {
+    type Target = common::Server;
+
+    fn deref(&self) -> &common::Server {
+        &self.inner
+    }
 }
 
 /// A server with authentication on and a ledger key file of its own.
 async fn start(db: Db) -> Option<Server> {
-    let (store, schema, file) = match db {
-        Db::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_audit")));
-            let store = Store::open(path.to_str().expect("utf-8"))
-                .await
-                .expect("open sqlite");
-            (store, None, Some(path))
-        }
-        Db::Postgres => {
-            let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
-                eprintln!("SKIPPED: PostgreSQL audit test: IMAGIO_TEST_DATABASE_URL not set");
-                return None;
-            };
-            let schema = unique("au");
-            let store = imagio_gateway::store::postgres::open(&url, Some(&schema))
-                .await
-                .expect("open postgres");
-            (store, Some((url, schema)), None)
-        }
+    let Some((store, cleanup)) = common::open_db(db).await else {
+        eprintln!("SKIPPED: PostgreSQL audit test: IMAGIO_TEST_DATABASE_URL not set");
+        return None;
     };
     let key_file = std::env::temp_dir().join(format!("{}.key", unique("ledger")));
     LedgerKey::load_or_create(&key_file).expect("ledger key file");
@@ -78,27 +49,8 @@ async fn start(db: Db) -> Option<Server> {
         ledger_key: Some(key_file.clone()),
         ..Config::default()
     };
-    let state = AppState::new(store.clone(), config).expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        serve_on(listener, state, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
     Some(Server {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        store,
-        stop: Some(stop),
-        task: Some(task),
-        schema,
-        file,
+        inner: common::serve_config(store, cleanup, config).await,
         key_file,
     })
 }
@@ -110,21 +62,8 @@ struct Caller {
 }
 
 impl Server {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-        if let Some((url, schema)) = self.schema.take() {
-            let _ = imagio_gateway::store::postgres::drop_schema(&url, &schema).await;
-        }
-        if let Some(f) = self.file.take() {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
-            }
-        }
+    async fn stop(self) {
+        self.inner.stop().await;
         let _ = std::fs::remove_file(&self.key_file);
     }
 
@@ -177,7 +116,7 @@ impl Server {
             ])
             .finish();
         let r = self
-            .http
+            .client
             .post(self.token_url())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
@@ -213,7 +152,7 @@ impl Server {
         } else {
             format!("{}/fhir{path}", self.base)
         };
-        let mut r = self.http.request(method, url).header("x-request-id", rid);
+        let mut r = self.client.request(method, url).header("x-request-id", rid);
         if let Some(c) = who {
             r = r.bearer_auth(&c.token);
         }
@@ -755,16 +694,19 @@ async fn audit_trail_postgres() {
 /// The raw bytes of the ledger as the database holds them: the SQLite file (with its WAL),
 /// or every `submission.payload` of the PostgreSQL schema.
 async fn raw_ledger(s: &Server) -> Vec<u8> {
-    if let Some(f) = &s.file {
-        let mut all = Vec::new();
-        for suffix in ["", "-wal"] {
-            if let Ok(b) = std::fs::read(format!("{}{suffix}", f.display())) {
-                all.extend(b);
+    let (url, schema) = match &s.cleanup {
+        Cleanup::File(f) => {
+            let mut all = Vec::new();
+            for suffix in ["", "-wal"] {
+                if let Ok(b) = std::fs::read(format!("{}{suffix}", f.display())) {
+                    all.extend(b);
+                }
             }
+            return all;
         }
-        return all;
-    }
-    let (url, schema) = s.schema.as_ref().expect("postgres");
+        Cleanup::Schema(url, schema) => (url, schema),
+        Cleanup::Nothing => unreachable!("the test's own store"),
+    };
     let pool = sqlx::PgPool::connect(url).await.expect("connect");
     let rows: Vec<(Vec<u8>,)> = sqlx::query_as(&format!(
         "SELECT payload FROM \"{schema}\".submission ORDER BY id"
@@ -849,16 +791,14 @@ async fn sealed_ledger(db: Db) {
         .await;
     assert_eq!(st, StatusCode::CREATED);
     // A wrong key is named as such.
-    let other = match db {
-        Db::Sqlite => Store::open(s.file.as_ref().expect("file").to_str().expect("utf-8"))
+    let other = match &s.cleanup {
+        Cleanup::File(path) => Store::open(path.to_str().expect("utf-8"))
             .await
             .expect("reopen"),
-        Db::Postgres => {
-            let (url, schema) = s.schema.as_ref().expect("schema");
-            imagio_gateway::store::postgres::open(url, Some(schema))
-                .await
-                .expect("reopen")
-        }
+        Cleanup::Schema(url, schema) => imagio_gateway::store::postgres::open(url, Some(schema))
+            .await
+            .expect("reopen"),
+        Cleanup::Nothing => unreachable!("the test's own store"),
     };
     other.set_ledger_key(LedgerKey::generate());
     let err = other

@@ -11,86 +11,39 @@ use common::{unique, Db};
 use imagio_gateway::auth::clients::{self, NewClient};
 use imagio_gateway::auth::keys::{Alg, SigningKey};
 use imagio_gateway::auth::{AuthConfig, Role};
-use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
-use imagio_gateway::store::Store;
+use imagio_gateway::serve::{Config, ValidationMode};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-struct Gateway {
-    base: String,
-    http: reqwest::Client,
-    store: Store,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    cleanup: common::Cleanup,
+/// The shared harness's server, with authentication on and study validation.
+struct Gateway(common::Server);
+
+impl std::ops::Deref for Gateway {
+    type Target = common::Server;
+
+    fn deref(&self) -> &common::Server {
+        &self.0
+    }
 }
 
 async fn start(db: Db) -> Option<Gateway> {
-    let (store, cleanup) = match db {
-        Db::Sqlite => {
-            let path = std::env::temp_dir().join(format!("{}.sqlite", unique("imagio_endpoints")));
-            let store = Store::open(path.to_str().expect("utf-8"))
-                .await
-                .expect("sqlite");
-            (store, common::Cleanup::File(path))
-        }
-        Db::Postgres => {
-            let Ok(url) = std::env::var("IMAGIO_TEST_DATABASE_URL") else {
-                eprintln!("SKIPPED: PostgreSQL endpoints test: IMAGIO_TEST_DATABASE_URL not set");
-                return None;
-            };
-            let schema = unique("e");
-            let store = imagio_gateway::store::postgres::open(&url, Some(&schema))
-                .await
-                .expect("postgres");
-            (store, common::Cleanup::Schema(url, schema))
-        }
+    let Some((store, cleanup)) = common::open_db(db).await else {
+        eprintln!("SKIPPED: PostgreSQL endpoints test: IMAGIO_TEST_DATABASE_URL not set");
+        return None;
     };
     let config = Config {
         validation: ValidationMode::Study,
         auth: AuthConfig::default(),
         ..Config::default()
     };
-    let state = AppState::new(store.clone(), config).expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        serve_on(listener, state, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Some(Gateway {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        store,
-        stop,
-        task,
-        cleanup,
-    })
+    Some(Gateway(common::serve_config(store, cleanup, config).await))
 }
 
 impl Gateway {
     async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        match &self.cleanup {
-            common::Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            common::Cleanup::Schema(url, schema) => {
-                let _ = imagio_gateway::store::postgres::drop_schema(url, schema).await;
-            }
-            common::Cleanup::Nothing => {}
-        }
+        self.0.stop().await;
     }
 
     /// Registers a client and returns an access token for it.
@@ -131,7 +84,7 @@ impl Gateway {
             ])
             .finish();
         let r = self
-            .http
+            .client
             .post(&token_url)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
@@ -147,7 +100,7 @@ impl Gateway {
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String, String) {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        let mut req = self.client.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -170,7 +123,7 @@ impl Gateway {
         body: &Value,
     ) -> (StatusCode, Value) {
         let r = self
-            .http
+            .client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
             .header("content-type", "application/fhir+json")

@@ -2,7 +2,6 @@
 //! SMART authentication on 127.0.0.1, real keys and tokens, on a SQLite file and, when
 //! `IMAGIO_TEST_DATABASE_URL` is set, on PostgreSQL.
 
-use imagio_gateway::auth::clients::{self, NewClient};
 use imagio_gateway::auth::keys::{Alg, SigningKey};
 use imagio_gateway::auth::{AuthConfig, Role};
 use imagio_gateway::serve::{Config, ValidationMode};
@@ -72,21 +71,8 @@ impl Server {
     }
 
     async fn register(&self, role: Role, site: &str, scope: &str) -> (String, SigningKey) {
-        let key = SigningKey::generate(Alg::Es384).expect("key");
         let id = unique("client").replace('_', "-");
-        clients::add(
-            &self.store,
-            &NewClient {
-                id: Some(id.clone()),
-                site: site.into(),
-                role,
-                scope: scope.into(),
-                jwks: Some(key.public_jwks()),
-                jwks_url: None,
-            },
-        )
-        .await
-        .expect("register");
+        let key = common::register_client(&self.store, &id, role, site, scope).await;
         (id, key)
     }
 

@@ -8,8 +8,6 @@
 mod common;
 
 use common::{unique, Db};
-use imagio_gateway::auth::clients::{self, NewClient};
-use imagio_gateway::auth::keys::{Alg, SigningKey};
 use imagio_gateway::auth::{AuthConfig, Role};
 use imagio_gateway::serve::{Config, ValidationMode};
 use reqwest::StatusCode;
@@ -48,21 +46,8 @@ impl Gateway {
 
     /// Registers a client and returns an access token for it.
     async fn token(&self, role: Role, site: &str, scope: &str) -> String {
-        let key = SigningKey::generate(Alg::Es384).expect("key");
         let id = unique("client");
-        clients::add(
-            &self.store,
-            &NewClient {
-                id: Some(id.clone()),
-                site: site.into(),
-                role,
-                scope: scope.into(),
-                jwks: Some(key.public_jwks()),
-                jwks_url: None,
-            },
-        )
-        .await
-        .expect("register");
+        let key = common::register_client(&self.store, &id, role, site, scope).await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")

@@ -4,8 +4,10 @@
 //! downloads; `_type`, `_since`, `_typeFilter`; Patient and Group compartments; tenancy;
 //! cancel; a restart mid-job and a second replica taking over a dead one's job.
 
-use imagio_gateway::auth::clients::{self, NewClient};
-use imagio_gateway::auth::keys::{Alg, SigningKey};
+#[allow(unused_macros)]
+mod common;
+
+use imagio_gateway::auth::keys::SigningKey;
 use imagio_gateway::auth::{AuthConfig, Role};
 use imagio_gateway::export::ExportConfig;
 use imagio_gateway::serve::{serve_on, AppState, Config, ValidationMode};
@@ -155,21 +157,8 @@ impl Server {
     }
 
     async fn register(&self, role: Role, site: &str, scope: &str) -> Client {
-        let key = SigningKey::generate(Alg::Es384).expect("key");
         let id = unique("client");
-        clients::add(
-            &self.store,
-            &NewClient {
-                id: Some(id.clone()),
-                site: site.into(),
-                role,
-                scope: scope.into(),
-                jwks: Some(key.public_jwks()),
-                jwks_url: None,
-            },
-        )
-        .await
-        .expect("register");
+        let key = common::register_client(&self.store, &id, role, site, scope).await;
         Client {
             id,
             key,

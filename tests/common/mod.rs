@@ -231,6 +231,34 @@ impl Server {
     }
 }
 
+/// Registers a client of `id` in `store` with a fresh ES384 key (its public JWKS given to
+/// the gateway) and returns the key, for client assertions.
+pub async fn register_client(
+    store: &Store,
+    id: &str,
+    role: imagio_gateway::auth::Role,
+    site: &str,
+    scope: &str,
+) -> imagio_gateway::auth::keys::SigningKey {
+    use imagio_gateway::auth::clients::{self, NewClient};
+    use imagio_gateway::auth::keys::{Alg, SigningKey};
+    let key = SigningKey::generate(Alg::Es384).expect("key");
+    clients::add(
+        store,
+        &NewClient {
+            id: Some(id.to_string()),
+            site: site.into(),
+            role,
+            scope: scope.into(),
+            jwks: Some(key.public_jwks()),
+            jwks_url: None,
+        },
+    )
+    .await
+    .expect("register");
+    key
+}
+
 /// Runs one scenario on SQLite and on PostgreSQL.
 macro_rules! on_both {
     ($name:ident, $validation:expr, $max_body:expr) => {

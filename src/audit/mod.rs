@@ -197,9 +197,10 @@ async fn create_prepared(tx: &mut Tx, prepared: &[Prepared]) -> Result<Vec<Store
         .iter()
         .map(|p| Fresh {
             res_type: p.res_type,
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             content: p.json.clone(),
             index: &p.index,
+            issues: None,
         })
         .collect();
     tx.create_fresh(&mut fresh).await

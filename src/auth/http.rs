@@ -343,23 +343,69 @@ fn interaction_name(i: Interaction) -> &'static str {
     }
 }
 
+/// The request lines of a Bundle's entries: what [`check_bundle`] reads of a body.
+#[derive(serde::Deserialize)]
+struct RequestLines {
+    #[serde(default)]
+    entry: Vec<EntryLine>,
+}
+
+/// One entry's `request`, when it has one.
+#[derive(serde::Deserialize)]
+struct EntryLine {
+    #[serde(default)]
+    request: Option<RequestLine>,
+}
+
+/// `Bundle.entry.request`: method and url (strings, when they are).
+#[derive(serde::Deserialize)]
+struct RequestLine {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
 /// Checks every entry of a batch or transaction Bundle against the scopes. Bodies that are
 /// not such a Bundle pass: the Bundle handler refuses them itself.
 fn check_bundle(p: &Principal, body: &[u8]) -> Result<(), String> {
-    let Ok(bundle) = serde_json::from_slice::<Value>(body) else {
-        return Ok(());
-    };
-    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
-        return Ok(());
-    };
-    for (n, entry) in entries.iter().enumerate() {
-        let request = entry.get("request");
-        let method = request
-            .and_then(|r| r.get("method"))
-            .and_then(Value::as_str)
+    // Only `entry[].request.method` and `.url` are read (everything else is skipped, not
+    // built); a body of another shape goes through the general path, which checks the
+    // entries that have a usable request line and skips the others, as the handler does.
+    let requests: Vec<(Option<String>, Option<String>)> =
+        match serde_json::from_slice::<RequestLines>(body) {
+            Ok(b) => b
+                .entry
+                .into_iter()
+                .map(|e| e.request.map_or((None, None), |r| (r.method, r.url)))
+                .collect(),
+            Err(_) => {
+                let Ok(bundle) = serde_json::from_slice::<Value>(body) else {
+                    return Ok(());
+                };
+                let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+                    return Ok(());
+                };
+                entries
+                    .iter()
+                    .map(|entry| {
+                        let request = entry.get("request");
+                        let text = |k: &str| {
+                            request
+                                .and_then(|r| r.get(k))
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        };
+                        (text("method"), text("url"))
+                    })
+                    .collect()
+            }
+        };
+    for (n, (method, url)) in requests.iter().enumerate() {
+        let method = method
+            .as_deref()
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
-        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str);
-        let (Some(method), Some(url)) = (method, url) else {
+        let (Some(method), Some(url)) = (method, url.as_deref()) else {
             continue;
         };
         let url = match url.find("/fhir/") {

@@ -42,6 +42,10 @@ pub struct Options {
     pub duration: Duration,
     /// Run the server with `--no-auth` instead of registered clients and tokens.
     pub no_auth: bool,
+    /// Keep the SQLite store in this file (with its client key and list of stored
+    /// resources beside it); when an earlier run left it there, skip the ingest and
+    /// measure reads and searches on it.
+    pub store: Option<PathBuf>,
 }
 
 /// What stops a load run.
@@ -295,9 +299,14 @@ pub(super) struct Clients {
 
 /// Registers a site client (ingest) and a sponsor client (reads) sharing one new ES384 key.
 pub(super) async fn register(url: &str, work: &Path) -> Result<Clients, LoadError> {
+    register_with_key(url, &work.join("bench.key.pem")).await
+}
+
+/// [`register`], the private key written to `key_path`.
+async fn register_with_key(url: &str, key_path: &Path) -> Result<Clients, LoadError> {
     let db = |e: String| LoadError::Database(e);
     let key = SigningKey::generate(Alg::Es384).map_err(|e| db(e.to_string()))?;
-    let key_path = work.join("bench.key.pem");
+    let key_path = key_path.to_path_buf();
     crate::auth::keys::write_private(&key_path, &key.private_pem).map_err(|e| db(e.to_string()))?;
     let store = crate::store::Store::open(url)
         .await
@@ -805,14 +814,26 @@ impl Report {
 /// Runs the whole benchmark: store, clients, server, the three phases, clean-up.
 async fn load(options: &Options) -> Result<Report, LoadError> {
     let samples = samples(&options.data)?;
-    let work = std::env::temp_dir().join(format!(
-        "imagio-bench-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
+    // A kept store keeps its work folder too (the server's demo keys live there).
+    let work = match &options.store {
+        Some(file) => Kept::beside(file).work,
+        None => std::env::temp_dir().join(format!(
+            "imagio-bench-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        )),
+    };
     std::fs::create_dir_all(&work).map_err(|e| LoadError::Io(work.display().to_string(), e))?;
     let result = async {
-        let db = Database::create(options.database_url.as_deref(), &work).await?;
+        let db = match &options.store {
+            Some(_) if options.database_url.is_some() => {
+                return Err(LoadError::Input(
+                    "--store keeps a SQLite file: not with --database-url".into(),
+                ))
+            }
+            Some(file) => Database::Sqlite(file.clone()),
+            None => Database::create(options.database_url.as_deref(), &work).await?,
+        };
         let measured = measure(options, &samples, &db, &work).await;
         let dropped = db.drop_it().await;
         let report = measured?;
@@ -820,7 +841,9 @@ async fn load(options: &Options) -> Result<Report, LoadError> {
         Ok(report)
     }
     .await;
-    let _ = std::fs::remove_dir_all(&work);
+    if options.store.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     result
 }
 
@@ -831,10 +854,13 @@ async fn measure(
     work: &Path,
 ) -> Result<Report, LoadError> {
     let url = db.url()?;
-    let clients = if options.no_auth {
-        None
-    } else {
-        Some(register(&url, work).await?)
+    let kept = options.store.as_ref().map(|f| Kept::beside(f));
+    let reuse = kept.as_ref().is_some_and(Kept::exists);
+    let clients = match (&kept, options.no_auth) {
+        (_, true) => None,
+        (Some(k), false) if reuse => Some(k.clients()),
+        (Some(k), false) => Some(register_with_key(&url, &k.key).await?),
+        (None, false) => Some(register(&url, work).await?),
     };
     let mut server = ServerProcess::spawn(&url, work, options.no_auth, 3600)?;
     let probe = reqwest::Client::builder()
@@ -852,8 +878,25 @@ async fn measure(
     let pid = server.pid();
     let sampler = Sampler::start(pid);
     let cpu = Cpu::now(pid);
-    let (ingest, stored) = ingest(options, samples, &server.base, site_token.as_deref()).await;
-    let mut ingest = ingest?;
+    let (mut ingest, stored) = match &kept {
+        Some(k) if reuse => {
+            let stored = k.stored()?;
+            let i = Ingest {
+                resources: stored.len(),
+                ..Ingest::default()
+            };
+            (i, stored)
+        }
+        _ => {
+            let (ingest, stored) =
+                ingest(options, samples, &server.base, site_token.as_deref()).await;
+            let ingest = ingest?;
+            if let Some(k) = &kept {
+                k.keep(&stored)?;
+            }
+            (ingest, stored)
+        }
+    };
     ingest.cpu = Cpu::now(pid).since(cpu);
     let patients: Vec<String> = stored
         .iter()
@@ -904,6 +947,62 @@ async fn measure(
         patients: patient_ids.len(),
         load_average,
     })
+}
+
+/// What `--store FILE` keeps beside the store: the work folder (the server's demo keys,
+/// its log), the clients' private key and the list of stored resources (`Type/id` per
+/// line).
+struct Kept {
+    work: PathBuf,
+    key: PathBuf,
+    list: PathBuf,
+}
+
+impl Kept {
+    fn beside(store: &Path) -> Kept {
+        let with = |suffix: &str| {
+            let mut name = store.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        Kept {
+            work: with(".work"),
+            key: with(".key.pem"),
+            list: with(".stored"),
+        }
+    }
+
+    /// Whether an earlier run finished its ingest into the store.
+    fn exists(&self) -> bool {
+        self.list.is_file() && self.key.is_file()
+    }
+
+    fn keep(&self, stored: &[String]) -> Result<(), LoadError> {
+        std::fs::write(&self.list, stored.join("\n"))
+            .map_err(|e| LoadError::Io(self.list.display().to_string(), e))
+    }
+
+    fn stored(&self) -> Result<Vec<String>, LoadError> {
+        let text = std::fs::read_to_string(&self.list)
+            .map_err(|e| LoadError::Io(self.list.display().to_string(), e))?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
+
+    /// The clients [`register_with_key`] made in the kept store.
+    fn clients(&self) -> Clients {
+        let settings = |id: &str, scope: &str| crate::client::Settings {
+            server: String::new(),
+            client_id: id.into(),
+            key: self.key.clone(),
+            kid: None,
+            scope: scope.into(),
+            ca_cert: None,
+        };
+        Clients {
+            site: settings("bench-site", "system/*.cruds"),
+            sponsor: settings("bench-sponsor", "system/*.rs"),
+        }
+    }
 }
 
 /// An access token for `settings` from the server at `base`.

@@ -596,14 +596,19 @@ async fn run_transaction(
             writes.push((p.index, op));
         }
     }
-    // 3. Rewrite references, then write (creates first: `writes` keeps the order).
+    // 3. Rewrite references, then write (creates first: `writes` keeps the order). Creates
+    // (their ids fresh, from the server) are written together, in one multi-row insert per
+    // table, before the first other write.
+    let mut creates: Vec<(usize, write::Checked, String)> = Vec::new();
     for (index, op) in writes {
+        if !matches!(op, Op::Create { .. }) && !creates.is_empty() {
+            flush_creates(tx, &mut creates, &mut results).await?;
+        }
         let op = match op {
-            Op::Create { resource, id, .. } => Op::Create {
-                resource: rewrite(tx, index, resource, &map).await?,
-                id,
-                criteria: None,
-            },
+            Op::Create { resource, id, .. } => {
+                creates.push((index, rewrite(tx, index, resource, &map).await?, id));
+                continue;
+            }
             Op::Update {
                 resource,
                 id,
@@ -628,11 +633,27 @@ async fn run_transaction(
         };
         results.push((index, write::apply(state, tx, &op).await?));
     }
+    flush_creates(tx, &mut creates, &mut results).await?;
     // 4. GET.
     for p in planned.iter().filter(|p| phase(&p.op) == 3) {
         results.push((p.index, write::apply(state, tx, &p.op).await?));
     }
     Ok(results)
+}
+
+/// Writes the creates gathered so far ([`write::create_fresh`]) and adds their results.
+async fn flush_creates(
+    tx: &mut crate::store::Tx,
+    creates: &mut Vec<(usize, write::Checked, String)>,
+    results: &mut Vec<(usize, Done)>,
+) -> Result<(), ApiError> {
+    let batch: Vec<(usize, &write::Checked, &str)> = creates
+        .iter()
+        .map(|(i, r, id)| (*i, r, id.as_str()))
+        .collect();
+    results.extend(write::create_fresh(tx, &batch).await?);
+    creates.clear();
+    Ok(())
 }
 
 /// Replaces, in a resource, references to `fullUrl`s of the Bundle by `Type/id`, and

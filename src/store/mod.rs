@@ -301,6 +301,8 @@ pub struct Fresh<'a> {
     pub content: Json,
     /// Its search index rows.
     pub index: &'a [IndexRow],
+    /// The validation warnings stored with the version (an OperationOutcome).
+    pub issues: Option<String>,
 }
 
 /// An open write transaction; dropping it rolls back.
@@ -1196,7 +1198,7 @@ impl Tx {
                 last_updated: last_updated.clone(),
                 deleted: false,
                 content: Some(r.content.to_text()),
-                issues: None,
+                issues: r.issues.take(),
                 site: crate::auth::tenancy::owner_of(&r.content).unwrap_or_default(),
             });
         }

@@ -887,8 +887,62 @@ mod scenarios {
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
     }
+
+    /// Several clauses at once: the first selective one drives, the others are checked on
+    /// its candidates (inside its index list when all are index lookups). Updated and
+    /// deleted resources match by their current version only.
+    pub async fn combined_clauses(s: &Server) {
+        let p1 = create(s, json!({"resourceType": "Patient", "gender": "female"})).await;
+        let p2 = create(s, json!({"resourceType": "Patient", "gender": "male"})).await;
+        let obs = |p: &str, code: &str, date: &str, value: &str| {
+            json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": format!("Patient/{p}")},
+            "effectiveDateTime": date,
+            "valueQuantity": {"value": value.parse::<f64>().expect("number"),
+                "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}})
+        };
+        let a = create(s, obs(&p1, "1-1", "2019-06-01", "5")).await;
+        let b = create(s, obs(&p1, "1-1", "2021-03-04", "7")).await;
+        let c = create(s, obs(&p1, "2-2", "2022-01-01", "9")).await;
+        let d = create(s, obs(&p2, "1-1", "2021-03-04", "7")).await;
+        let e = create(s, obs(&p1, "1-1", "2023-05-05", "3")).await;
+        let q = |rest: &str| format!("Observation?subject=Patient/{p1}&{rest}");
+        expect(s, &q("date=ge2020-01-01"), &[&b, &c, &e]).await;
+        expect(s, &q("date=ge2020-01-01&code=1-1"), &[&b, &e]).await;
+        expect(s, &q("date=lt2020&code=1-1,2-2"), &[&a]).await;
+        expect(
+            s,
+            &q("code=http://loinc.org|2-2,1-1&value-quantity=gt6"),
+            &[&b, &c],
+        )
+        .await;
+        expect(s, &q("date=ge2020&date=le2022"), &[&b, &c]).await;
+        expect(s, &q("date=ge2030"), &[]).await;
+        expect(s, "Observation?code=1-1&date=2021-03-04", &[&b, &d]).await;
+        // Not all clauses on index tables (`_id`, `:missing`): the same answers.
+        expect(s, &q(&format!("date=ge2020&_id={b},{c}")), &[&b, &c]).await;
+        expect(s, &q("date=ge2020&category:missing=true"), &[&b, &c, &e]).await;
+        // The current version only: an update moves e out of the range, a delete drops c.
+        let mut moved = obs(&p1, "1-1", "2018-01-01", "3");
+        moved["id"] = json!(e);
+        let (st, _, body) = s.put(&format!("/fhir/Observation/{e}"), &moved, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let (st, _, _) = s
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/fhir/Observation/{c}"),
+                None,
+                &[],
+            )
+            .await;
+        assert!(st.is_success());
+        expect(s, &q("date=ge2020-01-01"), &[&b]).await;
+        expect(s, &q("date=lt2020&code=1-1"), &[&a, &e]).await;
+    }
 }
 
+on_both!(combined_clauses, ValidationMode::Base, 1 << 20);
 on_both!(params, ValidationMode::Base, 1 << 20);
 on_both!(quantity, ValidationMode::Base, 1 << 20);
 on_both!(uri_and_meta, ValidationMode::Base, 1 << 20);

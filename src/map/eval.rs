@@ -4,12 +4,11 @@
 
 use super::convert::{self, number_text};
 use super::out::{CellRef, Out, Prov, Val};
-use super::render::{compile_rule, Group, Plan, Sink};
+use super::render::{compile_rule, push_json_str, Group, Plan, Sink};
 use super::source::Table;
 use super::spec::{As, ColumnSpec, Cond, Mapping, Part, ResourceRule, Template};
 use super::{cell_pos, row_pos, Diagnostic, Made};
 use crate::fhirpath::{Collection, Context, Expression, Item, SystemValue};
-use crate::model::json::write_str;
 use crate::validate::Severity;
 use std::collections::{HashMap, HashSet};
 
@@ -51,6 +50,94 @@ struct At {
     table: usize,
     row: usize,
     n: Option<u32>,
+}
+
+/// The resources made so far, by type and id, and where each was first made: every id's
+/// text sits in one arena, found through a table of hashes (no allocation per id).
+#[derive(Default)]
+struct Ids {
+    /// The ids' text, one after the other.
+    text: String,
+    /// Per id: its type (index into `types`), its span in `text`, the rule and row that
+    /// made it first, and the next entry of equal hash (`u32::MAX`: none).
+    entries: Vec<(u32, u32, u32, usize, At, u32)>,
+    /// Hash of (type, id) to the first entry of that hash.
+    by_hash: HashMap<u64, u32, IdHash>,
+    /// Type names seen.
+    types: Vec<String>,
+}
+
+/// The hasher of [`Ids::by_hash`]: its keys are hashes already.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+/// See [`IdHash`].
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Ids {
+    /// The type's index.
+    fn type_index(&mut self, type_name: &str) -> u32 {
+        let i = match self.types.iter().position(|t| t == type_name) {
+            Some(i) => i,
+            None => {
+                self.types.push(type_name.to_string());
+                self.types.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// The rule and row that first made (type, id), or records them as its first.
+    fn first_or_insert(&mut self, type_name: &str, id: &str, rule: usize, at: At) -> Option<(usize, At)> {
+        let kind = self.type_index(type_name);
+        // FNV-1a over the type and the id, then a final mix for the table's upper bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
+        for &b in id.as_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 32;
+        let head = self.by_hash.get(&h).copied();
+        let mut next = head.unwrap_or(u32::MAX);
+        while let Some(e) = self.entries.get(next as usize) {
+            let (k, start, end, r, a, n) = *e;
+            if k == kind && self.text.get(start as usize..end as usize) == Some(id) {
+                return Some((r, a));
+            }
+            next = n;
+        }
+        let start = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        self.text.push_str(id);
+        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        let index = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries
+            .push((kind, start, end, rule, at, head.unwrap_or(u32::MAX)));
+        self.by_hash.insert(h, index);
+        None
+    }
 }
 
 /// The state of one run.
@@ -344,7 +431,7 @@ impl<'m> Engine<'m> {
     /// first resource is made again (quietly) and the two texts are compared, so nothing
     /// but the ids is kept. `lines` records the provenance of each line (for validation).
     pub(super) fn produce(&mut self, lines: bool, emit: &mut dyn FnMut(&Made<'_>)) -> usize {
-        let mut ids: HashMap<&'m str, HashMap<String, (usize, At)>> = HashMap::new();
+        let mut ids = Ids::default();
         let mut sink = Sink::new(lines);
         let mut again = Sink::new(false);
         let mut count = 0;
@@ -378,10 +465,8 @@ impl<'m> Engine<'m> {
                         if !self.one(ri, at, &mut sink) {
                             continue;
                         }
-                        let seen = ids.entry(rule.type_name.as_str()).or_default();
-                        match seen.get(self.id.as_str()).copied() {
+                        match ids.first_or_insert(&rule.type_name, &self.id, ri, at) {
                             None => {
-                                seen.insert(self.id.clone(), (ri, at));
                                 count += 1;
                                 emit(&Made {
                                     type_name: &rule.type_name,
@@ -760,7 +845,7 @@ impl<'m> Engine<'m> {
             }
             Plan::Group(g) => self.group(g, at, out),
             Plan::Id(prov) => {
-                write_str(&mut out.text, &self.id);
+                push_json_str(&mut out.text, &self.id);
                 Some(*prov)
             }
             Plan::Template(t, line, prov) => {
@@ -768,7 +853,7 @@ impl<'m> Engine<'m> {
                 s.clear();
                 let made = match self.template_into(t, at, *line, &mut s) {
                     Ok(()) => {
-                        write_str(&mut out.text, &s);
+                        push_json_str(&mut out.text, &s);
                         Some(*prov)
                     }
                     Err(Some(_)) => None,
@@ -807,7 +892,7 @@ impl<'m> Engine<'m> {
                     out.text.push('{');
                     out.newline(depth + 1, *prov);
                     out.text.push_str("\"reference\": ");
-                    write_str(&mut out.text, &s);
+                    push_json_str(&mut out.text, &s);
                     out.newline(*depth, *prov);
                     out.text.push('}');
                 }
@@ -983,7 +1068,7 @@ impl<'m> Engine<'m> {
                 }
                 out.newline(depth + 1, prov);
                 out.text.push_str(key);
-                write_str(&mut out.text, v);
+                push_json_str(&mut out.text, v);
             }
             out.newline(depth, prov);
             out.text.push('}');
@@ -1012,7 +1097,7 @@ impl<'m> Engine<'m> {
         let text = &mut out.text;
         let done = match c.as_ {
             As::String => {
-                write_str(text, &value);
+                push_json_str(text, &value);
                 Ok(())
             }
             As::Boolean => convert::parse_boolean(&value)
@@ -1046,7 +1131,7 @@ impl<'m> Engine<'m> {
             }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {
-                    write_str(text, &value);
+                    push_json_str(text, &value);
                     Ok(())
                 } else {
                     convert::parse_date(&value, &dialect.dates, dialect.yy_pivot).map(|d| {

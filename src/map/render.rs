@@ -156,6 +156,20 @@ impl Sink {
     }
 }
 
+/// Appends `s` as a JSON string, as [`write_str`] does (checking the common case of
+/// nothing to escape first).
+#[inline]
+pub(super) fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        write_str(out, s);
+    }
+}
+
 /// Appends a new line and `depth` levels of indentation (two spaces each).
 pub(super) fn indent(out: &mut String, depth: usize) {
     const SPACES: &str = "                                                                ";

@@ -16,8 +16,8 @@ pub const MAX_NUMBERED: u32 = 50;
 pub struct Row {
     /// 1-based line of the row in its file.
     pub line: u32,
-    /// The cells, as decoded (not trimmed).
-    pub cells: Vec<String>,
+    /// The cells, as decoded (not trimmed), in one buffer.
+    pub cells: csv::StringRecord,
 }
 
 /// A CSV file read for a source.
@@ -135,7 +135,7 @@ impl Table {
             }
             rows.push(Row {
                 line,
-                cells: record.iter().map(str::to_string).collect(),
+                cells: record.clone(),
             });
         }
         let headers = headers.ok_or_else(|| "the file has no header row".to_string())?;

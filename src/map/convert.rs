@@ -490,8 +490,20 @@ mod tests {
     #[test]
     fn number_text_is_display_of_normalized() {
         for t in [
-            "0", "-0", "1", "-1", "4.50", "0.05", "-0.25", "23.5", "30", "100.000", "0.0001",
-            "123456789012345678", "-98765.4321", "7922816251426433759354395033.5",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "4.50",
+            "0.05",
+            "-0.25",
+            "23.5",
+            "30",
+            "100.000",
+            "0.0001",
+            "123456789012345678",
+            "-98765.4321",
+            "7922816251426433759354395033.5",
             "0.0000000000000000000000000001",
         ] {
             let d = Decimal::from_str(t).unwrap();
@@ -501,12 +513,29 @@ mod tests {
 
     #[test]
     fn plain_numbers_read_as_the_general_path() {
-        for t in ["4,5", "12", "-0,25", "0,0", "007", "1,000", "123456789012345678"] {
+        for t in [
+            "4,5",
+            "12",
+            "-0,25",
+            "0,0",
+            "007",
+            "1,000",
+            "123456789012345678",
+        ] {
             let fast = plain_number(t.as_bytes(), ',').unwrap();
             let slow = Decimal::from_str(&t.replace(',', ".")).unwrap();
             assert_eq!((fast, fast.scale()), (slow, slow.scale()), "{t}");
         }
-        for t in ["", "-", ",5", "5,", "1,2,3", "+1", " 1", "1234567890123456789"] {
+        for t in [
+            "",
+            "-",
+            ",5",
+            "5,",
+            "1,2,3",
+            "+1",
+            " 1",
+            "1234567890123456789",
+        ] {
             assert!(plain_number(t.as_bytes(), ',').is_none(), "{t}");
         }
     }
@@ -514,7 +543,11 @@ mod tests {
     #[test]
     fn dates_write_as_display() {
         for (y, m, d) in [(1, 1, 1), (2022, 3, 14), (9999, 12, 31), (999, 10, 5)] {
-            let date = Ymd { year: y, month: m, day: d };
+            let date = Ymd {
+                year: y,
+                month: m,
+                day: d,
+            };
             let mut s = String::new();
             date.write(&mut s);
             assert_eq!(s, date.to_string());

@@ -145,7 +145,13 @@ impl Ids {
     }
 
     /// The rule and row that first made (type, id), or records them as its first.
-    fn first_or_insert(&mut self, type_name: &str, id: &str, rule: usize, at: At) -> Option<(usize, At)> {
+    fn first_or_insert(
+        &mut self,
+        type_name: &str,
+        id: &str,
+        rule: usize,
+        at: At,
+    ) -> Option<(usize, At)> {
         let kind = self.type_index(type_name);
         // FNV-1a over the type and the id, then a final mix for the table's upper bits.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);

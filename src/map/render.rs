@@ -266,7 +266,11 @@ pub(super) fn compile_rule<'m>(
 }
 
 /// Compiles a content node whose value sits `depth` levels deep.
-pub(super) fn compile<'m>(node: &'m Node, depth: usize, by_name: &HashMap<&str, usize>) -> Plan<'m> {
+pub(super) fn compile<'m>(
+    node: &'m Node,
+    depth: usize,
+    by_name: &HashMap<&str, usize>,
+) -> Plan<'m> {
     let prov = at_line(node.line());
     match node {
         Node::Object(members, _) => {

@@ -458,9 +458,9 @@ impl BundleWriter<'_> {
         s.clear();
         let mut url = std::mem::take(&mut self.url);
         url.clear();
-        url.push_str(&type_name);
+        url.push_str(type_name);
         url.push('/');
-        url.push_str(&id);
+        url.push_str(id);
         if self.count > 0 {
             s.push(',');
         }
@@ -468,9 +468,9 @@ impl BundleWriter<'_> {
         let rel = url.len();
         url.push_str(self.base);
         url.push('/');
-        url.push_str(&type_name);
+        url.push_str(type_name);
         url.push('/');
-        url.push_str(&id);
+        url.push_str(id);
         crate::model::json::write_str(&mut s, &url[rel..]);
         url.truncate(rel);
         s.push_str(",\n      \"resource\": ");

@@ -126,6 +126,11 @@ impl ConceptMap {
         self.map.get(&local.trim().to_lowercase())
     }
 
+    /// The target of a local code already trimmed and lower-cased.
+    pub fn translate_key(&self, key: &str) -> Option<&Coding> {
+        self.map.get(key)
+    }
+
     /// The local codes it maps, sorted.
     pub fn local_codes(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.map.keys().map(String::as_str).collect();

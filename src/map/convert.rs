@@ -100,6 +100,35 @@ impl std::fmt::Display for Ymd {
     }
 }
 
+impl Ymd {
+    /// Appends the date as `YYYY-MM-DD` (as its `Display`, without formatting machinery).
+    pub fn write(&self, out: &mut String) {
+        write_year(self.year, out);
+        out.push('-');
+        push_2(self.month, out);
+        out.push('-');
+        push_2(self.day, out);
+    }
+}
+
+/// Appends a year as at least four digits (`{:04}`).
+pub fn write_year(year: i32, out: &mut String) {
+    if (0..=9999).contains(&year) {
+        let y = year.unsigned_abs();
+        push_2(y / 100, out);
+        push_2(y % 100, out);
+    } else {
+        use std::fmt::Write;
+        let _ = write!(out, "{year:04}");
+    }
+}
+
+/// Appends a number below 100 as two digits.
+fn push_2(n: u32, out: &mut String) {
+    out.push(char::from(b'0' + (n / 10 % 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
 fn is_leap(y: i32) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
@@ -231,6 +260,9 @@ fn parse_pattern(text: &str, tokens: &[DateToken], pivot: u32) -> Option<Ymd> {
 /// # Errors
 /// A message when the text is not a number.
 pub fn parse_number(text: &str, decimal: char) -> Result<Decimal, String> {
+    if let Some(d) = plain_number(text.as_bytes(), decimal) {
+        return Ok(d);
+    }
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     let other = if decimal == ',' { '.' } else { ',' };
     if compact.contains(other) {
@@ -249,6 +281,35 @@ pub fn parse_number(text: &str, decimal: char) -> Result<Decimal, String> {
     ok.then(|| Decimal::from_str(&normal).ok())
         .flatten()
         .ok_or_else(|| format!("'{}' is not a number", text.trim()))
+}
+
+/// The common case of [`parse_number`] without allocating: optional `-`, digits, and
+/// optionally `decimal` followed by digits, at most 18 digits in all. `None` for anything
+/// else (which the general path reads).
+fn plain_number(bytes: &[u8], decimal: char) -> Option<Decimal> {
+    let sep = u8::try_from(decimal).ok().filter(u8::is_ascii)?;
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    let (int, frac) = match digits.iter().position(|&b| b == sep) {
+        Some(i) => (&digits[..i], Some(&digits[i + 1..])),
+        None => (digits, None),
+    };
+    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    if !all_digits(int) || frac.is_some_and(|f| !all_digits(f)) {
+        return None;
+    }
+    let frac = frac.unwrap_or_default();
+    if int.len() + frac.len() > 18 {
+        return None;
+    }
+    let mut m: i64 = 0;
+    for &b in int.iter().chain(frac) {
+        m = m * 10 + i64::from(b - b'0');
+    }
+    let scale = u32::try_from(frac.len()).ok()?;
+    Some(Decimal::new(if negative { -m } else { m }, scale))
 }
 
 /// Unit factors to a base unit per dimension: length (m), mass (g), time (s), power (W),
@@ -319,7 +380,51 @@ pub fn parse_boolean(text: &str) -> Result<bool, String> {
 /// The JSON text of a decimal: integral values without a fraction, others as written by
 /// `rust_decimal` after normalizing (`4.50` is `4.5`).
 pub fn number_text(d: Decimal) -> String {
-    d.normalize().to_string()
+    let mut s = String::new();
+    write_number(d, &mut s);
+    s
+}
+
+/// Appends [`number_text`] of `d` (without formatting machinery when its digits fit in
+/// 64 bits).
+pub fn write_number(d: Decimal, out: &mut String) {
+    let n = d.normalize();
+    let Ok(m) = u64::try_from(n.mantissa().unsigned_abs()) else {
+        use std::fmt::Write;
+        let _ = write!(out, "{n}");
+        return;
+    };
+    if n.is_sign_negative() && m != 0 {
+        out.push('-');
+    }
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = m;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = &buf[i..];
+    let scale = n.scale() as usize;
+    let push = |out: &mut String, s: &[u8]| out.extend(s.iter().map(|&b| char::from(b)));
+    if scale == 0 {
+        push(out, digits);
+    } else if digits.len() > scale {
+        let (a, b) = digits.split_at(digits.len() - scale);
+        push(out, a);
+        out.push('.');
+        push(out, b);
+    } else {
+        out.push_str("0.");
+        for _ in 0..scale - digits.len() {
+            out.push('0');
+        }
+        push(out, digits);
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +485,73 @@ mod tests {
         assert_eq!(number_text(c("90", "s", "min").unwrap()), "1.5");
         assert!(c("1", "cm", "W").is_err());
         assert!(c("1", "inch", "mm").is_err());
+    }
+
+    #[test]
+    fn number_text_is_display_of_normalized() {
+        for t in [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "4.50",
+            "0.05",
+            "-0.25",
+            "23.5",
+            "30",
+            "100.000",
+            "0.0001",
+            "123456789012345678",
+            "-98765.4321",
+            "7922816251426433759354395033.5",
+            "0.0000000000000000000000000001",
+        ] {
+            let d = Decimal::from_str(t).unwrap();
+            assert_eq!(number_text(d), d.normalize().to_string(), "{t}");
+        }
+    }
+
+    #[test]
+    fn plain_numbers_read_as_the_general_path() {
+        for t in [
+            "4,5",
+            "12",
+            "-0,25",
+            "0,0",
+            "007",
+            "1,000",
+            "123456789012345678",
+        ] {
+            let fast = plain_number(t.as_bytes(), ',').unwrap();
+            let slow = Decimal::from_str(&t.replace(',', ".")).unwrap();
+            assert_eq!((fast, fast.scale()), (slow, slow.scale()), "{t}");
+        }
+        for t in [
+            "",
+            "-",
+            ",5",
+            "5,",
+            "1,2,3",
+            "+1",
+            " 1",
+            "1234567890123456789",
+        ] {
+            assert!(plain_number(t.as_bytes(), ',').is_none(), "{t}");
+        }
+    }
+
+    #[test]
+    fn dates_write_as_display() {
+        for (y, m, d) in [(1, 1, 1), (2022, 3, 14), (9999, 12, 31), (999, 10, 5)] {
+            let date = Ymd {
+                year: y,
+                month: m,
+                day: d,
+            };
+            let mut s = String::new();
+            date.write(&mut s);
+            assert_eq!(s, date.to_string());
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 
 use super::convert::{self, number_text};
 use super::out::{CellRef, Out, Prov, Val};
+use super::render::{compile_rule, push_json_str, Group, Plan, Sink};
 use super::source::Table;
-use super::spec::{As, ColumnSpec, Cond, Lit, Mapping, Node, Part, ResourceRule, Spec, Template};
-use super::{cell_pos, row_pos, Diagnostic, Produced};
+use super::spec::{As, ColumnSpec, Cond, Mapping, Part, ResourceRule, Template};
+use super::{cell_pos, row_pos, Diagnostic, Made};
 use crate::fhirpath::{Collection, Context, Expression, Item, SystemValue};
 use crate::validate::Severity;
 use std::collections::{HashMap, HashSet};
@@ -43,12 +44,141 @@ enum Resolved<'m> {
 /// `{n}` it is read for, and the table.
 type ResolvedKey = (usize, usize, u32, usize);
 
+/// The hasher of resolved column names: a multiply-rotate mix of the key's words.
+#[derive(Default, Clone, Copy)]
+struct KeyHash;
+
+/// See [`KeyHash`].
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The row being mapped.
 #[derive(Clone, Copy)]
 struct At {
     table: usize,
     row: usize,
     n: Option<u32>,
+}
+
+/// The resources made so far, by type and id, and where each was first made: every id's
+/// text sits in one arena, found through a table of hashes (no allocation per id).
+#[derive(Default)]
+struct Ids {
+    /// The ids' text, one after the other.
+    text: String,
+    /// Per id: its type (index into `types`), its span in `text`, the rule and row that
+    /// made it first, and the next entry of equal hash (`u32::MAX`: none).
+    entries: Vec<(u32, u32, u32, usize, At, u32)>,
+    /// Hash of (type, id) to the first entry of that hash.
+    by_hash: HashMap<u64, u32, IdHash>,
+    /// Type names seen.
+    types: Vec<String>,
+}
+
+/// The hasher of [`Ids::by_hash`]: its keys are hashes already.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+/// See [`IdHash`].
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Ids {
+    /// The type's index.
+    fn type_index(&mut self, type_name: &str) -> u32 {
+        let i = match self.types.iter().position(|t| t == type_name) {
+            Some(i) => i,
+            None => {
+                self.types.push(type_name.to_string());
+                self.types.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// The rule and row that first made (type, id), or records them as its first.
+    fn first_or_insert(
+        &mut self,
+        type_name: &str,
+        id: &str,
+        rule: usize,
+        at: At,
+    ) -> Option<(usize, At)> {
+        let kind = self.type_index(type_name);
+        // FNV-1a over the type and the id, then a final mix for the table's upper bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
+        for &b in id.as_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 32;
+        let head = self.by_hash.get(&h).copied();
+        let mut next = head.unwrap_or(u32::MAX);
+        while let Some(e) = self.entries.get(next as usize) {
+            let (k, start, end, r, a, n) = *e;
+            if k == kind && self.text.get(start as usize..end as usize) == Some(id) {
+                return Some((r, a));
+            }
+            next = n;
+        }
+        let start = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        self.text.push_str(id);
+        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        let index = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries
+            .push((kind, start, end, rule, at, head.unwrap_or(u32::MAX)));
+        self.by_hash.insert(h, index);
+        None
+    }
 }
 
 /// The state of one run.
@@ -62,14 +192,23 @@ pub(super) struct Engine<'m> {
     missing: HashSet<(usize, String)>,
     /// Resource name to rule index.
     by_name: HashMap<&'m str, usize>,
-    /// The rule being applied and the resource being made (for diagnostics).
+    /// The rule being applied, and whether its resource (of id [`Engine::id`]) is being
+    /// made (for diagnostics).
     rule: usize,
-    resource: Option<String>,
+    in_resource: bool,
+    /// The id of the resource being made.
+    id: String,
+    /// Scratch text for templates and references (kept for its allocation).
+    scratch: String,
+    /// Scratch text for lower-cased lookup keys.
+    lower: String,
+    /// Per rule, its compiled plan.
+    plans: Vec<Group<'m>>,
     /// The content member being made, and the members of this resource that failed.
     member: Option<&'m str>,
     failed: Vec<String>,
     /// Column names already resolved (see [`Resolved`]).
-    resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
+    resolved: HashMap<ResolvedKey, Resolved<'m>, KeyHash>,
 }
 
 impl<'m> Engine<'m> {
@@ -91,14 +230,35 @@ impl<'m> Engine<'m> {
                 .map(|(i, r)| (r.name.as_str(), i))
                 .collect(),
             rule: 0,
-            resource: None,
+            in_resource: false,
+            id: String::new(),
+            scratch: String::new(),
+            lower: String::new(),
+            plans: Vec::new(),
             member: None,
             failed: Vec::new(),
-            resolved: HashMap::with_hasher(crate::model::schema::FastHash),
+            resolved: HashMap::with_hasher(KeyHash),
         };
+        e.plans = m
+            .resources
+            .iter()
+            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name))
+            .collect();
         e.check_keys();
         e.joined = e.join_all();
         e
+    }
+
+    /// The resource being made (`Patient/nl01-p001`), for diagnostics.
+    fn resource_name(&self) -> Option<String> {
+        self.in_resource.then(|| {
+            let t = &self.m.resources[self.rule].type_name;
+            let mut s = String::with_capacity(t.len() + 1 + self.id.len());
+            s.push_str(t);
+            s.push('/');
+            s.push_str(&self.id);
+            s
+        })
     }
 
     pub(super) fn into_diagnostics(self) -> Vec<Diagnostic> {
@@ -129,7 +289,7 @@ impl<'m> Engine<'m> {
             severity,
             source,
             mapping: self.mapping_at(line),
-            resource: self.resource.clone(),
+            resource: self.resource_name(),
             location: None,
             message,
         });
@@ -308,12 +468,18 @@ impl<'m> Engine<'m> {
 
     /// Applies every rule to every row of its source and hands each produced resource,
     /// serialized, to `emit`, without duplicates: the same id from two rows must have the
-    /// same content (compared by a hash of the text, so nothing but the text is kept).
-    pub(super) fn produce(&mut self, emit: &mut dyn FnMut(Produced)) -> usize {
-        let mut ids: HashMap<(String, String), (u64, RowRef)> = HashMap::new();
-        for ri in 0..self.m.resources.len() {
+    /// same content. Only the first row of each id is kept; when the id comes again, the
+    /// first resource is made again (quietly) and the two texts are compared, so nothing
+    /// but the ids is kept. `lines` records the provenance of each line (for validation).
+    pub(super) fn produce(&mut self, lines: bool, emit: &mut dyn FnMut(&Made<'_>)) -> usize {
+        let mut ids = Ids::default();
+        let mut sink = Sink::new(lines);
+        let mut again = Sink::new(false);
+        let mut count = 0;
+        let m = self.m;
+        for ri in 0..m.resources.len() {
             self.rule = ri;
-            let rule = &self.m.resources[ri];
+            let rule = &m.resources[ri];
             let ns: Vec<Option<u32>> = if rule.repeat.is_empty() {
                 vec![None]
             } else {
@@ -330,117 +496,118 @@ impl<'m> Engine<'m> {
                             row: r,
                             n,
                         };
-                        self.resource = None;
+                        self.in_resource = false;
                         if let Some(c) = &rule.when {
                             if !self.cond(c, at, rule.line) {
                                 continue;
                             }
                         }
-                        let Some(p) = self.one(rule, at) else {
+                        sink.clear();
+                        if !self.one(ri, at, &mut sink) {
                             continue;
-                        };
-                        let hash = {
-                            let mut h = std::collections::hash_map::DefaultHasher::new();
-                            std::hash::Hash::hash(&p.text, &mut h);
-                            std::hash::Hasher::finish(&h)
-                        };
-                        let key = (p.type_name.clone(), p.id.clone());
-                        match ids.get(&key) {
+                        }
+                        match ids.first_or_insert(&rule.type_name, &self.id, ri, at) {
                             None => {
-                                ids.insert(key, (hash, (ti, r)));
-                                emit(p);
+                                count += 1;
+                                emit(&Made {
+                                    type_name: &rule.type_name,
+                                    id: &self.id,
+                                    profile: &rule.profile,
+                                    text: &sink.text,
+                                    lines: &sink.lines,
+                                    root: self.plans[ri].prov,
+                                    row: (ti, r),
+                                    failed: &self.failed,
+                                });
                             }
-                            Some((h, _)) if *h == hash => {}
-                            Some((_, (ft, fr))) => {
-                                let first = row_pos(self.tables, *ft, *fr)
-                                    .map(|s| format!("{}:{}", s.file, s.row))
-                                    .unwrap_or_default();
-                                self.report(
-                                    Severity::Error,
-                                    Some((ti, r)),
-                                    None,
-                                    rule.id_line,
-                                    format!(
-                                        "this id is produced again with different content (first from {first}); make the id unique or the rows agree"
-                                    ),
-                                );
+                            Some((first_rule, first)) => {
+                                if !self.same_as(first_rule, first, &sink.text, &mut again) {
+                                    let first = row_pos(self.tables, first.table, first.row)
+                                        .map(|s| format!("{}:{}", s.file, s.row))
+                                        .unwrap_or_default();
+                                    self.report(
+                                        Severity::Error,
+                                        Some((ti, r)),
+                                        None,
+                                        rule.id_line,
+                                        format!(
+                                            "this id is produced again with different content (first from {first}); make the id unique or the rows agree"
+                                        ),
+                                    );
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        self.resource = None;
-        ids.len()
+        self.in_resource = false;
+        count
     }
 
-    /// One resource of `rule` for the row.
-    fn one(&mut self, rule: &'m ResourceRule, at: At) -> Option<Produced> {
-        let id = self.id_of(rule, at, rule.id_line)?;
-        let mut name = String::with_capacity(rule.type_name.len() + 1 + id.len());
-        name.push_str(&rule.type_name);
-        name.push('/');
-        name.push_str(&id);
-        self.resource = Some(name);
-        let line = |l: usize| Prov {
-            line: u32::try_from(l).unwrap_or(0),
-            cell: None,
-        };
-        let mut members = Vec::with_capacity(rule.content.len() + 3);
-        members.extend([
-            (
-                "resourceType".into(),
-                Val::str(rule.type_name.as_str(), line(rule.line)),
-            ),
-            ("id".into(), Val::str(id.clone(), line(rule.id_line))),
-            (
-                "meta".into(),
-                Val::new(
-                    Out::Obj(vec![(
-                        "profile".into(),
-                        Val::new(
-                            Out::Arr(vec![Val::str(
-                                rule.profile.as_str(),
-                                line(rule.profile_line),
-                            )]),
-                            line(rule.profile_line),
-                        ),
-                    )]),
-                    line(rule.profile_line),
-                ),
-            ),
-        ]);
-        self.failed.clear();
-        for (k, node) in &rule.content {
-            self.member = Some(k.as_str());
-            if let Some(v) = self.node(node, at) {
-                members.push((k.as_str().into(), v));
-            }
+    /// Whether the resource of rule `rule` for row `at` (made before, so without new
+    /// problems) has the text `text`. Makes it again quietly: the state of the resource
+    /// being made and the diagnostics are as they were.
+    fn same_as(&mut self, rule: usize, at: At, text: &str, sink: &mut Sink) -> bool {
+        let saved = (
+            self.rule,
+            self.in_resource,
+            std::mem::take(&mut self.id),
+            std::mem::take(&mut self.failed),
+            self.member,
+            self.diagnostics.len(),
+        );
+        self.rule = rule;
+        self.in_resource = false;
+        sink.clear();
+        let same = self.one(rule, at, sink) && sink.text == text;
+        let (r, inside, id, failed, member, count) = saved;
+        self.rule = r;
+        self.in_resource = inside;
+        self.id = id;
+        self.failed = failed;
+        self.member = member;
+        self.diagnostics.truncate(count);
+        same
+    }
+
+    /// Makes the resource of rule `ri` for the row into `sink` (its id in [`Engine::id`],
+    /// its failed members in `failed`); false when it has no id.
+    fn one(&mut self, ri: usize, at: At, sink: &mut Sink) -> bool {
+        let m = self.m;
+        let rule = &m.resources[ri];
+        let mut id = std::mem::take(&mut self.id);
+        id.clear();
+        let ok = self.id_into(rule, at, rule.id_line, &mut id);
+        self.id = id;
+        if !ok {
+            return false;
         }
+        self.in_resource = true;
+        self.failed.clear();
+        let plans = std::mem::take(&mut self.plans);
+        let group = &plans[ri];
+        sink.line(group.prov);
+        let made = self.group(group, at, sink);
+        self.plans = plans;
         self.member = None;
-        let resource = Val::new(Out::Obj(members), line(rule.line));
-        let mut text = String::with_capacity(2048);
-        let mut lines = Vec::with_capacity(64);
-        super::out::write_at(&resource, super::ENTRY_DEPTH, &mut text, &mut lines);
-        Some(Produced {
-            type_name: rule.type_name.clone(),
-            id,
-            profile: rule.profile.clone(),
-            text,
-            lines,
-            root: resource.prov,
-            row: (at.table, at.row),
-            failed: std::mem::take(&mut self.failed),
-        })
+        sink.text.push('\n');
+        made.is_some()
     }
 
-    /// The id of `rule`'s resource for the row: its template, with characters a FHIR id
-    /// cannot hold replaced by `-`.
-    fn id_of(&mut self, rule: &'m ResourceRule, at: At, line: usize) -> Option<String> {
-        let raw = match self.template(&rule.id, at, line) {
-            Ok(s) => s,
-            Err(None) => return None,
+    /// The id of `rule`'s resource for the row, appended to `out`: its template, with
+    /// characters a FHIR id cannot hold replaced by `-`. False (and `out` as it was)
+    /// when there is none.
+    fn id_into(&mut self, rule: &'m ResourceRule, at: At, line: usize, out: &mut String) -> bool {
+        let start = out.len();
+        match self.template_into(&rule.id, at, line, out) {
+            Ok(()) => {}
+            Err(None) => {
+                out.truncate(start);
+                return false;
+            }
             Err(Some(col)) => {
+                out.truncate(start);
                 self.report(
                     Severity::Error,
                     Some((at.table, at.row)),
@@ -451,16 +618,22 @@ impl<'m> Engine<'m> {
                         rule.type_name, rule.name
                     ),
                 );
-                return None;
+                return false;
             }
-        };
+        }
         let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-        let id: String = if raw.chars().all(fits) {
-            raw.into_owned()
-        } else {
-            raw.chars().map(|c| if fits(c) { c } else { '-' }).collect()
-        };
-        if id.is_empty() || id.len() > 64 {
+        if !out[start..].chars().all(fits) {
+            let fixed: String = out[start..]
+                .chars()
+                .map(|c| if fits(c) { c } else { '-' })
+                .collect();
+            out.truncate(start);
+            out.push_str(&fixed);
+        }
+        let len = out.len() - start;
+        if len == 0 || len > 64 {
+            let id = out[start..].to_string();
+            out.truncate(start);
             self.report(
                 Severity::Error,
                 Some((at.table, at.row)),
@@ -468,9 +641,9 @@ impl<'m> Engine<'m> {
                 line,
                 format!("id '{id}' must have 1 to 64 characters"),
             );
-            return None;
+            return false;
         }
-        Some(id)
+        true
     }
 
     /// Resolves a column name in the row: `n`, `const.NAME`, `SOURCE.COLUMN` (the row or a
@@ -591,38 +764,28 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// A template's text; `Err(Some(column))` when a referenced column has no value,
-    /// `Err(None)` when its absence was already reported (a missing column, a row without
-    /// its joined row, a FHIR value that could not be read).
-    fn template(
+    /// Appends a template's text to `out`; `Err(Some(column))` when a referenced column
+    /// has no value, `Err(None)` when its absence was already reported (a missing column,
+    /// a row without its joined row, a FHIR value that could not be read). On an error,
+    /// `out` may hold part of the text.
+    fn template_into(
         &mut self,
         t: &'m Template,
         at: At,
         line: usize,
-    ) -> Result<std::borrow::Cow<'m, str>, Option<String>> {
-        // One part: its text as it is, without a copy.
-        if let [p] = t.parts.as_slice() {
-            return match p {
-                Part::Text(x) => Ok(x.as_str().into()),
-                Part::Column(c) => match self.cell(c, at, line) {
-                    Cell::Value(v, _) => Ok(v),
-                    Cell::Empty(_) => Err(Some(c.clone())),
-                    Cell::Missing => Err(None),
-                },
-            };
-        }
-        let mut s = String::new();
+        out: &mut String,
+    ) -> Result<(), Option<String>> {
         for p in &t.parts {
             match p {
-                Part::Text(x) => s.push_str(x),
+                Part::Text(x) => out.push_str(x),
                 Part::Column(c) => match self.cell(c, at, line) {
-                    Cell::Value(v, _) => s.push_str(&v),
+                    Cell::Value(v, _) => out.push_str(&v),
                     Cell::Empty(_) => return Err(Some(c.clone())),
                     Cell::Missing => return Err(None),
                 },
             }
         }
-        Ok(s.into())
+        Ok(())
     }
 
     fn cond(&mut self, c: &'m Cond, at: At, line: usize) -> bool {
@@ -712,71 +875,119 @@ impl<'m> Engine<'m> {
         vars
     }
 
-    fn node(&mut self, node: &'m Node, at: At) -> Option<Val<'m>> {
-        let prov = Prov {
-            line: u32::try_from(node.line()).unwrap_or(0),
-            cell: None,
-        };
-        match node {
-            Node::Object(members, _) => {
-                let mut out = Vec::with_capacity(members.len());
-                for (k, n) in members {
-                    if let Some(v) = self.node(n, at) {
-                        out.push((k.as_str().into(), v));
-                    }
-                }
-                (!out.is_empty()).then(|| Val::new(Out::Obj(out), prov))
+    /// Writes a compiled node for the row; returns the provenance of what it wrote, or
+    /// `None` (and nothing written) when it has no value.
+    fn render(&mut self, plan: &Plan<'m>, at: At, out: &mut Sink) -> Option<Prov> {
+        match plan {
+            Plan::Nothing => None,
+            Plan::Fixed(f) => {
+                out.fixed(f);
+                Some(f.prov)
             }
-            Node::Array(items, _) => {
-                let mut out = Vec::with_capacity(items.len());
-                for n in items {
-                    if let Some(v) = self.node(n, at) {
-                        out.push(v);
-                    }
-                }
-                (!out.is_empty()).then(|| Val::new(Out::Arr(out), prov))
+            Plan::Group(g) => self.group(g, at, out),
+            Plan::Id(prov) => {
+                push_json_str(&mut out.text, &self.id);
+                Some(*prov)
             }
-            Node::Value(spec, line) => self.spec(spec, at, *line, prov),
-        }
-    }
-
-    fn spec(&mut self, spec: &'m Spec, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
-        match spec {
-            Spec::Const(Lit::Str(s)) => Some(Val::str(s.as_str(), prov)),
-            Spec::Const(Lit::Num(n)) => Some(Val::new(Out::Num(n.as_str().into()), prov)),
-            Spec::Const(Lit::Bool(b)) => Some(Val::new(Out::Bool(*b), prov)),
-            Spec::Template(t) => match self.template(t, at, line) {
-                Ok(s) => Some(Val::str(s, prov)),
-                Err(Some(_)) => None,
-                Err(None) => {
-                    // Already reported: the element's absence is not news.
-                    self.mark_failed();
-                    None
-                }
-            },
-            Spec::Column(c) => self.column(c, at, line, prov),
-            Spec::If(c, then, els) => {
-                if self.cond(c, at, line) {
-                    self.node(then, at)
+            Plan::Template(t, line, prov) => {
+                let mut s = std::mem::take(&mut self.scratch);
+                s.clear();
+                let made = match self.template_into(t, at, *line, &mut s) {
+                    Ok(()) => {
+                        push_json_str(&mut out.text, &s);
+                        Some(*prov)
+                    }
+                    Err(Some(_)) => None,
+                    Err(None) => {
+                        // Already reported: the element's absence is not news.
+                        self.mark_failed();
+                        None
+                    }
+                };
+                self.scratch = s;
+                made
+            }
+            Plan::Column {
+                spec,
+                line,
+                prov,
+                depth,
+                default,
+            } => self.column(spec, at, *line, *prov, *depth, default.as_deref(), out),
+            Plan::If(c, line, then, els) => {
+                if self.cond(c, at, *line) {
+                    self.render(then, at, out)
                 } else {
-                    els.as_ref().and_then(|e| self.node(e, at))
+                    els.as_ref().and_then(|e| self.render(e, at, out))
                 }
             }
-            Spec::Ref(name) => {
+            Plan::Ref(target, line, prov, depth) => {
                 let m = self.m;
-                let target = &m.resources[*self.by_name.get(name.as_str())?];
-                let mut id = self.id_of(target, at, line)?;
-                id.insert(0, '/');
-                id.insert_str(0, &target.type_name);
-                Some(Val::new(
-                    Out::Obj(vec![("reference".into(), Val::str(id, prov))]),
-                    prov,
-                ))
+                let target = &m.resources[*target];
+                let mut s = std::mem::take(&mut self.scratch);
+                s.clear();
+                s.push_str(&target.type_name);
+                s.push('/');
+                let made = self.id_into(target, at, *line, &mut s);
+                if made {
+                    out.text.push('{');
+                    out.newline(depth + 1, *prov);
+                    out.text.push_str("\"reference\": ");
+                    push_json_str(&mut out.text, &s);
+                    out.newline(*depth, *prov);
+                    out.text.push('}');
+                }
+                self.scratch = s;
+                made.then_some(*prov)
             }
-            Spec::FhirPath(e, _) => self.fhirpath(e, at, line, prov),
+            Plan::FhirPath(e, line, prov, depth) => {
+                let v = self.fhirpath(e, at, *line, *prov)?;
+                let mut lines = std::mem::take(&mut out.lines);
+                let kept = lines.len();
+                super::out::write_value(&v, *depth, &mut out.text, &mut lines);
+                if !out.keep {
+                    lines.truncate(kept);
+                }
+                out.lines = lines;
+                Some(v.prov)
+            }
         }
     }
 
+    /// Writes an object or array: its items that have a value, nothing when none has.
+    fn group(&mut self, g: &Group<'m>, at: At, out: &mut Sink) -> Option<Prov> {
+        let start = out.mark();
+        out.text.push(g.open);
+        let mut any = false;
+        for item in &g.items {
+            if g.top {
+                self.member = item.member;
+            }
+            let mark = out.mark();
+            if any {
+                out.text.push(',');
+            }
+            out.text.push_str(&item.prefix);
+            let slot = out.line(Prov::default());
+            match self.render(&item.plan, at, out) {
+                Some(prov) => {
+                    out.set(slot, prov);
+                    any = true;
+                }
+                None => out.reset(mark),
+            }
+        }
+        if g.top {
+            self.member = None;
+        }
+        if !any {
+            out.reset(start);
+            return None;
+        }
+        out.text.push_str(&g.close);
+        out.line(g.prov);
+        Some(g.prov)
+    }
     fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
         let vars = self.variables(at);
         let tables = self.tables;
@@ -829,7 +1040,19 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn column(&mut self, c: &'m ColumnSpec, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
+    /// Writes a column value (converted, looked up or translated) at `depth`; its
+    /// provenance carries the cell.
+    #[allow(clippy::too_many_arguments)]
+    fn column(
+        &mut self,
+        c: &'m ColumnSpec,
+        at: At,
+        line: usize,
+        prov: Prov,
+        depth: usize,
+        default: Option<&Plan<'m>>,
+        out: &mut Sink,
+    ) -> Option<Prov> {
         let (value, cell) = match self.cell(&c.column, at, line) {
             Cell::Value(v, cell) => (v, cell),
             Cell::Missing => {
@@ -838,8 +1061,8 @@ impl<'m> Engine<'m> {
                 return None;
             }
             Cell::Empty(cell) => {
-                if let Some(d) = &c.default {
-                    return self.node(d, at);
+                if c.default.is_some() {
+                    return default.and_then(|d| self.render(d, at, out));
                 }
                 if c.required {
                     self.report(
@@ -866,26 +1089,37 @@ impl<'m> Engine<'m> {
         };
         if let Some(name) = &c.translate {
             let cm = self.m.conceptmaps.get(name)?;
-            let Some(coding) = cm.translate(&value) else {
+            let Some(coding) = cm.translate_key(lower_key(&value, &mut self.lower)) else {
                 let known = cm.local_codes().join(", ");
                 return fail(
                     self,
                     format!("code '{value}' is not mapped by ConceptMap '{name}' (maps: {known})"),
                 );
             };
-            let mut members = vec![
-                ("system".into(), Val::str(coding.system.as_str(), prov)),
-                ("code".into(), Val::str(coding.code.as_str(), prov)),
+            let members = [
+                ("\"system\": ", Some(&coding.system)),
+                ("\"code\": ", Some(&coding.code)),
+                ("\"display\": ", coding.display.as_ref()),
             ];
-            if let Some(d) = &coding.display {
-                members.push(("display".into(), Val::str(d.as_str(), prov)));
+            out.text.push('{');
+            for (i, (key, v)) in members.iter().enumerate() {
+                let Some(v) = v else { continue };
+                if i > 0 {
+                    out.text.push(',');
+                }
+                out.newline(depth + 1, prov);
+                out.text.push_str(key);
+                push_json_str(&mut out.text, v);
             }
-            return Some(Val::new(Out::Obj(members), prov));
+            out.newline(depth, prov);
+            out.text.push('}');
+            return Some(prov);
         }
         let value = match &c.lookup {
             Some(name) => {
                 let table = self.m.lookups.get(name)?;
-                match table.entries.get(&value.trim().to_lowercase()) {
+                let key = lower_key(&value, &mut self.lower);
+                match table.entries.get(key) {
                     Some(v) => std::borrow::Cow::Borrowed(v.as_str()),
                     None => {
                         return fail(
@@ -901,12 +1135,18 @@ impl<'m> Engine<'m> {
             None => value,
         };
         let dialect = &self.m.sources[self.tables[at.table].source].dialect;
-        let out = match c.as_ {
-            As::String => Ok(Out::Str(value)),
-            As::Boolean => convert::parse_boolean(&value).map(Out::Bool),
+        let text = &mut out.text;
+        let done = match c.as_ {
+            As::String => {
+                push_json_str(text, &value);
+                Ok(())
+            }
+            As::Boolean => convert::parse_boolean(&value)
+                .map(|b| text.push_str(if b { "true" } else { "false" })),
             As::Integer => convert::parse_number(&value, dialect.decimal).and_then(|d| {
                 if d.fract().is_zero() {
-                    Ok(Out::Num(number_text(d).into()))
+                    convert::write_number(d, text);
+                    Ok(())
                 } else {
                     Err(format!("'{value}' is not a whole number"))
                 }
@@ -916,7 +1156,7 @@ impl<'m> Engine<'m> {
                     (Some(from), Some(to)) => convert::convert_unit(d, from, to),
                     _ => Ok(d),
                 }
-                .map(|d| Out::Num(number_text(d).into()))
+                .map(|d| convert::write_number(d, text))
             }),
             As::Date => {
                 // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
@@ -924,23 +1164,43 @@ impl<'m> Engine<'m> {
                     Some((d, _)) if self.tables[at.table].fhir.is_some() => d,
                     _ => &value,
                 };
-                convert::parse_date(value, &dialect.dates, dialect.yy_pivot)
-                    .map(|d| Out::Str(d.to_string().into()))
+                convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
+                    text.push('"');
+                    d.write(text);
+                    text.push('"');
+                })
             }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {
-                    Ok(Out::Str(value))
+                    push_json_str(text, &value);
+                    Ok(())
                 } else {
-                    convert::parse_date(&value, &dialect.dates, dialect.yy_pivot)
-                        .map(|d| Out::Str(format!("{:04}", d.year).into()))
+                    convert::parse_date(&value, &dialect.dates, dialect.yy_pivot).map(|d| {
+                        text.push('"');
+                        convert::write_year(d.year, text);
+                        text.push('"');
+                    })
                 }
             }
         };
-        match out {
-            Ok(v) => Some(Val::new(v, prov)),
+        match done {
+            Ok(()) => Some(prov),
             Err(message) => fail(self, message),
         }
     }
+}
+
+/// The lookup key of a value: trimmed and lower-cased (in `buf`, reused).
+fn lower_key<'b>(value: &str, buf: &'b mut String) -> &'b str {
+    let v = value.trim();
+    buf.clear();
+    if v.is_ascii() {
+        buf.push_str(v);
+        buf.make_ascii_lowercase();
+    } else {
+        buf.push_str(&v.to_lowercase());
+    }
+    buf.as_str()
 }
 
 /// The FHIRPath context of a row: its resource for a FHIR source, none for CSV.

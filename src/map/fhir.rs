@@ -252,7 +252,10 @@ pub fn read(
                 }
             }
         }
-        rows.push(Row { line: n, cells });
+        rows.push(Row {
+            line: n,
+            cells: csv::StringRecord::from(cells),
+        });
         labels.push(lbl);
         resources.push(resource);
     }

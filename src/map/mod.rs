@@ -24,6 +24,7 @@ mod eval;
 pub mod fhir;
 pub mod fixture;
 pub mod out;
+mod render;
 pub mod report;
 pub mod source;
 pub mod spec;
@@ -330,11 +331,11 @@ pub fn run(
         url: String::new(),
     };
     writer.start();
-    let resources = engine.produce(&mut |p| {
+    let resources = engine.produce(validator.is_some(), &mut |p| {
         if let Some(v) = validator {
-            validate_one(mapping, &tables, v, &p, warnings, &mut issues);
+            validate_one(mapping, &tables, v, *p, warnings, &mut issues);
         }
-        writer.entry(&p);
+        writer.entry(p.type_name, p.id, p.text);
     });
     writer.finish();
     if let Some(e) = writer.error {
@@ -382,6 +383,44 @@ pub struct Produced {
     pub failed: Vec<String>,
 }
 
+/// A produced resource as the engine hands it over: borrowed from its buffers, which
+/// the next resource reuses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Made<'a> {
+    /// Resource type.
+    pub type_name: &'a str,
+    /// Its id.
+    pub id: &'a str,
+    /// The profile it claims.
+    pub profile: &'a String,
+    /// As [`Produced::text`].
+    pub text: &'a str,
+    /// As [`Produced::lines`] (empty unless asked for).
+    pub lines: &'a [Prov],
+    /// As [`Produced::root`].
+    pub root: Prov,
+    /// As [`Produced::row`].
+    pub row: (usize, usize),
+    /// As [`Produced::failed`].
+    pub failed: &'a [String],
+}
+
+impl Made<'_> {
+    /// An owned copy.
+    fn to_produced(self) -> Produced {
+        Produced {
+            type_name: self.type_name.to_string(),
+            id: self.id.to_string(),
+            profile: self.profile.clone(),
+            text: self.text.to_string(),
+            lines: self.lines.to_vec(),
+            root: self.root,
+            row: self.row,
+            failed: self.failed.to_vec(),
+        }
+    }
+}
+
 /// How deep a resource sits in the transaction Bundle (`entry` > item > `resource`): the
 /// depth [`Produced::text`] is indented for.
 pub const ENTRY_DEPTH: usize = 3;
@@ -414,14 +453,14 @@ impl BundleWriter<'_> {
         );
     }
 
-    fn entry(&mut self, p: &Produced) {
+    fn entry(&mut self, type_name: &str, id: &str, text: &str) {
         let mut s = std::mem::take(&mut self.buf);
         s.clear();
         let mut url = std::mem::take(&mut self.url);
         url.clear();
-        url.push_str(&p.type_name);
+        url.push_str(type_name);
         url.push('/');
-        url.push_str(&p.id);
+        url.push_str(id);
         if self.count > 0 {
             s.push(',');
         }
@@ -429,14 +468,14 @@ impl BundleWriter<'_> {
         let rel = url.len();
         url.push_str(self.base);
         url.push('/');
-        url.push_str(&p.type_name);
+        url.push_str(type_name);
         url.push('/');
-        url.push_str(&p.id);
+        url.push_str(id);
         crate::model::json::write_str(&mut s, &url[rel..]);
         url.truncate(rel);
         s.push_str(",\n      \"resource\": ");
         // The text is already indented for its place in the entry.
-        s.push_str(p.text.trim_end());
+        s.push_str(text.trim_end());
         s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": ");
         crate::model::json::write_str(&mut s, &url);
         s.push_str("\n      }\n    }");
@@ -499,22 +538,25 @@ fn validate_one(
     mapping: &Mapping,
     tables: &[Table],
     validator: &Validator,
-    p: &Produced,
+    p: Made<'_>,
     warnings: bool,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    let (text, lines) = (&p.text, &p.lines);
-    let info = crate::model::schema::type_info(&p.type_name);
-    let failed: Vec<String> = p
-        .failed
-        .iter()
-        .filter_map(|k| {
-            let child = info?.child(k)?;
-            let element = info?.elements.get(child.element as usize)?;
-            Some(format!("{}.{}", p.type_name, element.name))
-        })
-        .collect();
-    for issue in validator.validate_json(text, std::slice::from_ref(&p.profile)) {
+    let (text, lines) = (p.text, p.lines);
+    let failed: Vec<String> = if p.failed.is_empty() {
+        Vec::new()
+    } else {
+        let info = crate::model::schema::type_info(p.type_name);
+        p.failed
+            .iter()
+            .filter_map(|k| {
+                let child = info?.child(k)?;
+                let element = info?.elements.get(child.element as usize)?;
+                Some(format!("{}.{}", p.type_name, element.name))
+            })
+            .collect()
+    };
+    for issue in validator.validate_json(text, std::slice::from_ref(p.profile)) {
         if !(issue.severity.is_error() || warnings && issue.severity == Severity::Warning) {
             continue;
         }
@@ -573,11 +615,11 @@ pub fn produce(
     let mut engine = eval::Engine::new(mapping, tables, diagnostics);
     let mut issues = Vec::new();
     let mut produced = Vec::new();
-    let resources = engine.produce(&mut |p| {
+    let resources = engine.produce(true, &mut |p| {
         if let Some(v) = validator {
-            validate_one(mapping, tables, v, &p, warnings, &mut issues);
+            validate_one(mapping, tables, v, *p, warnings, &mut issues);
         }
-        produced.push(p);
+        produced.push(p.to_produced());
     });
     let mut diagnostics = engine.into_diagnostics();
     diagnostics.extend(issues);
@@ -618,7 +660,7 @@ pub fn write_bundle<'p>(
     };
     writer.start();
     for p in produced {
-        writer.entry(p);
+        writer.entry(&p.type_name, &p.id, &p.text);
     }
     writer.finish();
     match writer.error {

@@ -93,6 +93,12 @@ pub fn write_at(v: &Val<'_>, depth: usize, out: &mut String, lines: &mut Vec<Pro
     out.push('\n');
 }
 
+/// Writes `v` as indented JSON at `depth` levels (its first line not indented, no line
+/// break after it), recording the provenance of each further line in `lines`.
+pub fn write_value(v: &Val<'_>, depth: usize, out: &mut String, lines: &mut Vec<Prov>) {
+    value(v, depth, out, lines);
+}
+
 fn newline(indent: usize, out: &mut String, lines: &mut Vec<Prov>, prov: Prov) {
     /// Enough spaces for any depth a mapping nests to; deeper levels repeat it.
     const SPACES: &str = "                                                                ";

@@ -16,8 +16,8 @@ pub const MAX_NUMBERED: u32 = 50;
 pub struct Row {
     /// 1-based line of the row in its file.
     pub line: u32,
-    /// The cells, as decoded (not trimmed).
-    pub cells: Vec<String>,
+    /// The cells, as decoded (not trimmed), in one buffer.
+    pub cells: csv::StringRecord,
 }
 
 /// A CSV file read for a source.
@@ -135,7 +135,7 @@ impl Table {
             }
             rows.push(Row {
                 line,
-                cells: record.iter().map(str::to_string).collect(),
+                cells: record.clone(),
             });
         }
         let headers = headers.ok_or_else(|| "the file has no header row".to_string())?;
@@ -220,11 +220,22 @@ impl Table {
 
     /// The trimmed value of a cell, `None` when blank or an empty-value marker.
     pub fn value(&self, row: usize, col: usize) -> Option<&str> {
-        let cell = self.rows.get(row)?.cells.get(col)?.trim();
+        let cell = trim(self.rows.get(row)?.cells.get(col)?);
         if cell.is_empty() || self.empty.iter().any(|e| e.eq_ignore_ascii_case(cell)) {
             return None;
         }
         Some(cell)
+    }
+}
+
+/// `str::trim`, without its character decoding when the ends are plain ASCII.
+#[inline]
+fn trim(s: &str) -> &str {
+    let plain = |b: u8| b.is_ascii() && !b.is_ascii_whitespace() && b != 0x0b;
+    match s.as_bytes() {
+        [first, .., last] if plain(*first) && plain(*last) => s,
+        [only] if plain(*only) => s,
+        _ => s.trim(),
     }
 }
 

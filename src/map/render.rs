@@ -1,0 +1,419 @@
+//! Resource rules compiled once per run into rendering plans: the produced JSON text is
+//! written directly, member by member, in the layout of [`super::out::write_at`] (two
+//! spaces per level, the resource [`super::ENTRY_DEPTH`] levels deep), without building a
+//! value tree first. Every part of a rule that does not depend on the row (constants,
+//! objects and arrays of constants, member keys and indentation) is rendered once here;
+//! a row only adds its values and their escaping. A member whose value cannot be made is
+//! cut off the text again, so a resource lacks it exactly as before.
+
+use super::out::Prov;
+use super::spec::{ColumnSpec, Cond, Lit, Node, Part, ResourceRule, Spec, Template};
+use crate::fhirpath::Expression;
+use crate::model::json::write_str;
+use std::collections::HashMap;
+
+/// Text rendered once: a value the same for every row, and the provenance of each line
+/// it adds after its first.
+#[derive(Debug, Clone)]
+pub(super) struct Fixed {
+    /// The value's JSON text (its first line not indented).
+    pub text: String,
+    /// The provenance of each further line.
+    pub lines: Vec<Prov>,
+    /// The provenance of the value.
+    pub prov: Prov,
+}
+
+/// An object or array: its items, each with the text before it (new line, indentation
+/// and, for an object, the quoted key).
+#[derive(Debug)]
+pub(super) struct Group<'m> {
+    /// `{` or `[`.
+    pub open: char,
+    /// The items in order.
+    pub items: Vec<Item<'m>>,
+    /// New line, indentation and the closing bracket.
+    pub close: String,
+    /// The provenance of the group (its closing line).
+    pub prov: Prov,
+    /// The resource itself: each item is a content member (for diagnostics).
+    pub top: bool,
+}
+
+/// An item of a [`Group`].
+#[derive(Debug)]
+pub(super) struct Item<'m> {
+    /// New line, indentation and `"key": ` (objects).
+    pub prefix: String,
+    /// Its value.
+    pub plan: Plan<'m>,
+    /// For the resource's items: the content member it is (`None` for the head).
+    pub member: Option<&'m str>,
+}
+
+/// How a node of a rule is rendered.
+#[derive(Debug)]
+pub(super) enum Plan<'m> {
+    /// Always the same text.
+    Fixed(Fixed),
+    /// Never anything (an empty object or array, a reference to no rule).
+    Nothing,
+    /// An object or array with items that depend on the row.
+    Group(Box<Group<'m>>),
+    /// The resource's own id.
+    Id(Prov),
+    /// A template with column references.
+    Template(&'m Template, usize, Prov),
+    /// A column value, with the plan of its default (at the same depth).
+    Column {
+        /// The rule.
+        spec: &'m ColumnSpec,
+        /// Its mapping line.
+        line: usize,
+        /// Its provenance (without the cell).
+        prov: Prov,
+        /// The depth of the value.
+        depth: usize,
+        /// The default's plan.
+        default: Option<Box<Plan<'m>>>,
+    },
+    /// A conditional value.
+    If(&'m Cond, usize, Box<Plan<'m>>, Option<Box<Plan<'m>>>),
+    /// A reference to another rule's resource of the row (rule index).
+    Ref(usize, usize, Prov, usize),
+    /// A FHIRPath value (line, provenance, depth).
+    FhirPath(&'m Expression, usize, Prov, usize),
+}
+
+/// Where a resource's text is written: the text, and the provenance of each of its lines
+/// when `keep` (validation needs them; the Bundle alone does not).
+#[derive(Debug, Default)]
+pub(super) struct Sink {
+    /// The text.
+    pub text: String,
+    /// The provenance of each line (when `keep`).
+    pub lines: Vec<Prov>,
+    /// Whether lines are recorded.
+    pub keep: bool,
+}
+
+impl Sink {
+    /// An empty sink.
+    pub fn new(keep: bool) -> Sink {
+        Sink {
+            text: String::with_capacity(4096),
+            lines: Vec::with_capacity(64),
+            keep,
+        }
+    }
+
+    /// Empties it, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.lines.clear();
+    }
+
+    /// The current end (text, lines), to cut back to.
+    pub fn mark(&self) -> (usize, usize) {
+        (self.text.len(), self.lines.len())
+    }
+
+    /// Cuts back to a mark.
+    pub fn reset(&mut self, (text, lines): (usize, usize)) {
+        self.text.truncate(text);
+        self.lines.truncate(lines);
+    }
+
+    /// Records the provenance of a new line; returns its index.
+    pub fn line(&mut self, prov: Prov) -> usize {
+        if self.keep {
+            self.lines.push(prov);
+        }
+        self.lines.len().wrapping_sub(1)
+    }
+
+    /// Sets the provenance of a recorded line.
+    pub fn set(&mut self, index: usize, prov: Prov) {
+        if self.keep {
+            if let Some(l) = self.lines.get_mut(index) {
+                *l = prov;
+            }
+        }
+    }
+
+    /// Appends fixed text.
+    pub fn fixed(&mut self, f: &Fixed) {
+        self.text.push_str(&f.text);
+        if self.keep {
+            self.lines.extend_from_slice(&f.lines);
+        }
+    }
+
+    /// A new line indented `depth` levels, with its provenance.
+    pub fn newline(&mut self, depth: usize, prov: Prov) {
+        indent(&mut self.text, depth);
+        self.line(prov);
+    }
+}
+
+/// Appends `s` as a JSON string, as [`write_str`] does (checking the common case of
+/// nothing to escape first).
+#[inline]
+pub(super) fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        write_str(out, s);
+    }
+}
+
+/// Appends a new line and `depth` levels of indentation (two spaces each).
+pub(super) fn indent(out: &mut String, depth: usize) {
+    const SPACES: &str = "                                                                ";
+    out.push('\n');
+    let mut n = depth * 2;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        n -= k;
+    }
+}
+
+/// The provenance of a mapping line.
+fn at_line(line: usize) -> Prov {
+    Prov {
+        line: u32::try_from(line).unwrap_or(0),
+        cell: None,
+    }
+}
+
+/// Compiles a rule into the plan of its resource, `depth` levels deep: `resourceType`,
+/// `id`, `meta.profile`, then the content members.
+pub(super) fn compile_rule<'m>(
+    rule: &'m ResourceRule,
+    depth: usize,
+    by_name: &HashMap<&str, usize>,
+) -> Group<'m> {
+    let key = |k: &str| {
+        let mut s = String::new();
+        indent(&mut s, depth + 1);
+        write_str(&mut s, k);
+        s.push_str(": ");
+        s
+    };
+    let mut type_text = String::new();
+    write_str(&mut type_text, &rule.type_name);
+    let profile_line = rule.profile_line;
+    let meta = Node::Object(
+        vec![(
+            "profile".to_string(),
+            Node::Array(
+                vec![Node::Value(
+                    Spec::Const(Lit::Str(rule.profile.clone())),
+                    profile_line,
+                )],
+                profile_line,
+            ),
+        )],
+        profile_line,
+    );
+    let mut items = vec![
+        Item {
+            prefix: key("resourceType"),
+            plan: Plan::Fixed(Fixed {
+                text: type_text,
+                lines: Vec::new(),
+                prov: at_line(rule.line),
+            }),
+            member: None,
+        },
+        Item {
+            prefix: key("id"),
+            plan: Plan::Id(at_line(rule.id_line)),
+            member: None,
+        },
+    ];
+    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name) {
+        items.push(Item {
+            prefix: key("meta"),
+            plan: Plan::Fixed(f),
+            member: None,
+        });
+    }
+    for (k, n) in &rule.content {
+        let plan = compile(n, depth + 1, by_name);
+        if !matches!(plan, Plan::Nothing) {
+            items.push(Item {
+                prefix: key(k),
+                plan,
+                member: Some(k.as_str()),
+            });
+        }
+    }
+    let mut close = String::new();
+    indent(&mut close, depth);
+    close.push('}');
+    Group {
+        open: '{',
+        items,
+        close,
+        prov: at_line(rule.line),
+        top: true,
+    }
+}
+
+/// Compiles a content node whose value sits `depth` levels deep.
+pub(super) fn compile<'m>(
+    node: &'m Node,
+    depth: usize,
+    by_name: &HashMap<&str, usize>,
+) -> Plan<'m> {
+    let prov = at_line(node.line());
+    match node {
+        Node::Object(members, _) => {
+            let items = members
+                .iter()
+                .map(|(k, n)| {
+                    let mut prefix = String::new();
+                    indent(&mut prefix, depth + 1);
+                    write_str(&mut prefix, k);
+                    prefix.push_str(": ");
+                    (prefix, compile(n, depth + 1, by_name))
+                })
+                .collect();
+            group('{', '}', items, depth, prov)
+        }
+        Node::Array(list, _) => {
+            let items = list
+                .iter()
+                .map(|n| {
+                    let mut prefix = String::new();
+                    indent(&mut prefix, depth + 1);
+                    (prefix, compile(n, depth + 1, by_name))
+                })
+                .collect();
+            group('[', ']', items, depth, prov)
+        }
+        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name),
+    }
+}
+
+/// The plan of a rule at a leaf.
+fn value<'m>(
+    spec: &'m Spec,
+    line: usize,
+    depth: usize,
+    prov: Prov,
+    by_name: &HashMap<&str, usize>,
+) -> Plan<'m> {
+    let fixed = |text: String| {
+        Plan::Fixed(Fixed {
+            text,
+            lines: Vec::new(),
+            prov,
+        })
+    };
+    match spec {
+        Spec::Const(Lit::Str(s)) => {
+            let mut text = String::new();
+            write_str(&mut text, s);
+            fixed(text)
+        }
+        Spec::Const(Lit::Num(n)) => fixed(n.clone()),
+        Spec::Const(Lit::Bool(b)) => fixed(b.to_string()),
+        Spec::Template(t) => {
+            if t.parts.iter().all(|p| matches!(p, Part::Text(_))) {
+                let joined: String = t
+                    .parts
+                    .iter()
+                    .map(|p| match p {
+                        Part::Text(x) | Part::Column(x) => x.as_str(),
+                    })
+                    .collect();
+                let mut text = String::new();
+                write_str(&mut text, &joined);
+                fixed(text)
+            } else {
+                Plan::Template(t, line, prov)
+            }
+        }
+        Spec::Column(c) => Plan::Column {
+            spec: c,
+            line,
+            prov,
+            depth,
+            default: c
+                .default
+                .as_ref()
+                .map(|d| Box::new(compile(d, depth, by_name))),
+        },
+        Spec::If(c, then, els) => Plan::If(
+            c,
+            line,
+            Box::new(compile(then, depth, by_name)),
+            els.as_ref().map(|e| Box::new(compile(e, depth, by_name))),
+        ),
+        Spec::Ref(name) => match by_name.get(name.as_str()) {
+            Some(&target) => Plan::Ref(target, line, prov, depth),
+            None => Plan::Nothing,
+        },
+        Spec::FhirPath(e, _) => Plan::FhirPath(e, line, prov, depth),
+    }
+}
+
+/// An object or array of compiled items: fixed text when every item is, nothing when no
+/// item can ever be present.
+fn group<'m>(
+    open: char,
+    close_char: char,
+    items: Vec<(String, Plan<'m>)>,
+    depth: usize,
+    prov: Prov,
+) -> Plan<'m> {
+    let items: Vec<(String, Plan<'m>)> = items
+        .into_iter()
+        .filter(|(_, p)| !matches!(p, Plan::Nothing))
+        .collect();
+    if items.is_empty() {
+        return Plan::Nothing;
+    }
+    let mut close = String::new();
+    indent(&mut close, depth);
+    close.push(close_char);
+    if items.iter().all(|(_, p)| matches!(p, Plan::Fixed(_))) {
+        let mut text = String::new();
+        let mut lines = Vec::new();
+        text.push(open);
+        for (i, (prefix, p)) in items.iter().enumerate() {
+            if let Plan::Fixed(f) = p {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(prefix);
+                lines.push(f.prov);
+                text.push_str(&f.text);
+                lines.extend_from_slice(&f.lines);
+            }
+        }
+        text.push_str(&close);
+        lines.push(prov);
+        return Plan::Fixed(Fixed { text, lines, prov });
+    }
+    Plan::Group(Box::new(Group {
+        open,
+        items: items
+            .into_iter()
+            .map(|(prefix, plan)| Item {
+                prefix,
+                plan,
+                member: None,
+            })
+            .collect(),
+        close,
+        prov,
+        top: false,
+    }))
+}

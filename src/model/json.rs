@@ -98,20 +98,31 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn skip_ws(&mut self) {
+        // Most tokens follow one another directly (a value after `:` and a space is the
+        // exception): nothing to skip.
+        if let Some(&b) = self.src.get(self.pos) {
+            if b > b' ' && b != b'/' {
+                return;
+            }
+        }
         loop {
-            // Indentation comes in long runs of spaces: skip them eight at a time.
+            // Indentation comes in runs of spaces: eight bytes at a time, the leading spaces
+            // of a word being its low bytes that equal a space.
             while let Some(w) = self
                 .src
                 .get(self.pos..self.pos + 8)
                 .and_then(|w| <[u8; 8]>::try_from(w).ok())
             {
-                if u64::from_ne_bytes(w) != u64::from_ne_bytes(*b"        ") {
+                let x = u64::from_le_bytes(w) ^ u64::from_le_bytes(*b"        ");
+                if x != 0 {
+                    self.pos += (x.trailing_zeros() / 8) as usize;
                     break;
                 }
                 self.pos += 8;
             }
-            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+            if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
                 self.pos += 1;
+                continue;
             }
             if !self.comments || self.src.get(self.pos) != Some(&b'/') {
                 return;

@@ -255,11 +255,27 @@ impl Validator {
     /// Parses and validates JSON text: the parse problems (with `line:column`) followed by
     /// the validation issues of what could be read.
     pub fn validate_json(&self, text: &str, profiles: &[String]) -> Vec<Issue> {
-        let options = ParseOptions {
+        let parsed = model::parse_with(text, &self.parse_options());
+        self.validate_parsed(&parsed, text, profiles)
+    }
+
+    /// The parse settings [`Validator::validate_json`] reads text with.
+    pub fn parse_options(&self) -> ParseOptions<'static> {
+        ParseOptions {
             allow_comments: self.options.allow_comments,
             ..ParseOptions::default()
-        };
-        let parsed = model::parse_with(text, &options);
+        }
+    }
+
+    /// What [`Validator::validate_json`] reports for `text`, given what
+    /// [`model::parse_with`] made of it with [`Validator::parse_options`]: for callers that
+    /// parsed the text already and keep the tree, so it is not parsed a second time.
+    pub fn validate_parsed(
+        &self,
+        parsed: &model::Parsed,
+        text: &str,
+        profiles: &[String],
+    ) -> Vec<Issue> {
         let mut issues: Vec<Issue> = parsed
             .issues
             .iter()
@@ -571,4 +587,63 @@ fn dedup(mut issues: Vec<Issue>) -> Vec<Issue> {
     let mut seen = std::collections::HashSet::new();
     issues.retain(|i| seen.insert((i.severity, i.location.clone(), i.message.clone())));
     issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(severity: Severity, location: &str, message: &str) -> Issue {
+        Issue {
+            severity,
+            kind: IssueType::Invalid,
+            message: message.to_string(),
+            location: location.to_string(),
+            line: None,
+            column: None,
+            rule: None,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_equal_issues_in_order() {
+        let a = issue(Severity::Error, "Patient.a", "x");
+        let b = issue(Severity::Warning, "Patient.a", "x");
+        let c = issue(Severity::Error, "Patient.c", "y");
+        let few = vec![a.clone(), b.clone(), a.clone(), c.clone(), b.clone()];
+        let kept: Vec<(Severity, String)> = dedup(few)
+            .into_iter()
+            .map(|i| (i.severity, i.location))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (Severity::Error, "Patient.a".to_string()),
+                (Severity::Warning, "Patient.a".to_string()),
+                (Severity::Error, "Patient.c".to_string()),
+            ]
+        );
+        // Beyond the pairwise limit, the same answer.
+        let many: Vec<Issue> = (0..40)
+            .map(|i| issue(Severity::Error, &format!("P.x{}", i % 7), "m"))
+            .collect();
+        let kept: Vec<String> = dedup(many).into_iter().map(|i| i.location).collect();
+        assert_eq!(kept, (0..7).map(|i| format!("P.x{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn validating_a_parsed_tree_reports_what_validating_the_text_does() {
+        let validator = Validator::new(crate::definitions::Registry::core());
+        let text = "{\"resourceType\": \"Patient\",\n \"gender\": \"nope\",\n \"birthDate\": \"1970-13\", \"foo\": 1}";
+        let parsed = model::parse_with(text, &validator.parse_options());
+        let direct = validator.validate_json(text, &[]);
+        let again = validator.validate_parsed(&parsed, text, &[]);
+        let show = |v: &[Issue]| -> Vec<String> {
+            v.iter()
+                .map(|i| format!("{:?} {} {} {:?}", i.severity, i.location, i.message, i.line))
+                .collect()
+        };
+        assert!(direct.len() >= 3, "{:?}", show(&direct));
+        assert_eq!(show(&direct), show(&again));
+    }
 }

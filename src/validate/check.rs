@@ -11,7 +11,7 @@ use super::terminology::Membership;
 use super::Validator;
 use crate::fhirpath::value::Item;
 use crate::fhirpath::Context;
-use crate::model::json::line_col;
+use crate::model::json::{line_col, LineIndex};
 use crate::model::schema::TypeKind;
 use crate::model::{Element, Primitive, Scalar, Value};
 use std::fmt::Write as _;
@@ -64,7 +64,13 @@ pub(crate) struct Walk<'v, 'a> {
     pub resource_starts: Vec<usize>,
     /// Entries of the Bundle being checked (fullUrl, resource), for reference resolution.
     pub bundle_entries: Vec<(String, &'a Element)>,
+    /// The lines of `source`, indexed at the first issue far into it.
+    lines: std::cell::OnceCell<LineIndex<'a>>,
 }
+
+/// Below this offset an issue's line is found by scanning the text; beyond it, through the
+/// line index (built once per validation; a large Bundle may have thousands of issues).
+const SCAN_LIMIT: usize = 4096;
 
 impl<'v, 'a> Walk<'v, 'a> {
     pub fn new(validator: &'v Validator, source: Option<&'a str>) -> Self {
@@ -79,6 +85,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             def_paths: Vec::new(),
             issues: Vec::new(),
             bundle_entries: Vec::new(),
+            lines: std::cell::OnceCell::new(),
         }
     }
 
@@ -93,7 +100,12 @@ impl<'v, 'a> Walk<'v, 'a> {
     ) {
         let (line, column) = match self.source {
             Some(src) if pos > 0 || !src.is_empty() => {
-                let (l, c) = line_col(src, pos as usize);
+                let at = pos as usize;
+                let (l, c) = if at < SCAN_LIMIT {
+                    line_col(src, at)
+                } else {
+                    self.lines.get_or_init(|| LineIndex::new(src)).line_col(at)
+                };
                 (Some(l), Some(c))
             }
             _ => (None, None),
@@ -286,6 +298,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             def_paths: self.def_paths.clone(),
             issues: Vec::new(),
             bundle_entries: self.bundle_entries.clone(),
+            lines: std::cell::OnceCell::new(),
         }
     }
 

@@ -98,20 +98,31 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn skip_ws(&mut self) {
+        // Most tokens follow one another directly (a value after `:` and a space is the
+        // exception): nothing to skip.
+        if let Some(&b) = self.src.get(self.pos) {
+            if b > b' ' && b != b'/' {
+                return;
+            }
+        }
         loop {
-            // Indentation comes in long runs of spaces: skip them eight at a time.
+            // Indentation comes in runs of spaces: eight bytes at a time, the leading spaces
+            // of a word being its low bytes that equal a space.
             while let Some(w) = self
                 .src
                 .get(self.pos..self.pos + 8)
                 .and_then(|w| <[u8; 8]>::try_from(w).ok())
             {
-                if u64::from_ne_bytes(w) != u64::from_ne_bytes(*b"        ") {
+                let x = u64::from_le_bytes(w) ^ u64::from_le_bytes(*b"        ");
+                if x != 0 {
+                    self.pos += (x.trailing_zeros() / 8) as usize;
                     break;
                 }
                 self.pos += 8;
             }
-            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+            if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
                 self.pos += 1;
+                continue;
             }
             if !self.comments || self.src.get(self.pos) != Some(&b'/') {
                 return;
@@ -490,6 +501,44 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The line starts of a text, for many `line:column` look-ups in it: the same answers as
+/// [`line_col`], which scans the text from its beginning at every call.
+#[derive(Debug, Clone)]
+pub struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset of the start of each line (the first is 0).
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    /// Indexes the lines of `text`.
+    pub fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { text, starts }
+    }
+
+    /// The 1-based line and column (in characters) of a byte offset, as [`line_col`].
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        // Lines that start at or before the offset (a start right after it belongs to the
+        // next line).
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let line_start = self.starts.get(line.wrapping_sub(1)).copied().unwrap_or(0);
+        let column = self
+            .text
+            .get(line_start..offset)
+            .map_or(offset - line_start, |s| s.chars().count())
+            + 1;
+        (line, column)
+    }
+}
+
 /// The offset of the first byte of `bytes` that a JSON string cannot hold as it is (a
 /// control character, `"` or `\\`), or `bytes.len()`. Eight bytes are tested at a time.
 pub fn plain_prefix(bytes: &[u8]) -> usize {
@@ -841,6 +890,20 @@ mod tests {
         let plain = "  !#[]^_{~ é € \u{7f}".as_bytes();
         assert_eq!(plain_prefix(plain), plain.len());
         assert_eq!(plain_prefix(b""), 0);
+    }
+
+    #[test]
+    fn line_index_answers_as_line_col() {
+        let text = "{\n  \"a\": \"h\u{e9}llo\",\n\n  \"b\": \"\u{1F600}x\"\n}";
+        let index = LineIndex::new(text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(
+                index.line_col(offset),
+                line_col(text, offset),
+                "at {offset}"
+            );
+        }
+        assert_eq!(LineIndex::new("").line_col(0), line_col("", 0));
     }
 
     #[test]

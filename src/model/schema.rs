@@ -119,6 +119,8 @@ pub struct TypeInfo {
     /// The child elements, in the definition's (canonical JSON) order.
     pub elements: Vec<ElementInfo>,
     json_names: HashMap<Box<str>, Child, FastHash>,
+    /// The information of `base`, resolved on first use (`is_a` walks these pointers).
+    base_info: OnceLock<Option<&'static TypeInfo>>,
 }
 
 impl TypeInfo {
@@ -164,12 +166,19 @@ impl TypeInfo {
             if b == name {
                 return true;
             }
-            match type_info(b) {
+            match info.base_type() {
                 Some(t) => info = t,
                 None => return false,
             }
         }
         false
+    }
+
+    /// The information of the type this one specialises, resolved once.
+    fn base_type(&self) -> Option<&'static TypeInfo> {
+        *self
+            .base_info
+            .get_or_init(|| self.base.as_deref().and_then(type_info))
     }
 }
 
@@ -253,9 +262,12 @@ pub fn primitive_kind(code: &str) -> Option<PrimitiveKind> {
     PRIMITIVES.iter().find(|(c, _)| *c == code).map(|(_, k)| *k)
 }
 
-fn cache() -> &'static RwLock<HashMap<String, Option<&'static TypeInfo>>> {
-    static CACHE: OnceLock<RwLock<HashMap<String, Option<&'static TypeInfo>>>> = OnceLock::new();
-    CACHE.get_or_init(|| RwLock::new(HashMap::new()))
+/// Type information by name, as built so far.
+type TypeCache = HashMap<String, Option<&'static TypeInfo>, FastHash>;
+
+fn cache() -> &'static RwLock<TypeCache> {
+    static CACHE: OnceLock<RwLock<TypeCache>> = OnceLock::new();
+    CACHE.get_or_init(|| RwLock::new(HashMap::with_hasher(FastHash)))
 }
 
 /// The information of a type by name (`Patient`, `HumanName`, `date`) or, for inline
@@ -384,6 +396,7 @@ fn build(name: &str) -> Option<TypeInfo> {
         base,
         elements: infos,
         json_names,
+        base_info: OnceLock::new(),
     })
 }
 

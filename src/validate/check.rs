@@ -11,7 +11,7 @@ use super::terminology::Membership;
 use super::Validator;
 use crate::fhirpath::value::Item;
 use crate::fhirpath::Context;
-use crate::model::json::line_col;
+use crate::model::json::{line_col, LineIndex};
 use crate::model::schema::TypeKind;
 use crate::model::{Element, Primitive, Scalar, Value};
 use std::fmt::Write as _;
@@ -64,7 +64,13 @@ pub(crate) struct Walk<'v, 'a> {
     pub resource_starts: Vec<usize>,
     /// Entries of the Bundle being checked (fullUrl, resource), for reference resolution.
     pub bundle_entries: Vec<(String, &'a Element)>,
+    /// The lines of `source`, indexed at the first issue far into it.
+    lines: std::cell::OnceCell<LineIndex<'a>>,
 }
+
+/// Below this offset an issue's line is found by scanning the text; beyond it, through the
+/// line index (built once per validation; a large Bundle may have thousands of issues).
+const SCAN_LIMIT: usize = 4096;
 
 impl<'v, 'a> Walk<'v, 'a> {
     pub fn new(validator: &'v Validator, source: Option<&'a str>) -> Self {
@@ -79,6 +85,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             def_paths: Vec::new(),
             issues: Vec::new(),
             bundle_entries: Vec::new(),
+            lines: std::cell::OnceCell::new(),
         }
     }
 
@@ -93,7 +100,12 @@ impl<'v, 'a> Walk<'v, 'a> {
     ) {
         let (line, column) = match self.source {
             Some(src) if pos > 0 || !src.is_empty() => {
-                let (l, c) = line_col(src, pos as usize);
+                let at = pos as usize;
+                let (l, c) = if at < SCAN_LIMIT {
+                    line_col(src, at)
+                } else {
+                    self.lines.get_or_init(|| LineIndex::new(src)).line_col(at)
+                };
                 (Some(l), Some(c))
             }
             _ => (None, None),
@@ -164,68 +176,113 @@ impl<'v, 'a> Walk<'v, 'a> {
             }
             return;
         }
-        let base_len = self.location.len();
-        let elements = profile.nodes[node].child_elements(children, &profile.nodes, el.info);
-        for (k, &c) in children.iter().enumerate() {
-            let n = &profile.nodes[c];
-            let prop = match elements {
-                Some(idx) => idx[k].and_then(|i| el.props.iter().find(|p| p.element == i)),
-                None => el.get(&n.name),
-            };
-            let values: &'a [Value] = match prop {
-                Some(p) => &p.values,
-                None => &[],
-            };
-            // Most elements of a definition are absent from an instance: with nothing to
-            // check (no value, nothing required of it or of its slices), skip it quickly.
-            if values.is_empty()
-                && n.min == 0
-                && n.slices.iter().all(|&sl| profile.nodes[sl].min == 0)
-            {
-                continue;
-            }
-            self.location.push('.');
-            self.location.push_str(&n.name);
-            if let (true, Some(p)) = (n.choice, prop) {
-                let _ = write!(self.location, ".ofType({})", el.element_type(p).code);
-            }
-            if let Some(p) = prop {
-                if n.choice && !n.types.is_empty() {
-                    let taken = el.element_type(p);
-                    if !n.types.iter().any(|t| t.code == *taken.code) {
-                        let allowed: Vec<&str> = n.types.iter().map(|t| t.code.as_str()).collect();
-                        let pos = values.first().map_or(el.pos, Value::pos);
-                        self.report(
-                            Severity::Error,
-                            IssueType::Structure,
-                            pos,
-                            format!(
-                                "type {} is not allowed for {} (allowed: {})",
-                                taken.code,
-                                n.path,
-                                allowed.join(", ")
-                            ),
-                            None,
-                        );
+        let index = profile.nodes[node].child_index(children, &profile.nodes, el.info);
+        match index {
+            Some(idx) if !idx.by_element.is_empty() => {
+                // Only the children with a value or a minimum need a visit: those of the
+                // properties present and the required ones, in the definition's order.
+                let mut visit: smallvec::SmallVec<[(u16, Option<&'a crate::model::Property>); 16]> =
+                    smallvec::SmallVec::new();
+                for p in &el.props {
+                    if let Some(&k) = idx.by_element.get(usize::from(p.element)) {
+                        if k != u16::MAX && !visit.iter().any(|(v, _)| *v == k) {
+                            visit.push((k, Some(p)));
+                        }
                     }
                 }
-            }
-            self.cardinality(n, values.len(), values.first().map_or(el.pos, Value::pos));
-            if n.slicing.is_some() && !n.slices.is_empty() {
-                slicing::check(self, el, values, profile, c);
-            } else {
-                let repeats = self.repeats(el, n);
-                for (i, v) in values.iter().enumerate() {
-                    let len = self.location.len();
-                    if repeats {
-                        push_index(&mut self.location, i);
+                for &k in &idx.required {
+                    if !visit.iter().any(|(v, _)| *v == k) {
+                        let prop = idx
+                            .elements
+                            .get(usize::from(k))
+                            .copied()
+                            .flatten()
+                            .and_then(|i| el.props.iter().find(|p| p.element == i));
+                        visit.push((k, prop));
                     }
-                    self.value(v, profile, c);
-                    self.location.truncate(len);
+                }
+                visit.sort_unstable_by_key(|(k, _)| *k);
+                for (k, prop) in visit {
+                    self.child(el, profile, children[usize::from(k)], prop);
                 }
             }
-            self.location.truncate(base_len);
+            Some(idx) => {
+                for (k, &c) in children.iter().enumerate() {
+                    let prop =
+                        idx.elements[k].and_then(|i| el.props.iter().find(|p| p.element == i));
+                    self.child(el, profile, c, prop);
+                }
+            }
+            None => {
+                for &c in children {
+                    let prop = el.get(&profile.nodes[c].name);
+                    self.child(el, profile, c, prop);
+                }
+            }
         }
+    }
+
+    /// Checks child `c` (a node of `profile`) of `el`, whose values are those of `prop`.
+    fn child(
+        &mut self,
+        el: &'a Element,
+        profile: &Arc<Profile>,
+        c: usize,
+        prop: Option<&'a crate::model::Property>,
+    ) {
+        let n = &profile.nodes[c];
+        let values: &'a [Value] = match prop {
+            Some(p) => &p.values,
+            None => &[],
+        };
+        // Most elements of a definition are absent from an instance: with nothing to
+        // check (no value, nothing required of it or of its slices), skip it quickly.
+        if values.is_empty() && n.min == 0 && n.slices.iter().all(|&sl| profile.nodes[sl].min == 0)
+        {
+            return;
+        }
+        let base_len = self.location.len();
+        self.location.push('.');
+        self.location.push_str(&n.name);
+        if let (true, Some(p)) = (n.choice, prop) {
+            let _ = write!(self.location, ".ofType({})", el.element_type(p).code);
+        }
+        if let Some(p) = prop {
+            if n.choice && !n.types.is_empty() {
+                let taken = el.element_type(p);
+                if !n.types.iter().any(|t| t.code == *taken.code) {
+                    let allowed: Vec<&str> = n.types.iter().map(|t| t.code.as_str()).collect();
+                    let pos = values.first().map_or(el.pos, Value::pos);
+                    self.report(
+                        Severity::Error,
+                        IssueType::Structure,
+                        pos,
+                        format!(
+                            "type {} is not allowed for {} (allowed: {})",
+                            taken.code,
+                            n.path,
+                            allowed.join(", ")
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        self.cardinality(n, values.len(), values.first().map_or(el.pos, Value::pos));
+        if n.slicing.is_some() && !n.slices.is_empty() {
+            slicing::check(self, el, values, profile, c);
+        } else {
+            let repeats = self.repeats(el, n);
+            for (i, v) in values.iter().enumerate() {
+                let len = self.location.len();
+                if repeats {
+                    push_index(&mut self.location, i);
+                }
+                self.value(v, profile, c);
+                self.location.truncate(len);
+            }
+        }
+        self.location.truncate(base_len);
     }
 
     /// A walk at the same place that records its own issues, to try a profile silently.
@@ -241,6 +298,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             def_paths: self.def_paths.clone(),
             issues: Vec::new(),
             bundle_entries: self.bundle_entries.clone(),
+            lines: std::cell::OnceCell::new(),
         }
     }
 
@@ -586,7 +644,7 @@ impl<'v, 'a> Walk<'v, 'a> {
     fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
         // The two invariants on nearly every element, decided without the evaluator (with
         // the evaluator's result on the element tree; see `native_invariant`).
-        if let Some(ok) = native_invariant(&c.expression, &focus) {
+        if let Some(ok) = native_invariant(c.native, &focus) {
             if !ok {
                 self.invariant_failed(pos, c);
             }
@@ -658,7 +716,7 @@ impl<'v, 'a> Walk<'v, 'a> {
         let mut unverifiable: Option<String> = None;
         let mut not_member: Option<String> = None;
         for (system, code, display) in &codes {
-            match tx.validate_code(value_set, system.as_deref(), code, display.as_deref()) {
+            match tx.validate_code(value_set, *system, code, *display) {
                 Ok(Membership::Member) => member = true,
                 Ok(Membership::NotMember { reason }) => {
                     not_member.get_or_insert(reason);
@@ -697,7 +755,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             .iter()
             .map(|(s, c, _)| match s {
                 Some(s) => format!("{s}#{c}"),
-                None => c.clone(),
+                None => (*c).to_string(),
             })
             .collect();
         let reason = not_member.unwrap_or_default();
@@ -715,74 +773,81 @@ impl<'v, 'a> Walk<'v, 'a> {
 
     /// An extension: its definition, found by URL, decides what it may hold.
     fn extension(&mut self, e: &'a Element, profiles: &[String], done: &[Constraint]) {
-        let url = e.str("url").unwrap_or_default().to_string();
-        let urls: Vec<String> = if profiles.is_empty() {
-            vec![url.clone()]
-        } else {
-            profiles.to_vec()
-        };
+        let url = e.str("url").unwrap_or_default();
         let in_modifier = self
             .location
             .rsplit('.')
             .next()
             .is_some_and(|seg| seg.starts_with("modifierExtension"));
-        for u in urls {
-            // A relative url names a part of a complex extension: its parent's definition
-            // (when known) describes it, so it is not looked up on its own.
-            if !u.contains(':') {
-                if let Some(core) = self.validator.core_profile("Extension") {
-                    self.typed(e, &core, done);
-                }
-                continue;
+        if profiles.is_empty() {
+            self.extension_as(e, url, in_modifier, done);
+        } else {
+            for u in profiles {
+                self.extension_as(e, u, in_modifier, done);
             }
-            if self
+        }
+    }
+
+    /// An extension checked against the definition at `u`.
+    fn extension_as(&mut self, e: &'a Element, u: &str, in_modifier: bool, done: &[Constraint]) {
+        // A relative url names a part of a complex extension: its parent's definition
+        // (when known) describes it, so it is not looked up on its own.
+        if !u.contains(':') {
+            if let Some(core) = self.validator.core_profile("Extension") {
+                self.typed(e, &core, done);
+            }
+            return;
+        }
+        // A compiled definition is in the registry; only an unknown one needs the look-up.
+        let cached = self.validator.cached_profile(u);
+        if cached.is_none()
+            && self
                 .validator
                 .registry()
-                .get(crate::definitions::Kind::StructureDefinition, &u)
+                .get(crate::definitions::Kind::StructureDefinition, u)
                 .is_none()
-            {
-                let severity = self.validator.options.unknown_extension;
-                self.report(
-                    severity,
-                    IssueType::Extension,
-                    e.pos,
-                    format!("unknown extension {u}"),
-                    None,
-                );
-                // Still check the structure against the base Extension definition.
-                if let Some(core) = self.validator.core_profile("Extension") {
-                    self.typed(e, &core, done);
-                }
-                continue;
+        {
+            let severity = self.validator.options.unknown_extension;
+            self.report(
+                severity,
+                IssueType::Extension,
+                e.pos,
+                format!("unknown extension {u}"),
+                None,
+            );
+            // Still check the structure against the base Extension definition.
+            if let Some(core) = self.validator.core_profile("Extension") {
+                self.typed(e, &core, done);
             }
-            match self.validator.profile(&u) {
-                Ok(p) => {
-                    let is_modifier = p.nodes.first().is_some_and(|r| r.is_modifier);
-                    if is_modifier != in_modifier {
-                        let (wrong, right) = if is_modifier {
-                            ("an extension", "a modifierExtension")
-                        } else {
-                            ("a modifierExtension", "an extension")
-                        };
-                        self.report(
-                            Severity::Error,
-                            IssueType::Structure,
-                            e.pos,
-                            format!("{u} must not be used as {wrong} (it is {right})"),
-                            None,
-                        );
-                    }
-                    self.extension_context(e, &p);
-                    self.typed(e, &p, done);
+            return;
+        }
+        match cached.map_or_else(|| self.validator.profile(u), Ok) {
+            Ok(p) => {
+                let is_modifier = p.nodes.first().is_some_and(|r| r.is_modifier);
+                if is_modifier != in_modifier {
+                    let (wrong, right) = if is_modifier {
+                        ("an extension", "a modifierExtension")
+                    } else {
+                        ("a modifierExtension", "an extension")
+                    };
+                    self.report(
+                        Severity::Error,
+                        IssueType::Structure,
+                        e.pos,
+                        format!("{u} must not be used as {wrong} (it is {right})"),
+                        None,
+                    );
                 }
-                Err(err) => self.report(
-                    Severity::Error,
-                    IssueType::NotSupported,
-                    e.pos,
-                    format!("extension definition {u} cannot be used: {err}"),
-                    None,
-                ),
+                self.extension_context(e, &p);
+                self.typed(e, &p, done);
             }
+            Err(err) => self.report(
+                Severity::Error,
+                IssueType::NotSupported,
+                e.pos,
+                format!("extension definition {u} cannot be used: {err}"),
+                None,
+            ),
         }
     }
 
@@ -882,13 +947,18 @@ impl<'v, 'a> Walk<'v, 'a> {
         if let (Some(t), Some(tr)) = (target_type, type_ref) {
             if !tr.target_profiles.is_empty() {
                 // Target profiles are resolved, never assumed: an unknown one is an error.
-                let types: Vec<Option<String>> = tr
-                    .target_profiles
-                    .iter()
-                    .map(|p| self.validator.profile_type(p))
-                    .collect();
-                for (p, ty) in tr.target_profiles.iter().zip(&types) {
-                    if ty.is_none() {
+                let mut ok = false;
+                let mut all_known = true;
+                for p in &tr.target_profiles {
+                    let known = self.validator.with_profile_type(p, |ty| match ty {
+                        Some(pt) => {
+                            ok |= pt == t || pt == "Resource";
+                            true
+                        }
+                        None => false,
+                    });
+                    if !known {
+                        all_known = false;
                         self.report(
                             Severity::Error,
                             IssueType::NotSupported,
@@ -898,8 +968,7 @@ impl<'v, 'a> Walk<'v, 'a> {
                         );
                     }
                 }
-                let ok = types.iter().flatten().any(|pt| pt == t || pt == "Resource");
-                if !ok && types.iter().all(Option::is_some) {
+                if !ok && all_known {
                     let allowed: Vec<&str> = tr
                         .target_profiles
                         .iter()
@@ -950,10 +1019,30 @@ const ELE_1: &str = "hasValue() or (children().count() > id.count())";
 /// ext-1, on every extension.
 const EXT_1: &str = "extension.exists() != value.exists()";
 
+/// An invariant the walk decides on the element tree, as the FHIRPath evaluator would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeInvariant {
+    /// [`ELE_1`].
+    Ele1,
+    /// [`EXT_1`].
+    Ext1,
+}
+
+impl NativeInvariant {
+    /// The native form of an invariant's expression, if it has one.
+    pub fn of(expression: &str) -> Option<NativeInvariant> {
+        match expression {
+            ELE_1 => Some(NativeInvariant::Ele1),
+            EXT_1 => Some(NativeInvariant::Ext1),
+            _ => None,
+        }
+    }
+}
+
 /// The result of the invariants [`ELE_1`] and [`EXT_1`] on `focus`, computed on the element
 /// tree as the FHIRPath evaluator computes them (neither can fail or be empty); `None` for
 /// other expressions and foci, which go to the evaluator.
-fn native_invariant(expression: &str, focus: &Item<'_>) -> Option<bool> {
+fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<bool> {
     // Values of the property whose element is named `name`, as navigation finds them.
     fn count(e: &Element, name: &str) -> usize {
         e.props
@@ -966,8 +1055,8 @@ fn native_invariant(expression: &str, focus: &Item<'_>) -> Option<bool> {
             })
             .map_or(0, |p| p.values.len())
     }
-    if expression == ELE_1 {
-        return match focus {
+    match kind? {
+        NativeInvariant::Ele1 => match focus {
             // hasValue(): a primitive with a value. children(): a primitive's extensions;
             // its id is in the `_name` part.
             Item::Primitive(p) => Some(
@@ -982,17 +1071,14 @@ fn native_invariant(expression: &str, focus: &Item<'_>) -> Option<bool> {
                 Some(children > count(e, "id"))
             }
             _ => None,
-        };
-    }
-    if expression == EXT_1 {
-        return match focus {
+        },
+        NativeInvariant::Ext1 => match focus {
             Item::Element(e) if &*e.info.name == "Extension" => {
                 Some((count(e, "extension") > 0) != (count(e, "value") > 0))
             }
             _ => None,
-        };
+        },
     }
-    None
 }
 
 /// Where a markdown text has `<` followed by a letter or `/` (the start of an HTML tag).
@@ -1026,23 +1112,26 @@ fn context_type_known(expr: &str) -> bool {
 /// The resource type named by a relative or absolute literal reference
 /// (`Patient/1`, `http://x/fhir/Patient/1/_history/2`).
 fn reference_type(reference: &str) -> Option<&str> {
-    let parts: Vec<&str> = reference.split('/').collect();
-    let n = parts.len();
-    let candidates = [n.checked_sub(2), n.checked_sub(4)];
-    candidates.into_iter().flatten().find_map(|i| {
-        let t = parts[i];
-        crate::model::schema::is_resource_type(t).then_some(t)
-    })
+    // The second and the fourth segment from the end, as `split('/')` gives them.
+    let mut parts = reference.rsplit('/');
+    let _ = parts.next()?;
+    let second = parts.next();
+    let _ = parts.next();
+    let fourth = parts.next();
+    [second, fourth]
+        .into_iter()
+        .flatten()
+        .find(|t| crate::model::schema::is_resource_type(t))
 }
 
 /// The (system, code, display) triples a coded value carries: `code`, `Coding`,
 /// `CodeableConcept`, `Quantity` (its unit code), `string` and `uri`.
-fn coded(v: &Value) -> Vec<(Option<String>, String, Option<String>)> {
+fn coded(v: &Value) -> Vec<(Option<&str>, &str, Option<&str>)> {
     let mut out = Vec::new();
     match v {
         Value::Primitive(p) => {
             if let Some(s) = p.as_str() {
-                out.push((None, s.to_string(), None));
+                out.push((None, s, None));
             }
         }
         Value::Element(e) => match e.info.fhir_type_name() {
@@ -1056,7 +1145,7 @@ fn coded(v: &Value) -> Vec<(Option<String>, String, Option<String>)> {
             }
             _ if e.info.is_a("Quantity") => {
                 if let Some(code) = e.str("code") {
-                    out.push((e.str("system").map(str::to_string), code.to_string(), None));
+                    out.push((e.str("system"), code, None));
                 }
             }
             _ => {}
@@ -1065,10 +1154,6 @@ fn coded(v: &Value) -> Vec<(Option<String>, String, Option<String>)> {
     out
 }
 
-fn coding(c: &Element) -> Option<(Option<String>, String, Option<String>)> {
-    Some((
-        c.str("system").map(str::to_string),
-        c.str("code")?.to_string(),
-        c.str("display").map(str::to_string),
-    ))
+fn coding(c: &Element) -> Option<(Option<&str>, &str, Option<&str>)> {
+    Some((c.str("system"), c.str("code")?, c.str("display")))
 }

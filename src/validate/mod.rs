@@ -32,6 +32,7 @@ pub use issue::{has_errors, operation_outcome, Issue, IssueType, Severity};
 
 use crate::definitions::{core_url, Registry};
 use crate::fhirpath::Expression;
+use crate::model::schema::FastHash;
 use crate::model::{self, Element, ParseOptions};
 use check::Walk;
 use profile::Profile;
@@ -69,12 +70,12 @@ pub struct Validator {
     registry: Arc<Registry>,
     terminology: Terminology,
     snapshots: Snapshots,
-    profiles: RwLock<HashMap<String, Arc<Profile>>>,
+    profiles: RwLock<HashMap<String, Arc<Profile>, FastHash>>,
     /// Core definitions by type name (the walk asks for them at every complex value).
-    core: RwLock<HashMap<String, Option<Arc<Profile>>, crate::model::schema::FastHash>>,
-    expressions: RwLock<HashMap<String, Arc<Expression>>>,
+    core: RwLock<HashMap<String, Option<Arc<Profile>>, FastHash>>,
+    expressions: RwLock<HashMap<String, Arc<Expression>, FastHash>>,
     /// The type each profile URL constrains (`None`: not in the registry), as looked up.
-    profile_types: RwLock<HashMap<String, Option<String>>>,
+    profile_types: RwLock<HashMap<String, Option<String>, FastHash>>,
     /// The profile checked for a resource type when a resource claims none.
     defaults: HashMap<String, String>,
     /// Profiles every resource of a type must meet (ImplementationGuide `global`).
@@ -120,10 +121,10 @@ impl Validator {
             terminology: Terminology::new(registry.clone()),
             registry,
             snapshots: Snapshots::default(),
-            profiles: RwLock::new(HashMap::new()),
-            core: RwLock::new(HashMap::with_hasher(crate::model::schema::FastHash)),
-            expressions: RwLock::new(HashMap::new()),
-            profile_types: RwLock::new(HashMap::new()),
+            profiles: RwLock::new(HashMap::with_hasher(FastHash)),
+            core: RwLock::new(HashMap::with_hasher(FastHash)),
+            expressions: RwLock::new(HashMap::with_hasher(FastHash)),
+            profile_types: RwLock::new(HashMap::with_hasher(FastHash)),
             defaults: HashMap::new(),
             options: Options::default(),
         }
@@ -169,14 +170,32 @@ impl Validator {
         Ok(compiled)
     }
 
+    /// The compiled profile for a URL (without `|version`) if it was compiled already; no
+    /// look-up otherwise.
+    pub(crate) fn cached_profile(&self, url: &str) -> Option<Arc<Profile>> {
+        self.profiles.read().ok()?.get(url).cloned()
+    }
+
     /// The type a profile constrains (`Observation` for the vital-signs profile); `None`
     /// when the registry does not hold it.
     pub fn profile_type(&self, url: &str) -> Option<String> {
+        self.with_profile_type(url, |t| t.map(str::to_string))
+    }
+
+    /// Calls `f` with the type a profile constrains (see [`Validator::profile_type`])
+    /// without copying it out of the cache.
+    pub(crate) fn with_profile_type<R>(&self, url: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
         if let Ok(cache) = self.profile_types.read() {
             if let Some(t) = cache.get(url) {
-                return t.clone();
+                return f(t.as_deref());
             }
         }
+        let t = self.lookup_profile_type(url);
+        f(t.as_deref())
+    }
+
+    /// Looks up and caches the type a profile constrains.
+    fn lookup_profile_type(&self, url: &str) -> Option<String> {
         let t = self
             .registry
             .get(crate::definitions::Kind::StructureDefinition, url)
@@ -236,11 +255,27 @@ impl Validator {
     /// Parses and validates JSON text: the parse problems (with `line:column`) followed by
     /// the validation issues of what could be read.
     pub fn validate_json(&self, text: &str, profiles: &[String]) -> Vec<Issue> {
-        let options = ParseOptions {
+        let parsed = model::parse_with(text, &self.parse_options());
+        self.validate_parsed(&parsed, text, profiles)
+    }
+
+    /// The parse settings [`Validator::validate_json`] reads text with.
+    pub fn parse_options(&self) -> ParseOptions<'static> {
+        ParseOptions {
             allow_comments: self.options.allow_comments,
             ..ParseOptions::default()
-        };
-        let parsed = model::parse_with(text, &options);
+        }
+    }
+
+    /// What [`Validator::validate_json`] reports for `text`, given what
+    /// [`model::parse_with`] made of it with [`Validator::parse_options`]: for callers that
+    /// parsed the text already and keep the tree, so it is not parsed a second time.
+    pub fn validate_parsed(
+        &self,
+        parsed: &model::Parsed,
+        text: &str,
+        profiles: &[String],
+    ) -> Vec<Issue> {
         let mut issues: Vec<Issue> = parsed
             .issues
             .iter()
@@ -263,15 +298,16 @@ impl Validator {
         if let Some(r) = &parsed.resource {
             // Where parsing already refused a value, the walk would only report its absence
             // again ("minimum required"): the parse issue says it better.
-            let refused: std::collections::HashSet<&str> =
-                parsed.issues.iter().map(|p| p.location.as_str()).collect();
-            issues.extend(
-                self.validate(r, Some(text), profiles)
-                    .into_iter()
-                    .filter(|i| {
-                        !(i.kind == IssueType::Required && refused.contains(i.location.as_str()))
-                    }),
-            );
+            let found = self.validate(r, Some(text), profiles);
+            if parsed.issues.is_empty() {
+                issues.extend(found);
+            } else {
+                let refused: std::collections::HashSet<&str> =
+                    parsed.issues.iter().map(|p| p.location.as_str()).collect();
+                issues.extend(found.into_iter().filter(|i| {
+                    !(i.kind == IssueType::Required && refused.contains(i.location.as_str()))
+                }));
+            }
         }
         issues
     }
@@ -530,8 +566,84 @@ fn structure_definition(validator: &Validator, walk: &mut Walk<'_, '_>, sd: &Ele
 }
 
 /// Drops repeated issues (a profile and the core definition may report the same problem).
+/// The first of several equal issues is kept, in order.
 fn dedup(mut issues: Vec<Issue>) -> Vec<Issue> {
+    // The usual handful of issues is compared pairwise, without copying anything.
+    const SMALL: usize = 16;
+    let same = |a: &Issue, b: &Issue| {
+        a.severity == b.severity && a.location == b.location && a.message == b.message
+    };
+    if issues.len() <= SMALL {
+        let mut kept = 0;
+        for i in 0..issues.len() {
+            if !issues[..kept].iter().any(|k| same(k, &issues[i])) {
+                issues.swap(kept, i);
+                kept += 1;
+            }
+        }
+        issues.truncate(kept);
+        return issues;
+    }
     let mut seen = std::collections::HashSet::new();
     issues.retain(|i| seen.insert((i.severity, i.location.clone(), i.message.clone())));
     issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(severity: Severity, location: &str, message: &str) -> Issue {
+        Issue {
+            severity,
+            kind: IssueType::Invalid,
+            message: message.to_string(),
+            location: location.to_string(),
+            line: None,
+            column: None,
+            rule: None,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_equal_issues_in_order() {
+        let a = issue(Severity::Error, "Patient.a", "x");
+        let b = issue(Severity::Warning, "Patient.a", "x");
+        let c = issue(Severity::Error, "Patient.c", "y");
+        let few = vec![a.clone(), b.clone(), a.clone(), c.clone(), b.clone()];
+        let kept: Vec<(Severity, String)> = dedup(few)
+            .into_iter()
+            .map(|i| (i.severity, i.location))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (Severity::Error, "Patient.a".to_string()),
+                (Severity::Warning, "Patient.a".to_string()),
+                (Severity::Error, "Patient.c".to_string()),
+            ]
+        );
+        // Beyond the pairwise limit, the same answer.
+        let many: Vec<Issue> = (0..40)
+            .map(|i| issue(Severity::Error, &format!("P.x{}", i % 7), "m"))
+            .collect();
+        let kept: Vec<String> = dedup(many).into_iter().map(|i| i.location).collect();
+        assert_eq!(kept, (0..7).map(|i| format!("P.x{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn validating_a_parsed_tree_reports_what_validating_the_text_does() {
+        let validator = Validator::new(crate::definitions::Registry::core());
+        let text = "{\"resourceType\": \"Patient\",\n \"gender\": \"nope\",\n \"birthDate\": \"1970-13\", \"foo\": 1}";
+        let parsed = model::parse_with(text, &validator.parse_options());
+        let direct = validator.validate_json(text, &[]);
+        let again = validator.validate_parsed(&parsed, text, &[]);
+        let show = |v: &[Issue]| -> Vec<String> {
+            v.iter()
+                .map(|i| format!("{:?} {} {} {:?}", i.severity, i.location, i.message, i.line))
+                .collect()
+        };
+        assert!(direct.len() >= 3, "{:?}", show(&direct));
+        assert_eq!(show(&direct), show(&again));
+    }
 }

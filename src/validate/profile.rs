@@ -82,6 +82,9 @@ pub struct Constraint {
     pub compiled: std::sync::OnceLock<
         Result<std::sync::Arc<crate::fhirpath::Expression>, crate::fhirpath::Error>,
     >,
+    /// Whether the walk decides this invariant on the element tree (ele-1, ext-1), found
+    /// once from the expression's text.
+    pub native: Option<super::check::NativeInvariant>,
 }
 
 /// How to tell slices apart.
@@ -152,7 +155,23 @@ pub struct Node {
     pub is_modifier: bool,
     /// For each child, the index of its element in the instance type (computed on first
     /// use, with the type it was computed for), so the walk matches properties by number.
-    child_index: std::sync::OnceLock<(usize, Vec<Option<u16>>)>,
+    child_index: std::sync::OnceLock<ChildIndex>,
+}
+
+/// How the children of a node meet the properties of an instance of one type.
+#[derive(Debug, Clone)]
+pub struct ChildIndex {
+    /// The type it was made for (its address).
+    key: usize,
+    /// The element index in that type of each child.
+    pub elements: Vec<Option<u16>>,
+    /// For each element index of the type, the child it belongs to (`u16::MAX`: none).
+    /// Empty when two children share an element (then properties are matched child by
+    /// child).
+    pub by_element: Vec<u16>,
+    /// The children the walk must visit even without a value: those with a minimum
+    /// cardinality, or with a slice that has one.
+    pub required: Vec<u16>,
 }
 
 impl Node {
@@ -164,18 +183,56 @@ impl Node {
         nodes: &[Node],
         info: &'static crate::model::schema::TypeInfo,
     ) -> Option<&[Option<u16>]> {
+        self.child_index(children, nodes, info)
+            .map(|c| c.elements.as_slice())
+    }
+
+    /// The index of `children` (this node's children or those of its content reference)
+    /// by element of `info`, when `info` is the type the cache was made for.
+    pub fn child_index(
+        &self,
+        children: &[usize],
+        nodes: &[Node],
+        info: &'static crate::model::schema::TypeInfo,
+    ) -> Option<&ChildIndex> {
         let key = std::ptr::from_ref(info) as usize;
-        let (k, idx) = self.child_index.get_or_init(|| {
-            let idx = children
+        let index = self.child_index.get_or_init(|| {
+            let elements: Vec<Option<u16>> = children
                 .iter()
                 .map(|&c| {
                     info.element(&nodes[c].name)
                         .and_then(|(i, _)| u16::try_from(i).ok())
                 })
                 .collect();
-            (key, idx)
+            let mut by_element = vec![u16::MAX; info.elements.len()];
+            let mut shared = u16::try_from(children.len()).is_err();
+            for (k, e) in elements.iter().enumerate() {
+                if let (Some(e), Ok(k)) = (e, u16::try_from(k)) {
+                    match by_element.get_mut(usize::from(*e)) {
+                        Some(slot) if *slot == u16::MAX => *slot = k,
+                        _ => shared = true,
+                    }
+                }
+            }
+            if shared {
+                by_element.clear();
+            }
+            let required = children
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| {
+                    nodes[c].min > 0 || nodes[c].slices.iter().any(|&sl| nodes[sl].min > 0)
+                })
+                .filter_map(|(k, _)| u16::try_from(k).ok())
+                .collect();
+            ChildIndex {
+                key,
+                elements,
+                by_element,
+                required,
+            }
         });
-        (*k == key && idx.len() == children.len()).then_some(idx.as_slice())
+        (index.key == key && index.elements.len() == children.len()).then_some(index)
     }
 }
 
@@ -245,12 +302,14 @@ impl Profile {
                     .into_iter()
                     .flatten()
                     .filter_map(|c| {
+                        let expression = c.get("expression")?.as_str()?;
                         Some(Constraint {
                             key: c.get("key")?.as_str()?.to_string(),
                             severity: str_at(c, "severity").to_string(),
                             human: str_at(c, "human").to_string(),
-                            expression: c.get("expression")?.as_str()?.to_string(),
+                            expression: expression.to_string(),
                             compiled: std::sync::OnceLock::new(),
+                            native: super::check::NativeInvariant::of(expression),
                         })
                     })
                     .collect(),

@@ -44,41 +44,6 @@ enum Resolved<'m> {
 /// `{n}` it is read for, and the table.
 type ResolvedKey = (usize, usize, u32, usize);
 
-/// The hasher of resolved column names: a multiply-rotate mix of the key's words.
-#[derive(Default, Clone, Copy)]
-struct KeyHash;
-
-/// See [`KeyHash`].
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// The row being mapped.
 #[derive(Clone, Copy)]
 struct At {
@@ -208,7 +173,7 @@ pub(super) struct Engine<'m> {
     member: Option<&'m str>,
     failed: Vec<String>,
     /// Column names already resolved (see [`Resolved`]).
-    resolved: HashMap<ResolvedKey, Resolved<'m>, KeyHash>,
+    resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
 }
 
 impl<'m> Engine<'m> {
@@ -237,7 +202,7 @@ impl<'m> Engine<'m> {
             plans: Vec::new(),
             member: None,
             failed: Vec::new(),
-            resolved: HashMap::with_hasher(KeyHash),
+            resolved: HashMap::with_hasher(crate::model::schema::FastHash),
         };
         e.plans = m
             .resources

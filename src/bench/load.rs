@@ -311,11 +311,7 @@ async fn register_with_key(url: &str, key_path: &Path) -> Result<Clients, LoadEr
     let store = crate::store::Store::open(url)
         .await
         .map_err(|e| db(e.to_string()))?;
-    let mut made = Vec::new();
-    for (id, role, scope) in [
-        ("bench-site", Role::Site, "system/*.cruds"),
-        ("bench-sponsor", Role::Sponsor, "system/*.rs"),
-    ] {
+    for (id, role, scope) in [SITE_CLIENT, SPONSOR_CLIENT] {
         crate::auth::clients::add(
             &store,
             &crate::auth::clients::NewClient {
@@ -329,19 +325,32 @@ async fn register_with_key(url: &str, key_path: &Path) -> Result<Clients, LoadEr
         )
         .await
         .map_err(|e| db(e.to_string()))?;
-        made.push(crate::client::Settings {
+    }
+    store.close().await;
+    Ok(Clients::signed_with(&key_path))
+}
+
+/// The site client of an authenticated run: id, role, scope.
+const SITE_CLIENT: (&str, Role, &str) = ("bench-site", Role::Site, "system/*.cruds");
+/// The sponsor client of an authenticated run: id, role, scope.
+const SPONSOR_CLIENT: (&str, Role, &str) = ("bench-sponsor", Role::Sponsor, "system/*.rs");
+
+impl Clients {
+    /// The settings of the two registered clients, signing with the key at `key`.
+    fn signed_with(key: &Path) -> Clients {
+        let settings = |(id, _, scope): (&str, Role, &str)| crate::client::Settings {
             server: String::new(),
             client_id: id.into(),
-            key: key_path.clone(),
+            key: key.to_path_buf(),
             kid: None,
             scope: scope.into(),
             ca_cert: None,
-        });
+        };
+        Clients {
+            site: settings(SITE_CLIENT),
+            sponsor: settings(SPONSOR_CLIENT),
+        }
     }
-    store.close().await;
-    let sponsor = made.pop().ok_or_else(|| db("no sponsor client".into()))?;
-    let site = made.pop().ok_or_else(|| db("no site client".into()))?;
-    Ok(Clients { site, sponsor })
 }
 
 /// A free port on the loopback interface (bound, read, released).
@@ -671,7 +680,14 @@ impl Report {
         let i = &self.ingest;
         let mut lat = i.latencies_us.clone();
         lat.sort_unstable();
-        let _ = writeln!(
+        if i.bundles == 0 {
+            let _ = writeln!(
+                s,
+                "  ingest: skipped (--store kept {} resources from an earlier run)",
+                i.resources
+            );
+        } else {
+            let _ = writeln!(
             s,
             "  ingest: {} resources in {} transaction Bundles ({} rounds), concurrency {}: {:.1} s, {:.0} resources/s; Bundle p50 {:.0} ms, p99 {:.0} ms; {} errors\n    CPU: server {:.1} s ({:.3} ms per resource), load generator {:.1} s",
             i.resources,
@@ -687,6 +703,7 @@ impl Report {
             i.cpu.server * 1000.0 / i.resources.max(1) as f64,
             i.cpu.bench
         );
+        }
         let _ = writeln!(
             s,
             "  at {} resources ({} patients), {} connections:",
@@ -766,7 +783,12 @@ impl Report {
             i.bundles,
             self.concurrency,
             i.seconds,
-            i.resources as f64 / i.seconds.max(1e-9),
+            // A kept store's skipped ingest has no rate.
+            if i.bundles == 0 {
+                0.0
+            } else {
+                i.resources as f64 / i.seconds.max(1e-9)
+            },
             ms(quantile(&lat, 0.5)),
             ms(quantile(&lat, 0.99)),
             i.errors,
@@ -990,18 +1012,7 @@ impl Kept {
 
     /// The clients [`register_with_key`] made in the kept store.
     fn clients(&self) -> Clients {
-        let settings = |id: &str, scope: &str| crate::client::Settings {
-            server: String::new(),
-            client_id: id.into(),
-            key: self.key.clone(),
-            kid: None,
-            scope: scope.into(),
-            ca_cert: None,
-        };
-        Clients {
-            site: settings("bench-site", "system/*.cruds"),
-            sponsor: settings("bench-sponsor", "system/*.rs"),
-        }
+        Clients::signed_with(&self.key)
     }
 }
 

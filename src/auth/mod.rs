@@ -128,6 +128,15 @@ pub(crate) async fn with_principal<F: std::future::Future>(p: Principal, f: F) -
     CURRENT.scope(p, f).await
 }
 
+/// Runs the blocking `f` with `p` (a principal taken with [`current`] on the request's
+/// task) as [`current`]: work moved to a blocking thread keeps the caller it acts for.
+pub(crate) fn blocking_as<R>(p: Option<Principal>, f: impl FnOnce() -> R) -> R {
+    match p {
+        Some(p) => CURRENT.sync_scope(p, f),
+        None => f(),
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -514,7 +514,7 @@ impl<'a> Importer<'a> {
             crate::map::write_bundle(m, good.iter().copied(), &mut text)?;
             let text = String::from_utf8(text).map_err(|e| IngestError::Commit(e.to_string()))?;
             let json = Json::parse(&text, 256).map_err(|e| IngestError::Commit(e.to_string()))?;
-            match commit_mapped(self.state, submitted, &json).await {
+            match commit_mapped(self.state, submitted, json).await {
                 Ok(c) => break c,
                 Err(ApiError::Invalid(issues)) if attempts < 4 => {
                     // The server refused entries the mapping's own validation passed: their

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// One entry as planned: its position, what to do, and its `fullUrl`.
@@ -71,12 +72,16 @@ async fn process(
         ));
     }
     let json = write::deidentify(state, json)?;
-    let kind = json.get("type").and_then(Json::as_str).unwrap_or_default();
+    let kind = json
+        .get("type")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string();
     let base = base_url(headers, state);
     let ret = prefer(headers);
-    match kind {
-        "transaction" => transaction(state, ctx, &json, &base, ret).await,
-        "batch" => batch(state, ctx, &json, &base, ret).await,
+    match kind.as_str() {
+        "transaction" => transaction(state, ctx, json, &base, ret).await,
+        "batch" => batch(state, ctx, json, &base, ret).await,
         other => Err(ApiError::BadRequest(format!(
             "POST /fhir takes a batch or transaction Bundle, not type {other:?}"
         ))),
@@ -135,7 +140,7 @@ struct RawEntry {
     if_match: Option<i64>,
 }
 
-fn read_entry(i: usize, entry: &Json) -> Result<RawEntry, ApiError> {
+fn read_entry(i: usize, entry: &mut Json) -> Result<RawEntry, ApiError> {
     let at = |m: String| ApiError::BadRequest(format!("Bundle.entry[{i}]: {m}"));
     let request = entry
         .get("request")
@@ -171,20 +176,23 @@ fn read_entry(i: usize, entry: &Json) -> Result<RawEntry, ApiError> {
             .get("fullUrl")
             .and_then(Json::as_str)
             .map(str::to_string),
-        resource: entry.get("resource").cloned(),
         if_none_exist: request
             .get("ifNoneExist")
             .and_then(Json::as_str)
             .map(str::to_string),
         if_match,
+        resource: entry
+            .get_mut("resource")
+            .map(|r| std::mem::replace(r, Json::Null)),
     })
 }
 
-/// Validates an entry's resource; issues are located inside the Bundle.
-async fn check_entry(
+/// Validates an entry's resource (on the calling thread); issues are located inside the
+/// Bundle.
+fn check_entry(
     state: &AppState,
     i: usize,
-    resource: Option<&Json>,
+    resource: Option<Json>,
     res_type: &str,
 ) -> Result<Checked, ApiError> {
     let Some(resource) = resource else {
@@ -192,7 +200,7 @@ async fn check_entry(
             "Bundle.entry[{i}] has no resource"
         )));
     };
-    match write::check(state, &resource.to_text(), Some(res_type)).await {
+    match write::check_parsed(state, resource, None, Some(res_type)) {
         Ok(c) => Ok(c),
         Err(ApiError::Invalid(issues)) => Err(ApiError::Invalid(relocate(i, issues))),
         Err(ApiError::BadRequest(m)) => {
@@ -225,12 +233,12 @@ fn relocate(i: usize, issues: Vec<Issue>) -> Vec<Issue> {
         .collect()
 }
 
-/// Turns an entry into an operation (validating its resource).
-async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, ApiError> {
+/// Turns an entry into an operation (validating its resource, on the calling thread).
+fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, ApiError> {
     let t = e.target;
     let op = match (e.method.as_str(), &t.id, &t.query) {
         ("POST", None, None) => Op::Create {
-            resource: check_entry(state, i, e.resource.as_ref(), &t.res_type).await?,
+            resource: check_entry(state, i, e.resource, &t.res_type)?,
             id: write::new_id(),
             criteria: e
                 .if_none_exist
@@ -239,7 +247,7 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
                 .transpose()?,
         },
         ("PUT", Some(id), None) => {
-            let resource = check_entry(state, i, e.resource.as_ref(), &t.res_type).await?;
+            let resource = check_entry(state, i, e.resource, &t.res_type)?;
             if resource.json.get("id").and_then(Json::as_str) != Some(id.as_str()) {
                 return Err(ApiError::BadRequest(format!(
                     "Bundle.entry[{i}]: the resource's id must equal the id {id} in request.url"
@@ -252,7 +260,7 @@ async fn plan_entry(state: &AppState, i: usize, e: RawEntry) -> Result<Planned, 
             }
         }
         ("PUT", None, Some(q)) => Op::ConditionalUpdate {
-            resource: check_entry(state, i, e.resource.as_ref(), &t.res_type).await?,
+            resource: check_entry(state, i, e.resource, &t.res_type)?,
             criteria: Criteria::parse(q)?,
             if_match: e.if_match,
             new_id: write::new_id(),
@@ -364,7 +372,7 @@ fn phase(op: &Op) -> u8 {
 async fn transaction(
     state: &AppState,
     ctx: &WriteCtx,
-    bundle: &Json,
+    bundle: Json,
     base: &str,
     ret: Return,
 ) -> Result<Response, ApiError> {
@@ -381,46 +389,37 @@ async fn transaction(
 pub(crate) async fn commit_transaction(
     state: &AppState,
     ctx: &WriteCtx,
-    bundle: &Json,
+    bundle: Json,
 ) -> Result<Vec<Result<Done, ApiError>>, ApiError> {
-    let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
-    let mut planned = Vec::with_capacity(entries.len());
-    let mut issues: Vec<Issue> = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let raw = read_entry(i, entry)?;
-        match plan_entry(state, i, raw).await {
-            Ok(p) => planned.push(p),
-            Err(ApiError::Invalid(found)) => issues.extend(found),
-            Err(e) => return Err(e),
-        }
-    }
-    if issues.iter().any(|i| i.severity.is_error()) {
-        return Err(ApiError::Invalid(issues));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for p in &planned {
-        if let Some(key) = touched(&p.op) {
-            if !seen.insert(key.clone()) {
-                return Err(ApiError::BadRequest(format!(
-                    "the transaction writes {key} more than once"
-                )));
-            }
-        }
-    }
-    planned.sort_by_key(|p| (phase(&p.op), p.index));
+    let entries = bundle_entries(bundle);
+    let count = entries.len();
+    // Checking and validating every entry, and making ready the creates the Bundle alone
+    // resolves, is CPU work: one blocking task for the whole Bundle, outside the store
+    // transaction (which, on SQLite, holds the one writer).
+    let st = state.clone();
+    let caller = crate::auth::current();
+    let (planned, prepared) = tokio::task::spawn_blocking(move || {
+        crate::auth::blocking_as(caller, || plan_transaction(&st, entries))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
+    // The ledger payload is compressed and sealed once, before the write lock is taken.
+    let sealed = state
+        .store()
+        .seal_payload(&ctx.submission(StatusCode::OK, None, Vec::new()))?;
     let mut attempt = 0;
     let results = loop {
         attempt += 1;
         let run = async {
             let mut tx = state.store().begin().await?;
-            let results = run_transaction(state, &mut tx, &planned).await?;
+            let results = run_transaction(state, &mut tx, &planned, &prepared).await?;
             let versions = results
                 .iter()
                 .filter(|(_, d)| d.written)
                 .filter_map(|(_, d)| d.stored.as_ref().map(write::version_ref))
                 .collect();
             let submission = tx
-                .record(&ctx.submission(StatusCode::OK, None, versions))
+                .record_sealed(&ctx.record(StatusCode::OK, None, versions), &sealed)
                 .await?;
             let touched: Vec<crate::audit::Touched> = results
                 .iter()
@@ -457,7 +456,7 @@ pub(crate) async fn commit_transaction(
             other => break other?,
         }
     };
-    let mut ordered: Vec<Option<Done>> = vec![None; entries.len()];
+    let mut ordered: Vec<Option<Done>> = vec![None; count];
     for (i, d) in results {
         if let Some(slot) = ordered.get_mut(i) {
             *slot = Some(d);
@@ -468,6 +467,125 @@ pub(crate) async fn commit_transaction(
         .map(|d| d.ok_or_else(|| ApiError::Internal("entry without result".into())))
         .collect();
     Ok(items)
+}
+
+/// A Bundle's `entry` list, taken out of it.
+fn bundle_entries(bundle: Json) -> Vec<Json> {
+    match bundle {
+        Json::Object(members) => members
+            .into_iter()
+            .find(|(k, _)| k == "entry")
+            .map(|(_, v)| match v {
+                Json::Array(items) => items,
+                _ => Vec::new(),
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Plans a transaction's entries (each checked and validated; any error refuses the whole
+/// Bundle with every issue), refuses two writes of one `Type/id`, sorts them in processing
+/// order and makes ready the creates whose references the Bundle alone resolves
+/// ([`prepare_static`]).
+fn plan_transaction(
+    state: &AppState,
+    entries: Vec<Json>,
+) -> Result<(Vec<Planned>, HashMap<usize, write::Prepared>), ApiError> {
+    let mut planned = Vec::with_capacity(entries.len());
+    let mut issues: Vec<Issue> = Vec::new();
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        let raw = read_entry(i, &mut entry)?;
+        match plan_entry(state, i, raw) {
+            Ok(p) => planned.push(p),
+            Err(ApiError::Invalid(found)) => issues.extend(found),
+            Err(e) => return Err(e),
+        }
+    }
+    if issues.iter().any(|i| i.severity.is_error()) {
+        return Err(ApiError::Invalid(issues));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &planned {
+        if let Some(key) = touched(&p.op) {
+            if !seen.insert(key.clone()) {
+                return Err(ApiError::BadRequest(format!(
+                    "the transaction writes {key} more than once"
+                )));
+            }
+        }
+    }
+    planned.sort_by_key(|p| (phase(&p.op), p.index));
+    let prepared = prepare_static(&planned);
+    Ok((planned, prepared))
+}
+
+/// The creates (without `ifNoneExist`) whose every reference the transaction would leave
+/// as written or point at an entry whose id needs no lookup (a create without
+/// `ifNoneExist`, an update by id), made ready with those references rewritten, by entry
+/// index. The transaction resolves such a resource to exactly this, so it uses them as
+/// they are; any other create (a conditional reference, a `fullUrl` of a conditional
+/// entry, one [`write::prepare_create`] refuses) is rewritten and made ready inside the
+/// transaction as before.
+fn prepare_static(planned: &[Planned]) -> HashMap<usize, write::Prepared> {
+    let mut known: HashMap<&str, String> = HashMap::new();
+    let mut looked_up: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for p in planned {
+        let Some(full) = p.full_url.as_deref() else {
+            continue;
+        };
+        match &p.op {
+            Op::Create {
+                resource,
+                id,
+                criteria: None,
+            }
+            | Op::Update { resource, id, .. } => {
+                known.insert(full, format!("{}/{id}", resource.res_type));
+            }
+            Op::Create { .. } | Op::ConditionalUpdate { .. } => {
+                looked_up.insert(full);
+            }
+            _ => {}
+        }
+    }
+    for full in looked_up {
+        known.remove(full);
+    }
+    let mut out = HashMap::new();
+    for p in planned {
+        let Op::Create {
+            resource,
+            id,
+            criteria: None,
+        } = &p.op
+        else {
+            continue;
+        };
+        let mut refs = Vec::new();
+        collect_references(&resource.json, &mut refs);
+        let mut resolved: HashMap<String, String> = HashMap::new();
+        let mut static_only = true;
+        for r in refs {
+            if let Some(target) = known.get(r.as_str()) {
+                resolved.insert(r, target.clone());
+            } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") || r.contains('?') {
+                static_only = false;
+                break;
+            }
+        }
+        if !static_only {
+            continue;
+        }
+        let mut json = resource.json.clone();
+        if !resolved.is_empty() {
+            replace_references(&mut json, &resolved);
+        }
+        if let Ok(ready) = write::prepare_create(&resource.res_type, json, id) {
+            out.insert(p.index, ready);
+        }
+    }
+    out
 }
 
 /// The `Type/id` an update or delete with an explicit id writes.
@@ -490,6 +608,7 @@ async fn run_transaction(
     state: &AppState,
     tx: &mut crate::store::Tx,
     planned: &[Planned],
+    prepared: &HashMap<usize, write::Prepared>,
 ) -> Result<Vec<(usize, Done)>, ApiError> {
     let mut results = Vec::with_capacity(planned.len());
     // 1. DELETE.
@@ -498,7 +617,7 @@ async fn run_transaction(
     }
     // 2. Resolve the ids of creates and conditional updates; map fullUrls to them.
     let mut map: HashMap<String, String> = HashMap::new();
-    let mut writes: Vec<(usize, Op)> = Vec::new();
+    let mut writes: Vec<(usize, Cow<'_, Op>)> = Vec::new();
     for p in planned.iter().filter(|p| matches!(phase(&p.op), 1 | 2)) {
         let (res_type, id, op) = match &p.op {
             Op::Create {
@@ -511,7 +630,11 @@ async fn run_transaction(
                     None => Vec::new(),
                 };
                 match found.as_slice() {
-                    [] => (resource.res_type.clone(), id.clone(), Some(p.op.clone())),
+                    [] => (
+                        resource.res_type.clone(),
+                        id.clone(),
+                        Some(Cow::Borrowed(&p.op)),
+                    ),
                     [one] => {
                         let existing = tx.read(&resource.res_type, one).await?;
                         if existing
@@ -543,9 +666,11 @@ async fn run_transaction(
                     }
                 }
             }
-            Op::Update { resource, id, .. } => {
-                (resource.res_type.clone(), id.clone(), Some(p.op.clone()))
-            }
+            Op::Update { resource, id, .. } => (
+                resource.res_type.clone(),
+                id.clone(),
+                Some(Cow::Borrowed(&p.op)),
+            ),
             Op::ConditionalUpdate {
                 resource,
                 criteria,
@@ -580,11 +705,11 @@ async fn run_transaction(
                     id: id.clone(),
                     if_match: *if_match,
                 };
-                (resource.res_type.clone(), id, Some(op))
+                (resource.res_type.clone(), id, Some(Cow::Owned(op)))
             }
             Op::Patch { .. } => {
                 // Patches run after the creates and updates before them, in entry order.
-                writes.push((p.index, p.op.clone()));
+                writes.push((p.index, Cow::Borrowed(&p.op)));
                 continue;
             }
             _ => continue,
@@ -599,16 +724,30 @@ async fn run_transaction(
     // 3. Rewrite references, then write (creates first: `writes` keeps the order). Creates
     // (their ids fresh, from the server) are written together, in one multi-row insert per
     // table, before the first other write.
-    let mut creates: Vec<(usize, write::Checked, String)> = Vec::new();
+    let mut creates: Vec<Create<'_>> = Vec::new();
     for (index, op) in writes {
-        if !matches!(op, Op::Create { .. }) && !creates.is_empty() {
+        if !matches!(*op, Op::Create { .. }) && !creates.is_empty() {
             flush_creates(tx, &mut creates, &mut results).await?;
         }
         let op = match op {
-            Op::Create { resource, id, .. } => {
-                creates.push((index, rewrite(tx, index, resource, &map).await?, id));
+            Cow::Borrowed(Op::Create { resource, id, .. }) => {
+                let ready = match prepared.get(&index) {
+                    Some(ready) => Cow::Borrowed(ready),
+                    None => {
+                        let rewritten = rewrite(tx, index, resource.clone(), &map).await?;
+                        Cow::Owned(write::prepare_create(
+                            &rewritten.res_type,
+                            rewritten.json,
+                            id,
+                        )?)
+                    }
+                };
+                creates.push((index, resource, id, ready));
                 continue;
             }
+            op => op.into_owned(),
+        };
+        let op = match op {
             Op::Update {
                 resource,
                 id,
@@ -641,15 +780,19 @@ async fn run_transaction(
     Ok(results)
 }
 
+/// A create gathered for [`flush_creates`]: entry index, the resource as checked, its
+/// fresh id, and the resource made ready to store.
+type Create<'a> = (usize, &'a Checked, &'a str, Cow<'a, write::Prepared>);
+
 /// Writes the creates gathered so far ([`write::create_fresh`]) and adds their results.
 async fn flush_creates(
     tx: &mut crate::store::Tx,
-    creates: &mut Vec<(usize, write::Checked, String)>,
+    creates: &mut Vec<Create<'_>>,
     results: &mut Vec<(usize, Done)>,
 ) -> Result<(), ApiError> {
-    let batch: Vec<(usize, &write::Checked, &str)> = creates
+    let batch: Vec<(usize, &Checked, &str, &write::Prepared)> = creates
         .iter()
-        .map(|(i, r, id)| (*i, r, id.as_str()))
+        .map(|(i, r, id, ready)| (*i, *r, *id, ready.as_ref()))
         .collect();
     results.extend(write::create_fresh(tx, &batch).await?);
     creates.clear();
@@ -778,23 +921,33 @@ fn replace_references(json: &mut Json, resolved: &HashMap<String, String>) {
 async fn batch(
     state: &AppState,
     ctx: &WriteCtx,
-    bundle: &Json,
+    bundle: Json,
     base: &str,
     ret: Return,
 ) -> Result<Response, ApiError> {
     // Each entry's write is audited in its own transaction; the batch itself is queued.
     crate::audit::set_subtype("batch");
-    let entries = bundle.get("entry").map(Json::items).unwrap_or_default();
-    let mut planned: Vec<(usize, Result<Op, ApiError>)> = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let op = match read_entry(i, entry) {
-            Ok(raw) => plan_entry(state, i, raw).await.map(|p| p.op),
-            Err(e) => Err(e),
-        };
-        planned.push((i, op));
-    }
+    let entries = bundle_entries(bundle);
+    let count = entries.len();
+    let st = state.clone();
+    let caller = crate::auth::current();
+    let mut planned: Vec<(usize, Result<Op, ApiError>)> = tokio::task::spawn_blocking(move || {
+        crate::auth::blocking_as(caller, || {
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut entry)| {
+                    let op = read_entry(i, &mut entry)
+                        .and_then(|raw| plan_entry(&st, i, raw).map(|p| p.op));
+                    (i, op)
+                })
+                .collect()
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))?;
     planned.sort_by_key(|(i, op)| (op.as_ref().map_or(0, phase), *i));
-    let mut items: Vec<Option<Result<Done, ApiError>>> = (0..entries.len()).map(|_| None).collect();
+    let mut items: Vec<Option<Result<Done, ApiError>>> = (0..count).map(|_| None).collect();
     let mut versions = Vec::new();
     let mut problems = Vec::new();
     for (i, op) in planned {

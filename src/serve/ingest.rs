@@ -89,7 +89,7 @@ async fn process(
         .await
         .map_err(|e| ApiError::Internal(format!("mapping task: {e}")))??;
     let json = Json::parse(&bundle, state.config().max_depth.max(64))?;
-    let items = commit_transaction(state, ctx, &json).await?;
+    let items = commit_transaction(state, ctx, json).await?;
     Ok(response_bundle(
         "transaction-response",
         &items,
@@ -322,7 +322,7 @@ pub struct Submitted {
 pub async fn commit_mapped(
     state: &AppState,
     submitted: &Submitted,
-    bundle: &Json,
+    bundle: Json,
 ) -> Result<Committed, ApiError> {
     let ctx = WriteCtx {
         received: crate::store::time::now(),

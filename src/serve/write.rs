@@ -39,7 +39,8 @@ impl Checked {
 }
 
 /// Reads `text` as a resource and validates it. `url_type` is the type the URL names; the
-/// `resourceType` must match it.
+/// `resourceType` must match it. The work after parsing ([`check_parsed`]) runs on the
+/// blocking pool (validation is CPU work).
 ///
 /// # Errors
 /// [`ApiError::Malformed`] (400) for text that is not JSON or nests too deeply;
@@ -51,6 +52,37 @@ pub async fn check(
     url_type: Option<&str>,
 ) -> Result<Checked, ApiError> {
     let json = Json::parse(text, state.config().max_depth)?;
+    // Without pseudonymization what is validated is the text as sent.
+    let text = state
+        .config()
+        .pseudonymize
+        .is_none()
+        .then(|| text.to_string());
+    let st = state.clone();
+    let url_type = url_type.map(str::to_string);
+    let caller = crate::auth::current();
+    tokio::task::spawn_blocking(move || {
+        crate::auth::blocking_as(caller, || {
+            check_parsed(&st, json, text, url_type.as_deref())
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))?
+}
+
+/// The checks of [`check`] on a resource already parsed, on the calling thread: known
+/// `resourceType` matching `url_type`, de-identification, validation. `text` is the
+/// resource's text when it is what is validated (no pseudonymization), else it is written
+/// from `json`.
+///
+/// # Errors
+/// As [`check`], apart from malformed JSON.
+pub fn check_parsed(
+    state: &AppState,
+    json: Json,
+    text: Option<String>,
+    url_type: Option<&str>,
+) -> Result<Checked, ApiError> {
     let res_type = resource_type(&json)?;
     refuse_append_only(&res_type)?;
     if let Some(t) = url_type {
@@ -67,13 +99,19 @@ pub async fn check(
             let text = json.to_text();
             (json, text)
         }
-        None => (json, text.to_string()),
+        None => {
+            let text = text.unwrap_or_else(|| json.to_text());
+            (json, text)
+        }
     };
-    let warnings = validate(state, text).await?;
+    let issues = state.validator().validate_json(&text, &[]);
+    if has_errors(&issues) {
+        return Err(ApiError::Invalid(issues));
+    }
     Ok(Checked {
         res_type,
         json,
-        warnings,
+        warnings: issues,
     })
 }
 
@@ -767,50 +805,61 @@ async fn put(
     }
 }
 
-/// Writes creates whose ids the server has just assigned (UUIDs no resource has): the
-/// checks and labels [`apply`] gives a create, then one multi-row `INSERT` per table for
-/// all of them ([`Tx::create_fresh`]) instead of a round of statements per resource.
-/// `creates` are (entry index, resource, id); the results keep their order.
+/// A create made ready for [`create_fresh`]: its JSON as it will be stored (references
+/// rewritten, tenancy label set) and its search index rows. Pure work, so a transaction
+/// Bundle makes it before its store transaction begins when the Bundle alone resolves the
+/// resource's references.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The resource as it will be stored, before `id` and `meta` are stamped in.
+    pub json: Json,
+    /// Its search index rows.
+    pub index: Vec<crate::search::IndexRow>,
+}
+
+/// The checks and labels [`apply`] gives a create with the fresh `id`, on `json` whose
+/// references are already rewritten.
 ///
 /// # Errors
-/// A create [`apply`] would refuse (an append-only type, a token's narrowed scopes);
-/// database failures.
+/// An append-only type, an invalid id, a token's narrowed scopes that do not allow it.
+pub fn prepare_create(res_type: &str, mut json: Json, id: &str) -> Result<Prepared, ApiError> {
+    refuse_append_only(res_type)?;
+    if !is_valid_id(id) {
+        return Err(ApiError::BadRequest(format!(
+            "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
+        )));
+    }
+    crate::auth::tenancy::label(&mut json);
+    let index = search_rows(&json);
+    narrow::check_write(Interaction::Create, res_type, id, &index).map_err(ApiError::Forbidden)?;
+    Ok(Prepared { json, index })
+}
+
+/// Writes creates whose ids the server has just assigned (UUIDs no resource has), each
+/// made ready by [`prepare_create`]: one multi-row `INSERT` per table for all of them
+/// ([`Tx::create_fresh`]) instead of a round of statements per resource. `creates` are
+/// (entry index, resource as checked, id, prepared); the results keep their order.
+///
+/// # Errors
+/// Database failures.
 pub async fn create_fresh(
     tx: &mut Tx,
-    creates: &[(usize, &Checked, &str)],
+    creates: &[(usize, &Checked, &str, &Prepared)],
 ) -> Result<Vec<(usize, Done)>, ApiError> {
-    let mut made = Vec::with_capacity(creates.len());
-    for (_, resource, id) in creates {
-        refuse_append_only(&resource.res_type)?;
-        if !is_valid_id(id) {
-            return Err(ApiError::BadRequest(format!(
-                "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
-            )));
-        }
-        let mut json = resource.json.clone();
-        crate::auth::tenancy::label(&mut json);
-        let index = search_rows(&json);
-        narrow::check_write(Interaction::Create, &resource.res_type, id, &index)
-            .map_err(ApiError::Forbidden)?;
-        made.push((json, index, resource.warnings_outcome()));
-    }
     let mut fresh: Vec<crate::store::Fresh<'_>> = creates
         .iter()
-        .zip(made.iter_mut())
-        .map(
-            |((_, resource, id), (json, index, warnings))| crate::store::Fresh {
-                res_type: &resource.res_type,
-                id: (*id).to_string(),
-                content: std::mem::replace(json, Json::Null),
-                index,
-                issues: warnings.take(),
-            },
-        )
+        .map(|(_, resource, id, prepared)| crate::store::Fresh {
+            res_type: &resource.res_type,
+            id: (*id).to_string(),
+            content: prepared.json.clone(),
+            index: &prepared.index,
+            issues: resource.warnings_outcome(),
+        })
         .collect();
     let stored = tx.create_fresh(&mut fresh).await?;
     let mut out = Vec::with_capacity(stored.len());
     drop(fresh);
-    for ((index, resource, id), stored) in creates.iter().zip(stored) {
+    for ((index, resource, id, _), stored) in creates.iter().zip(stored) {
         if resource.res_type == "Patient" && !stored.site.is_empty() {
             crate::export::group::add_member(tx, &stored.site, id).await?;
         }
@@ -906,6 +955,20 @@ impl WriteCtx {
         operation_outcome: Option<String>,
         versions: Vec<String>,
     ) -> Submission {
+        Submission {
+            payload: self.payload.clone(),
+            ..self.record(status, operation_outcome, versions)
+        }
+    }
+
+    /// [`WriteCtx::submission`] without the payload, for [`Tx::record_sealed`] with the
+    /// payload sealed beforehand.
+    pub fn record(
+        &self,
+        status: StatusCode,
+        operation_outcome: Option<String>,
+        versions: Vec<String>,
+    ) -> Submission {
         let outcome = if status.is_server_error() {
             "failed"
         } else if status.is_client_error() {
@@ -926,7 +989,7 @@ impl WriteCtx {
             method: self.method.clone(),
             url: self.url.clone(),
             content_type: self.content_type.clone(),
-            payload: self.payload.clone(),
+            payload: Vec::new(),
             outcome: outcome.into(),
             status: status.as_u16(),
             operation_outcome,

@@ -852,7 +852,16 @@ impl Store {
         }
     }
 
-    /// The ledger key, if one is set.
+    /// `s`'s payload compressed and sealed as [`Tx::record_sealed`] stores it, under the
+    /// ledger key set now.
+    ///
+    /// # Errors
+    /// When compression fails.
+    pub fn seal_payload(&self, s: &Submission) -> Result<SealedPayload> {
+        SealedPayload::new(self.ledger_key().as_ref(), s)
+    }
+
+    /// The key ledger payloads are sealed with, if one is set.
     pub fn ledger_key(&self) -> Option<sealed::LedgerKey> {
         self.ledger_key.read().ok().and_then(|k| k.clone())
     }
@@ -1680,15 +1689,18 @@ impl Tx {
     /// # Errors
     /// On database failure.
     pub async fn record(&mut self, s: &Submission) -> Result<i64> {
-        let packed = compress(&s.payload)?;
-        let (payload, key) = match &self.ledger_key {
-            Some(k) => (
-                k.seal(&packed, &sealed::aad(&s.received, &s.request_id)),
-                Some(k.fingerprint().to_string()),
-            ),
-            None => (packed, None),
-        };
-        let size = i64::try_from(s.payload.len()).unwrap_or(i64::MAX);
+        let sealed = SealedPayload::new(self.ledger_key.as_ref(), s)?;
+        self.record_sealed(s, &sealed).await
+    }
+
+    /// Records `s` with its payload as `sealed` ([`Store::seal_payload`], made before the
+    /// transaction began so that a large payload is not compressed while the transaction
+    /// holds the write lock); `s.payload` itself is not read.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn record_sealed(&mut self, s: &Submission, sealed: &SealedPayload) -> Result<i64> {
+        let (payload, key, size) = (&sealed.bytes, &sealed.key, sealed.size);
         let versions = s.versions.join(" ");
         let sql = "INSERT INTO submission (received, request_id, client, site, method, url, \
                    content_type, payload, payload_size, outcome, status, operation_outcome, \
@@ -1705,7 +1717,7 @@ impl Tx {
                 .bind(&s.method)
                 .bind(&s.url)
                 .bind(s.content_type.as_deref())
-                .bind(&payload)
+                .bind(payload)
                 .bind(size)
                 .bind(&s.outcome)
                 .bind(i64::from(s.status))
@@ -1717,6 +1729,33 @@ impl Tx {
                 .try_get::<i64, _>("id")?
         });
         Ok(id)
+    }
+}
+
+/// A submission's payload as the ledger row keeps it: gzip-compressed and, under a ledger
+/// key, sealed with the row's `received` and `request_id` as associated data.
+#[derive(Debug, Clone)]
+pub struct SealedPayload {
+    bytes: Vec<u8>,
+    key: Option<String>,
+    size: i64,
+}
+
+impl SealedPayload {
+    fn new(key: Option<&sealed::LedgerKey>, s: &Submission) -> Result<SealedPayload> {
+        let packed = compress(&s.payload)?;
+        let (bytes, key) = match key {
+            Some(k) => (
+                k.seal(&packed, &sealed::aad(&s.received, &s.request_id)),
+                Some(k.fingerprint().to_string()),
+            ),
+            None => (packed, None),
+        };
+        Ok(SealedPayload {
+            bytes,
+            key,
+            size: i64::try_from(s.payload.len()).unwrap_or(i64::MAX),
+        })
     }
 }
 

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_locality",
         include_str!("migrations/postgres/0008_search_locality.sql"),
     ),
+    (
+        9,
+        "owner_first",
+        include_str!("migrations/postgres/0009_owner_first.sql"),
+    ),
 ];
 
 /// Connects to `url` and migrates the database. With `schema`, every connection works in

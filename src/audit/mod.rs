@@ -190,15 +190,15 @@ fn index_json(res_type: &str, json: &Json) -> Vec<IndexRow> {
 }
 
 /// Writes prepared records in `tx` under fresh ids, in one round of bulk inserts. The
-/// JSON is copied (`create_fresh` stamps it), so a batch that lost a race can be written
-/// again from the same records.
+/// records are not changed (`create_fresh` stamps the stored text), so a batch that lost a
+/// race can be written again from the same records.
 async fn create_prepared(tx: &mut Tx, prepared: &[Prepared]) -> Result<Vec<Stored>, StoreError> {
     let mut fresh: Vec<Fresh<'_>> = prepared
         .iter()
         .map(|p| Fresh {
             res_type: p.res_type,
             id: uuid::Uuid::now_v7().to_string(),
-            content: p.json.clone(),
+            content: &p.json,
             index: &p.index,
             issues: None,
         })

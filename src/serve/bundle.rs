@@ -516,7 +516,7 @@ fn plan_transaction(
         }
     }
     planned.sort_by_key(|p| (phase(&p.op), p.index));
-    let prepared = prepare_static(&planned);
+    let prepared = prepare_static(&mut planned)?;
     Ok((planned, prepared))
 }
 
@@ -524,13 +524,17 @@ fn plan_transaction(
 /// as written or point at an entry whose id needs no lookup (a create without
 /// `ifNoneExist`, an update by id), made ready with those references rewritten, by entry
 /// index. The transaction resolves such a resource to exactly this, so it uses them as
-/// they are; any other create (a conditional reference, a `fullUrl` of a conditional
-/// entry, one [`write::prepare_create`] refuses) is rewritten and made ready inside the
-/// transaction as before.
-fn prepare_static(planned: &[Planned]) -> HashMap<usize, write::Prepared> {
-    let mut known: HashMap<&str, String> = HashMap::new();
+/// they are; their JSON is moved out of `planned` (the transaction reads only their type
+/// and warnings). Any other create (a conditional reference, a `fullUrl` of a conditional
+/// entry) is rewritten and made ready inside the transaction as before.
+///
+/// # Errors
+/// A create [`write::prepare_create`] refuses (a token's narrowed scopes): the
+/// transaction would fail with it, so it fails now, before anything is written.
+fn prepare_static(planned: &mut [Planned]) -> Result<HashMap<usize, write::Prepared>, ApiError> {
+    let mut known: HashMap<String, String> = HashMap::new();
     let mut looked_up: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for p in planned {
+    for p in planned.iter() {
         let Some(full) = p.full_url.as_deref() else {
             continue;
         };
@@ -541,7 +545,7 @@ fn prepare_static(planned: &[Planned]) -> HashMap<usize, write::Prepared> {
                 criteria: None,
             }
             | Op::Update { resource, id, .. } => {
-                known.insert(full, format!("{}/{id}", resource.res_type));
+                known.insert(full.to_string(), format!("{}/{id}", resource.res_type));
             }
             Op::Create { .. } | Op::ConditionalUpdate { .. } => {
                 looked_up.insert(full);
@@ -553,12 +557,12 @@ fn prepare_static(planned: &[Planned]) -> HashMap<usize, write::Prepared> {
         known.remove(full);
     }
     let mut out = HashMap::new();
-    for p in planned {
+    for p in planned.iter_mut() {
         let Op::Create {
             resource,
             id,
             criteria: None,
-        } = &p.op
+        } = &mut p.op
         else {
             continue;
         };
@@ -577,15 +581,16 @@ fn prepare_static(planned: &[Planned]) -> HashMap<usize, write::Prepared> {
         if !static_only {
             continue;
         }
-        let mut json = resource.json.clone();
+        let mut json = std::mem::replace(&mut resource.json, Json::Null);
         if !resolved.is_empty() {
             replace_references(&mut json, &resolved);
         }
-        if let Ok(ready) = write::prepare_create(&resource.res_type, json, id) {
-            out.insert(p.index, ready);
-        }
+        out.insert(
+            p.index,
+            write::prepare_create(&resource.res_type, json, id)?,
+        );
     }
-    out
+    Ok(out)
 }
 
 /// The `Type/id` an update or delete with an explicit id writes.

@@ -851,7 +851,7 @@ pub async fn create_fresh(
         .map(|(_, resource, id, prepared)| crate::store::Fresh {
             res_type: &resource.res_type,
             id: (*id).to_string(),
-            content: prepared.json.clone(),
+            content: &prepared.json,
             index: &prepared.index,
             issues: resource.warnings_outcome(),
         })

@@ -28,7 +28,7 @@ pub mod sealed;
 pub mod sqlite;
 pub mod time;
 
-use crate::model::json::Json;
+use crate::model::json::{write_str, Json};
 use crate::search::IndexRow;
 use std::io::{Read as _, Write as _};
 
@@ -297,8 +297,9 @@ pub struct Fresh<'a> {
     pub res_type: &'a str,
     /// A fresh id (a UUID).
     pub id: String,
-    /// The JSON, without `id` and `meta.versionId`/`lastUpdated` (stamped on write).
-    pub content: Json,
+    /// The JSON, without `id` and `meta.versionId`/`lastUpdated` (stamped into the stored
+    /// text; the tree itself is not changed).
+    pub content: &'a Json,
     /// Its search index rows.
     pub index: &'a [IndexRow],
     /// The validation warnings stored with the version (an OperationOutcome).
@@ -1190,8 +1191,8 @@ impl Tx {
     /// Stores resources the caller made and gave fresh ids (UUIDs: no resource of that id
     /// exists) as their first versions, all stamped with one `lastUpdated`: one multi-row
     /// `INSERT` per table for the whole slice instead of a round of statements per
-    /// resource. For the records the gateway writes itself (audit events, provenance).
-    /// `content` is stamped in place. Returns the versions, in order.
+    /// resource. For the creates of transaction Bundles and the records the gateway writes
+    /// itself (audit events, provenance). Returns the versions, in order.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when an id exists after all; database failures.
@@ -1199,14 +1200,13 @@ impl Tx {
         let last_updated = time::now();
         let mut stored = Vec::with_capacity(resources.len());
         for r in resources.iter_mut() {
-            stamp(&mut r.content, &r.id, 1, &last_updated);
             stored.push(Stored {
                 res_type: r.res_type.to_string(),
                 id: r.id.clone(),
                 version_id: 1,
                 last_updated: last_updated.clone(),
                 deleted: false,
-                content: Some(r.content.to_text()),
+                content: Some(stamped_text(r.content, &r.id, 1, &last_updated)),
                 issues: r.issues.take(),
                 site: crate::auth::tenancy::owner_of(&r.content).unwrap_or_default(),
             });
@@ -1806,6 +1806,85 @@ pub fn stamp(resource: &mut Json, id: &str, version_id: i64, last_updated: &str)
     }
 }
 
+/// The text of `resource` as [`stamp`] would leave it, without changing or copying the
+/// tree: `id` in place or after `resourceType`, `meta.versionId` and `meta.lastUpdated`
+/// first in `meta` (a `meta` that is not an object replaced, a missing one added after
+/// `id`).
+pub fn stamped_text(resource: &Json, id: &str, version_id: i64, last_updated: &str) -> String {
+    /// One member of the stamped object.
+    enum Part<'a> {
+        Member(&'a str, &'a Json),
+        Id,
+        Meta(&'a [(String, Json)]),
+    }
+    let Json::Object(members) = resource else {
+        return resource.to_text();
+    };
+    let after_type = usize::from(members.first().is_some_and(|(k, _)| k == "resourceType"));
+    let has_id = members.iter().any(|(k, _)| k == "id");
+    let meta = members.iter().find(|(k, _)| k == "meta").map(|(_, v)| v);
+    let mut parts: Vec<Part<'_>> = Vec::with_capacity(members.len() + 2);
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i == after_type && !has_id {
+            parts.push(Part::Id);
+        }
+        match (k.as_str(), v) {
+            ("id", _) => parts.push(Part::Id),
+            // Keys are unique, so this is the one `meta`; one that is not an object is
+            // replaced by a new one after `id`.
+            ("meta", Json::Object(m)) => parts.push(Part::Meta(m)),
+            ("meta", _) => {}
+            _ => parts.push(Part::Member(k, v)),
+        }
+    }
+    if !has_id && after_type >= members.len() {
+        parts.push(Part::Id);
+    }
+    if !matches!(meta, Some(Json::Object(_))) {
+        let at = parts
+            .iter()
+            .position(|p| matches!(p, Part::Id))
+            .map_or(0, |p| p + 1);
+        parts.insert(at, Part::Meta(&[]));
+    }
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match part {
+            Part::Member(k, v) => {
+                write_str(&mut out, k);
+                out.push(':');
+                v.write_to(&mut out);
+            }
+            Part::Id => {
+                out.push_str("\"id\":");
+                write_str(&mut out, id);
+            }
+            Part::Meta(rest) => {
+                out.push_str("\"meta\":{\"versionId\":");
+                write_str(&mut out, &version_id.to_string());
+                out.push_str(",\"lastUpdated\":");
+                write_str(&mut out, last_updated);
+                for (k, v) in rest.iter() {
+                    if k == "versionId" || k == "lastUpdated" {
+                        continue;
+                    }
+                    out.push(',');
+                    write_str(&mut out, k);
+                    out.push(':');
+                    v.write_to(&mut out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
 /// The (system, value) pairs of a resource's top-level `identifier`s (system `""` when
 /// absent); identifiers without a value are skipped.
 pub fn identifiers(resource: &Json) -> Vec<(String, String)> {
@@ -1859,6 +1938,30 @@ mod tests {
             bare.to_text(),
             r#"{"resourceType":"Patient","id":"p2","meta":{"versionId":"1","lastUpdated":"t"}}"#
         );
+    }
+
+    #[test]
+    fn stamped_text_is_the_text_of_the_stamped_tree() {
+        for text in [
+            r#"{"resourceType":"Patient","meta":{"profile":["x"],"versionId":"9"},"active":true}"#,
+            r#"{"resourceType":"Patient"}"#,
+            r#"{}"#,
+            r#"{"active":true}"#,
+            r#"{"resourceType":"Observation","id":"old","status":"final"}"#,
+            r#"{"resourceType":"Observation","status":"final","id":"old","meta":{"lastUpdated":"x","tag":[{"code":"t"}]}}"#,
+            r#"{"resourceType":"Observation","status":"final","meta":"not an object","code":{}}"#,
+            r#"{"status":"final","resourceType":"Observation","meta":{}}"#,
+            r#"{"resourceType":"Observation","meta":{"security":[{"code":"s"}]},"id":"x"}"#,
+        ] {
+            let json = Json::parse(text, 16).expect("json");
+            let mut tree = json.clone();
+            stamp(&mut tree, "n\"ew", 3, "2026-01-01T00:00:00.000Z");
+            assert_eq!(
+                stamped_text(&json, "n\"ew", 3, "2026-01-01T00:00:00.000Z"),
+                tree.to_text(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -215,11 +215,10 @@ fn parse_pattern(text: &str, tokens: &[DateToken], pivot: u32) -> Option<Ymd> {
     for tok in tokens {
         match tok {
             DateToken::Sep(c) => {
-                let s = c.to_string();
-                if !text[pos..].starts_with(&s) {
+                if !text[pos..].starts_with(*c) {
                     return None;
                 }
-                pos += s.len();
+                pos += c.len_utf8();
             }
             _ => {
                 let (min, max) = match tok {

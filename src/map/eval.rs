@@ -10,6 +10,7 @@ use super::spec::{As, ColumnSpec, Cond, Mapping, Part, ResourceRule, Template};
 use super::{cell_pos, row_pos, Diagnostic, Made};
 use crate::fhirpath::{Collection, Context, Expression, Item, SystemValue};
 use crate::validate::Severity;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 /// A resolved column value.
@@ -38,6 +39,27 @@ enum Resolved<'m> {
     Own(usize),
     /// A constant.
     Const(&'m str),
+    /// The repeat number `n`.
+    N,
+}
+
+/// The digits of 0 to 99, one after the other (`n` is read without allocating).
+const SMALL_NUMBERS: &str = "0123456789101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// The value of `n`: its digits, borrowed for the common small numbers.
+fn n_cell<'t>(n: Option<u32>) -> Cell<'t> {
+    match n {
+        Some(n) if n < 10 => {
+            let i = n as usize;
+            Cell::Value(SMALL_NUMBERS[i..=i].into(), None)
+        }
+        Some(n) if n < 100 => {
+            let i = 10 + (n as usize - 10) * 2;
+            Cell::Value(SMALL_NUMBERS[i..i + 2].into(), None)
+        }
+        Some(n) => Cell::Value(n.to_string().into(), None),
+        None => Cell::Empty(None),
+    }
 }
 
 /// The key of a resolved column name: the name's address and length in the mapping, the
@@ -174,6 +196,21 @@ pub(super) struct Engine<'m> {
     failed: Vec<String>,
     /// Column names already resolved (see [`Resolved`]).
     resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
+    /// The most recent of them, by [`recent_slot`] (checked before `resolved`).
+    recent: Vec<(ResolvedKey, Resolved<'m>)>,
+}
+
+/// Slots of [`Engine::recent`].
+const RECENT: usize = 256;
+
+/// A key no column name has (its address and length would pass the end of memory).
+const NO_KEY: ResolvedKey = (usize::MAX, usize::MAX, 0, 0);
+
+/// The slot of a resolved column name in [`Engine::recent`].
+fn recent_slot(key: ResolvedKey) -> usize {
+    let (ptr, len, n, table) = key;
+    let h = (ptr as u64) ^ ((len as u64) << 40) ^ (u64::from(n) << 20) ^ ((table as u64) << 52);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % RECENT
 }
 
 impl<'m> Engine<'m> {
@@ -203,11 +240,12 @@ impl<'m> Engine<'m> {
             member: None,
             failed: Vec::new(),
             resolved: HashMap::with_hasher(crate::model::schema::FastHash),
+            recent: vec![(NO_KEY, Resolved::N); RECENT],
         };
         e.plans = m
             .resources
             .iter()
-            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name))
+            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &m.constants))
             .collect();
         e.check_keys();
         e.joined = e.join_all();
@@ -281,7 +319,8 @@ impl<'m> Engine<'m> {
                 continue;
             }
             self.require_columns(ti, &src.key.clone(), src.line);
-            let mut seen: HashMap<Vec<String>, u32> = HashMap::new();
+            let mut seen: HashMap<Vec<String>, u32, crate::model::schema::FastHash> =
+                HashMap::with_capacity_and_hasher(t.rows.len(), crate::model::schema::FastHash);
             for r in 0..t.rows.len() {
                 let Some(k) = self.key_of(ti, r, &src.key) else {
                     self.report(
@@ -293,19 +332,21 @@ impl<'m> Engine<'m> {
                     );
                     continue;
                 };
-                if let Some(first) = seen.insert(k.clone(), t.rows[r].line) {
-                    self.report(
-                        Severity::Error,
-                        Some((ti, r)),
-                        None,
-                        src.line,
-                        format!(
-                            "duplicate key {} = {} (also on line {first})",
-                            src.key.join(", "),
-                            k.join(", ")
-                        ),
-                    );
-                }
+                let mut entry = match seen.entry(k) {
+                    Entry::Vacant(v) => {
+                        v.insert(t.rows[r].line);
+                        continue;
+                    }
+                    Entry::Occupied(o) => o,
+                };
+                // The line reported for a later repeat is the latest before it.
+                let first = entry.insert(t.rows[r].line);
+                let message = format!(
+                    "duplicate key {} = {} (also on line {first})",
+                    src.key.join(", "),
+                    entry.key().join(", ")
+                );
+                self.report(Severity::Error, Some((ti, r)), None, src.line, message);
             }
         }
     }
@@ -438,6 +479,10 @@ impl<'m> Engine<'m> {
     /// but the ids is kept. `lines` records the provenance of each line (for validation).
     pub(super) fn produce(&mut self, lines: bool, emit: &mut dyn FnMut(&Made<'_>)) -> usize {
         let mut ids = Ids::default();
+        // About one resource per rule and row (more with repeats).
+        let rows: usize = self.tables.iter().map(|t| t.rows.len()).sum();
+        ids.by_hash.reserve(rows.saturating_mul(self.m.resources.len()));
+        ids.entries.reserve(rows.saturating_mul(self.m.resources.len()));
         let mut sink = Sink::new(lines);
         let mut again = Sink::new(false);
         let mut count = 0;
@@ -587,7 +632,9 @@ impl<'m> Engine<'m> {
             }
         }
         let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-        if !out[start..].chars().all(fits) {
+        // Byte by byte first: a byte that fits is a whole character.
+        let fits_byte = |&b: &u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if !out.as_bytes()[start..].iter().all(fits_byte) {
             let fixed: String = out[start..]
                 .chars()
                 .map(|c| if fits(c) { c } else { '-' })
@@ -620,9 +667,22 @@ impl<'m> Engine<'m> {
             at.n.unwrap_or(u32::MAX),
             at.table,
         );
-        match self.resolved.get(&key) {
-            Some(Resolved::Own(ci)) => return self.read(at.table, at.row, *ci),
-            Some(Resolved::Const(v)) => return Cell::Value((*v).into(), None),
+        let slot = recent_slot(key);
+        let mut known = self
+            .recent
+            .get(slot)
+            .filter(|(k, _)| *k == key)
+            .map(|&(_, r)| r);
+        if known.is_none() {
+            known = self.resolved.get(&key).copied();
+            if let (Some(r), Some(e)) = (known, self.recent.get_mut(slot)) {
+                *e = (key, r);
+            }
+        }
+        match known {
+            Some(Resolved::Own(ci)) => return self.read(at.table, at.row, ci),
+            Some(Resolved::Const(v)) => return Cell::Value(v.into(), None),
+            Some(Resolved::N) => return n_cell(at.n),
             None => {}
         }
         let name: std::borrow::Cow<str> = match at.n {
@@ -630,10 +690,8 @@ impl<'m> Engine<'m> {
             _ => name.into(),
         };
         if name == "n" {
-            return match at.n {
-                Some(n) => Cell::Value(n.to_string().into(), None),
-                None => Cell::Empty(None),
-            };
+            self.resolved.insert(key, Resolved::N);
+            return n_cell(at.n);
         }
         if let Some(c) = name.strip_prefix("const.") {
             let m = self.m;
@@ -845,7 +903,7 @@ impl<'m> Engine<'m> {
     fn render(&mut self, plan: &Plan<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         match plan {
             Plan::Nothing => None,
-            Plan::Fixed(f) => {
+            Plan::Fixed(f) | Plan::Run(f) => {
                 out.fixed(f);
                 Some(f.prov)
             }
@@ -925,6 +983,15 @@ impl<'m> Engine<'m> {
         out.text.push(g.open);
         let mut any = false;
         for item in &g.items {
+            if let Plan::Run(run) = &item.plan {
+                // Always there: no mark to cut back to, no provenance to set.
+                if any {
+                    out.text.push(',');
+                }
+                out.fixed(run);
+                any = true;
+                continue;
+            }
             if g.top {
                 self.member = item.member;
             }

@@ -474,8 +474,11 @@ impl BundleWriter<'_> {
         crate::model::json::write_str(&mut s, &url[rel..]);
         url.truncate(rel);
         s.push_str(",\n      \"resource\": ");
-        // The text is already indented for its place in the entry.
-        s.push_str(text.trim_end());
+        self.put(&s);
+        // The text is already indented for its place in the entry, and written as it is
+        // (not copied into the entry's text first).
+        self.put(text.trim_end());
+        s.clear();
         s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": ");
         crate::model::json::write_str(&mut s, &url);
         s.push_str("\n      }\n    }");

@@ -233,7 +233,10 @@ fn parse_pattern(text: &str, tokens: &[DateToken], pivot: u32) -> Option<Ymd> {
                 if end - pos < min {
                     return None;
                 }
-                let v: u32 = text[pos..end].parse().ok()?;
+                // One to four ASCII digits: no overflow, no sign.
+                let v = bytes[pos..end]
+                    .iter()
+                    .fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
                 pos = end;
                 match tok {
                     DateToken::Day => day = Some(v),

@@ -43,6 +43,18 @@ enum Resolved<'m> {
     N,
 }
 
+/// Which bytes an id holds as they are: ASCII letters and digits, `-` and `.`.
+const ID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        i += 1;
+    }
+    table
+};
+
 /// The digits of 0 to 99, one after the other (`n` is read without allocating).
 const SMALL_NUMBERS: &str = "0123456789101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
 
@@ -67,7 +79,7 @@ fn n_cell<'t>(n: Option<u32>) -> Cell<'t> {
 type ResolvedKey = (usize, usize, u32, usize);
 
 /// The row being mapped.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct At {
     table: usize,
     row: usize,
@@ -140,11 +152,12 @@ impl Ids {
         at: At,
     ) -> Option<(usize, At)> {
         let kind = self.type_index(type_name);
-        // FNV-1a over the type and the id, then a final mix for the table's upper bits.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
-        for &b in id.as_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        // The type and the id, a word at a time, then a final mix for the table's upper
+        // bits.
+        let mut hasher = std::hash::BuildHasher::build_hasher(&crate::model::schema::FastHash);
+        std::hash::Hasher::write_u32(&mut hasher, kind);
+        std::hash::Hasher::write(&mut hasher, id.as_bytes());
+        let mut h = std::hash::Hasher::finish(&hasher);
         h ^= h >> 29;
         h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h ^= h >> 32;
@@ -198,6 +211,18 @@ pub(super) struct Engine<'m> {
     resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
     /// The most recent of them, by [`recent_slot`] (checked before `resolved`).
     recent: Vec<(ResolvedKey, Resolved<'m>)>,
+    /// Per rule, the id last made for a reference to its resource, and the row it was made
+    /// for (without `n` when the id does not read it); see [`Engine::ref_id`].
+    ref_ids: Vec<(Option<At>, String)>,
+    /// Per rule, whether its id reads `n`.
+    id_reads_n: Vec<bool>,
+}
+
+/// Whether a template reads the repeat number `n` (as `{n}` or inside a column name).
+fn reads_n(t: &Template) -> bool {
+    t.parts
+        .iter()
+        .any(|p| matches!(p, Part::Column(c) if c == "n" || c.contains("{n}")))
 }
 
 /// Slots of [`Engine::recent`].
@@ -241,6 +266,8 @@ impl<'m> Engine<'m> {
             failed: Vec::new(),
             resolved: HashMap::with_hasher(crate::model::schema::FastHash),
             recent: vec![(NO_KEY, Resolved::N); RECENT],
+            ref_ids: vec![(None, String::new()); m.resources.len()],
+            id_reads_n: m.resources.iter().map(|r| reads_n(&r.id)).collect(),
         };
         e.plans = m
             .resources
@@ -605,6 +632,36 @@ impl<'m> Engine<'m> {
         made.is_some()
     }
 
+    /// The id of rule `ti`'s resource for a reference from the row, appended to `out`, as
+    /// [`Engine::id_into`] makes it; the id last made for the rule is used again when the
+    /// row (and `n`, if the id reads it) is the same.
+    fn ref_id(&mut self, ti: usize, at: At, line: usize, out: &mut String) -> bool {
+        let key = At {
+            n: if self.id_reads_n[ti] { at.n } else { None },
+            ..at
+        };
+        if let Some((Some(k), id)) = self.ref_ids.get(ti) {
+            if *k == key {
+                out.push_str(id);
+                return true;
+            }
+        }
+        let m = self.m;
+        let start = out.len();
+        let made = self.id_into(&m.resources[ti], at, line, out);
+        if let Some((k, id)) = self.ref_ids.get_mut(ti) {
+            id.clear();
+            // Only an id made without problems is kept (a problem is reported each time).
+            if made {
+                id.push_str(&out[start..]);
+                *k = Some(key);
+            } else {
+                *k = None;
+            }
+        }
+        made
+    }
+
     /// The id of `rule`'s resource for the row, appended to `out`: its template, with
     /// characters a FHIR id cannot hold replaced by `-`. False (and `out` as it was)
     /// when there is none.
@@ -633,8 +690,10 @@ impl<'m> Engine<'m> {
         }
         let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
         // Byte by byte first: a byte that fits is a whole character.
-        let fits_byte = |&b: &u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
-        if !out.as_bytes()[start..].iter().all(fits_byte) {
+        if !out.as_bytes()[start..]
+            .iter()
+            .all(|&b| ID_BYTES[usize::from(b)])
+        {
             let fixed: String = out[start..]
                 .chars()
                 .map(|c| if fits(c) { c } else { '-' })
@@ -909,7 +968,11 @@ impl<'m> Engine<'m> {
             }
             Plan::Group(g) => self.group(g, at, out),
             Plan::Id(prov) => {
-                push_json_str(&mut out.text, &self.id);
+                // An id holds letters, digits, `-` and `.` only: nothing to escape.
+                out.text.reserve(self.id.len() + 2);
+                out.text.push('"');
+                out.text.push_str(&self.id);
+                out.text.push('"');
                 Some(*prov)
             }
             Plan::Template(t, line, prov) => {
@@ -946,12 +1009,13 @@ impl<'m> Engine<'m> {
             }
             Plan::Ref(target, line, prov, depth) => {
                 let m = self.m;
-                let target = &m.resources[*target];
+                let ti = *target;
+                let target = &m.resources[ti];
                 let mut s = std::mem::take(&mut self.scratch);
                 s.clear();
                 s.push_str(&target.type_name);
                 s.push('/');
-                let made = self.id_into(target, at, *line, &mut s);
+                let made = self.ref_id(ti, at, *line, &mut s);
                 if made {
                     out.text.push('{');
                     out.newline(depth + 1, *prov);
@@ -1192,9 +1256,10 @@ impl<'m> Engine<'m> {
             }),
             As::Date => {
                 // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
-                let value = match value.split_once('T') {
-                    Some((d, _)) if self.tables[at.table].fhir.is_some() => d,
-                    _ => &value,
+                let value: &str = if self.tables[at.table].fhir.is_some() {
+                    value.split_once('T').map_or(&*value, |(d, _)| d)
+                } else {
+                    &value
                 };
                 convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
                     text.push('"');

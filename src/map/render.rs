@@ -167,7 +167,7 @@ impl Sink {
 /// nothing to escape first).
 #[inline]
 pub(super) fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -175,6 +175,31 @@ pub(super) fn push_json_str(out: &mut String, s: &str) {
     } else {
         write_str(out, s);
     }
+}
+
+/// Whether text goes into a JSON string as it is: no control character, `"` or `\`.
+/// Eight bytes at a time: a byte below 0x20, and a byte equal to `"` or `\` (a zero byte
+/// after the XOR), set their high bit in the words tested.
+#[inline]
+pub(crate) fn json_plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let special = zero_byte(x ^ (ONES * 0x22)) | zero_byte(x ^ (ONES * 0x5c));
+        if (control | special) & HIGH != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// Appends a new line and `depth` levels of indentation (two spaces each).

@@ -67,8 +67,7 @@ impl ConceptMap {
             .or_else(|| v.get("targetUri"))
             .and_then(|t| t.as_str())
             .map(str::to_string);
-        let mut map: HashMap<String, Coding, crate::model::schema::FastHash> =
-            HashMap::default();
+        let mut map: HashMap<String, Coding, crate::model::schema::FastHash> = HashMap::default();
         let mut targets = Vec::new();
         let groups = v.get("group").and_then(|g| g.as_array());
         for group in groups.into_iter().flatten() {

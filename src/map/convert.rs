@@ -171,7 +171,7 @@ fn from_days(days: i64) -> Option<Ymd> {
 /// # Errors
 /// A message naming the formats tried.
 pub fn parse_date(text: &str, formats: &[DateFormat], pivot: u32) -> Result<Ymd, String> {
-    let text = text.trim();
+    let text = super::source::trim(text);
     for f in formats {
         let found = match f {
             DateFormat::Excel => parse_excel(text),

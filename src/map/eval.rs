@@ -143,15 +143,9 @@ impl Ids {
         u32::try_from(i).unwrap_or(u32::MAX)
     }
 
-    /// The rule and row that first made (type, id), or records them as its first.
-    fn first_or_insert(
-        &mut self,
-        type_name: &str,
-        id: &str,
-        rule: usize,
-        at: At,
-    ) -> Option<(usize, At)> {
-        let kind = self.type_index(type_name);
+    /// The rule and row that first made (type, id), or records them as its first (`kind`:
+    /// the type's [`Ids::type_index`]).
+    fn first_or_insert(&mut self, kind: u32, id: &str, rule: usize, at: At) -> Option<(usize, At)> {
         // The type and the id, a word at a time, then a final mix for the table's upper
         // bits.
         let mut hasher = std::hash::BuildHasher::build_hasher(&crate::model::schema::FastHash);
@@ -508,8 +502,10 @@ impl<'m> Engine<'m> {
         let mut ids = Ids::default();
         // About one resource per rule and row (more with repeats).
         let rows: usize = self.tables.iter().map(|t| t.rows.len()).sum();
-        ids.by_hash.reserve(rows.saturating_mul(self.m.resources.len()));
-        ids.entries.reserve(rows.saturating_mul(self.m.resources.len()));
+        ids.by_hash
+            .reserve(rows.saturating_mul(self.m.resources.len()));
+        ids.entries
+            .reserve(rows.saturating_mul(self.m.resources.len()));
         let mut sink = Sink::new(lines);
         let mut again = Sink::new(false);
         let mut count = 0;
@@ -517,6 +513,7 @@ impl<'m> Engine<'m> {
         for ri in 0..m.resources.len() {
             self.rule = ri;
             let rule = &m.resources[ri];
+            let kind = ids.type_index(&rule.type_name);
             let ns: Vec<Option<u32>> = if rule.repeat.is_empty() {
                 vec![None]
             } else {
@@ -543,7 +540,7 @@ impl<'m> Engine<'m> {
                         if !self.one(ri, at, &mut sink) {
                             continue;
                         }
-                        match ids.first_or_insert(&rule.type_name, &self.id, ri, at) {
+                        match ids.first_or_insert(kind, &self.id, ri, at) {
                             None => {
                                 count += 1;
                                 emit(&Made {
@@ -1007,7 +1004,7 @@ impl<'m> Engine<'m> {
                     els.as_ref().and_then(|e| self.render(e, at, out))
                 }
             }
-            Plan::Ref(target, line, prov, depth) => {
+            Plan::Ref(target, line, prov, text) => {
                 let m = self.m;
                 let ti = *target;
                 let target = &m.resources[ti];
@@ -1017,12 +1014,11 @@ impl<'m> Engine<'m> {
                 s.push('/');
                 let made = self.ref_id(ti, at, *line, &mut s);
                 if made {
-                    out.text.push('{');
-                    out.newline(depth + 1, *prov);
-                    out.text.push_str("\"reference\": ");
+                    out.text.push_str(&text.open);
+                    out.line(*prov);
                     push_json_str(&mut out.text, &s);
-                    out.newline(*depth, *prov);
-                    out.text.push('}');
+                    out.text.push_str(&text.close);
+                    out.line(*prov);
                 }
                 self.scratch = s;
                 made.then_some(*prov)

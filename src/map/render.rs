@@ -86,10 +86,20 @@ pub(super) enum Plan<'m> {
     },
     /// A conditional value.
     If(&'m Cond, usize, Box<Plan<'m>>, Option<Box<Plan<'m>>>),
-    /// A reference to another rule's resource of the row (rule index).
-    Ref(usize, usize, Prov, usize),
+    /// A reference to another rule's resource of the row (rule index, line, provenance,
+    /// and the text around its value).
+    Ref(usize, usize, Prov, Box<RefText>),
     /// A FHIRPath value (line, provenance, depth).
     FhirPath(&'m Expression, usize, Prov, usize),
+}
+
+/// The text around a reference's value, the same for every row.
+#[derive(Debug)]
+pub(super) struct RefText {
+    /// `{`, a new line, the indentation and `"reference": `.
+    pub open: String,
+    /// A new line, the indentation and `}`.
+    pub close: String,
 }
 
 /// Where a resource's text is written: the text, and the provenance of each of its lines
@@ -196,10 +206,19 @@ pub(crate) fn json_plain(s: &[u8]) -> bool {
             return false;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+    let rest = chunks.remainder();
+    match s.len().checked_sub(8) {
+        // The last eight bytes again, as one word.
+        Some(from) if !rest.is_empty() => {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&s[from..]);
+            let x = u64::from_le_bytes(w);
+            let control = x.wrapping_sub(ONES * 0x20) & !x;
+            let special = zero_byte(x ^ (ONES * 0x22)) | zero_byte(x ^ (ONES * 0x5c));
+            (control | special) & HIGH == 0
+        }
+        _ => rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
+    }
 }
 
 /// Appends a new line and `depth` levels of indentation (two spaces each).
@@ -387,10 +406,19 @@ fn value<'m>(
             c,
             line,
             Box::new(compile(then, depth, by_name, consts)),
-            els.as_ref().map(|e| Box::new(compile(e, depth, by_name, consts))),
+            els.as_ref()
+                .map(|e| Box::new(compile(e, depth, by_name, consts))),
         ),
         Spec::Ref(name) => match by_name.get(name.as_str()) {
-            Some(&target) => Plan::Ref(target, line, prov, depth),
+            Some(&target) => {
+                let mut open = String::from("{");
+                indent(&mut open, depth + 1);
+                open.push_str("\"reference\": ");
+                let mut close = String::new();
+                indent(&mut close, depth);
+                close.push('}');
+                Plan::Ref(target, line, prov, Box::new(RefText { open, close }))
+            }
             None => Plan::Nothing,
         },
         Spec::FhirPath(e, _) => Plan::FhirPath(e, line, prov, depth),

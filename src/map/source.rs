@@ -242,7 +242,7 @@ fn length_mask(markers: &[String]) -> u64 {
 
 /// `str::trim`, without its character decoding when the ends are plain ASCII.
 #[inline]
-fn trim(s: &str) -> &str {
+pub(crate) fn trim(s: &str) -> &str {
     let plain = |b: u8| b.is_ascii() && !b.is_ascii_whitespace() && b != 0x0b;
     match s.as_bytes() {
         [first, .., last] if plain(*first) && plain(*last) => s,

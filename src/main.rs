@@ -388,6 +388,9 @@ struct LoadArgs {
     /// default).
     #[arg(long, value_name = "N")]
     export_page: Option<i64>,
+    /// map: write the generated batches into this folder (for comparing outputs) and stop.
+    #[arg(long, value_name = "DIR", hide = true)]
+    dump: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -873,7 +876,10 @@ fn main() -> ExitCode {
             what: imagio_gateway::bench::Suite::Map,
             load,
             ..
-        } => imagio_gateway::bench::map::run(load.rows.unwrap_or(1_000_000)),
+        } => match load.dump {
+            Some(dir) => imagio_gateway::bench::map::dump(load.rows.unwrap_or(1_000_000), &dir),
+            None => imagio_gateway::bench::map::run(load.rows.unwrap_or(1_000_000)),
+        },
         Command::Bench {
             what: imagio_gateway::bench::Suite::Import,
             load,

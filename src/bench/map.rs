@@ -113,6 +113,23 @@ pub fn generate(rows: usize) -> Vec<Input> {
     out
 }
 
+/// Writes the generated batches of `rows` rows into `dir` (one file per batch, named as
+/// the benchmark names them), to compare the mapper's output on them.
+pub fn dump(rows: usize, dir: &std::path::Path) -> ExitCode {
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        generate(rows)
+            .iter()
+            .try_for_each(|b| std::fs::write(dir.join(&b.name), &b.bytes))
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The example mapping, from the source tree.
 fn mapping_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings/nl01-retrospective/mapping.toml")

@@ -29,7 +29,7 @@ pub struct ConceptMap {
     /// The ValueSet it targets (`targetCanonical` or `targetUri`), if declared.
     pub target_value_set: Option<String>,
     /// Local code (trimmed, lower-cased) to target.
-    map: HashMap<String, Coding>,
+    map: HashMap<String, Coding, crate::model::schema::FastHash>,
     /// Every (system, code) a target names, for checks.
     pub targets: Vec<Coding>,
 }
@@ -67,7 +67,7 @@ impl ConceptMap {
             .or_else(|| v.get("targetUri"))
             .and_then(|t| t.as_str())
             .map(str::to_string);
-        let mut map: HashMap<String, Coding> = HashMap::new();
+        let mut map: HashMap<String, Coding, crate::model::schema::FastHash> = HashMap::default();
         let mut targets = Vec::new();
         let groups = v.get("group").and_then(|g| g.as_array());
         for group in groups.into_iter().flatten() {

@@ -171,7 +171,7 @@ fn from_days(days: i64) -> Option<Ymd> {
 /// # Errors
 /// A message naming the formats tried.
 pub fn parse_date(text: &str, formats: &[DateFormat], pivot: u32) -> Result<Ymd, String> {
-    let text = text.trim();
+    let text = super::source::trim(text);
     for f in formats {
         let found = match f {
             DateFormat::Excel => parse_excel(text),
@@ -215,11 +215,10 @@ fn parse_pattern(text: &str, tokens: &[DateToken], pivot: u32) -> Option<Ymd> {
     for tok in tokens {
         match tok {
             DateToken::Sep(c) => {
-                let s = c.to_string();
-                if !text[pos..].starts_with(&s) {
+                if !text[pos..].starts_with(*c) {
                     return None;
                 }
-                pos += s.len();
+                pos += c.len_utf8();
             }
             _ => {
                 let (min, max) = match tok {
@@ -234,7 +233,10 @@ fn parse_pattern(text: &str, tokens: &[DateToken], pivot: u32) -> Option<Ymd> {
                 if end - pos < min {
                     return None;
                 }
-                let v: u32 = text[pos..end].parse().ok()?;
+                // One to four ASCII digits: no overflow, no sign.
+                let v = bytes[pos..end]
+                    .iter()
+                    .fold(0u32, |v, &b| v * 10 + u32::from(b - b'0'));
                 pos = end;
                 match tok {
                     DateToken::Day => day = Some(v),

@@ -10,6 +10,7 @@ use super::spec::{As, ColumnSpec, Cond, Mapping, Part, ResourceRule, Template};
 use super::{cell_pos, row_pos, Diagnostic, Made};
 use crate::fhirpath::{Collection, Context, Expression, Item, SystemValue};
 use crate::validate::Severity;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 /// A resolved column value.
@@ -38,6 +39,39 @@ enum Resolved<'m> {
     Own(usize),
     /// A constant.
     Const(&'m str),
+    /// The repeat number `n`.
+    N,
+}
+
+/// Which bytes an id holds as they are: ASCII letters and digits, `-` and `.`.
+const ID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        i += 1;
+    }
+    table
+};
+
+/// The digits of 0 to 99, one after the other (`n` is read without allocating).
+const SMALL_NUMBERS: &str = "0123456789101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// The value of `n`: its digits, borrowed for the common small numbers.
+fn n_cell<'t>(n: Option<u32>) -> Cell<'t> {
+    match n {
+        Some(n) if n < 10 => {
+            let i = n as usize;
+            Cell::Value(SMALL_NUMBERS[i..=i].into(), None)
+        }
+        Some(n) if n < 100 => {
+            let i = 10 + (n as usize - 10) * 2;
+            Cell::Value(SMALL_NUMBERS[i..i + 2].into(), None)
+        }
+        Some(n) => Cell::Value(n.to_string().into(), None),
+        None => Cell::Empty(None),
+    }
 }
 
 /// The key of a resolved column name: the name's address and length in the mapping, the
@@ -45,7 +79,7 @@ enum Resolved<'m> {
 type ResolvedKey = (usize, usize, u32, usize);
 
 /// The row being mapped.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct At {
     table: usize,
     row: usize,
@@ -109,20 +143,15 @@ impl Ids {
         u32::try_from(i).unwrap_or(u32::MAX)
     }
 
-    /// The rule and row that first made (type, id), or records them as its first.
-    fn first_or_insert(
-        &mut self,
-        type_name: &str,
-        id: &str,
-        rule: usize,
-        at: At,
-    ) -> Option<(usize, At)> {
-        let kind = self.type_index(type_name);
-        // FNV-1a over the type and the id, then a final mix for the table's upper bits.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
-        for &b in id.as_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+    /// The rule and row that first made (type, id), or records them as its first (`kind`:
+    /// the type's [`Ids::type_index`]).
+    fn first_or_insert(&mut self, kind: u32, id: &str, rule: usize, at: At) -> Option<(usize, At)> {
+        // The type and the id, a word at a time, then a final mix for the table's upper
+        // bits.
+        let mut hasher = std::hash::BuildHasher::build_hasher(&crate::model::schema::FastHash);
+        std::hash::Hasher::write_u32(&mut hasher, kind);
+        std::hash::Hasher::write(&mut hasher, id.as_bytes());
+        let mut h = std::hash::Hasher::finish(&hasher);
         h ^= h >> 29;
         h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h ^= h >> 32;
@@ -174,6 +203,33 @@ pub(super) struct Engine<'m> {
     failed: Vec<String>,
     /// Column names already resolved (see [`Resolved`]).
     resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
+    /// The most recent of them, by [`recent_slot`] (checked before `resolved`).
+    recent: Vec<(ResolvedKey, Resolved<'m>)>,
+    /// Per rule, the id last made for a reference to its resource, and the row it was made
+    /// for (without `n` when the id does not read it); see [`Engine::ref_id`].
+    ref_ids: Vec<(Option<At>, String)>,
+    /// Per rule, whether its id reads `n`.
+    id_reads_n: Vec<bool>,
+}
+
+/// Whether a template reads the repeat number `n` (as `{n}` or inside a column name).
+fn reads_n(t: &Template) -> bool {
+    t.parts
+        .iter()
+        .any(|p| matches!(p, Part::Column(c) if c == "n" || c.contains("{n}")))
+}
+
+/// Slots of [`Engine::recent`].
+const RECENT: usize = 256;
+
+/// A key no column name has (its address and length would pass the end of memory).
+const NO_KEY: ResolvedKey = (usize::MAX, usize::MAX, 0, 0);
+
+/// The slot of a resolved column name in [`Engine::recent`].
+fn recent_slot(key: ResolvedKey) -> usize {
+    let (ptr, len, n, table) = key;
+    let h = (ptr as u64) ^ ((len as u64) << 40) ^ (u64::from(n) << 20) ^ ((table as u64) << 52);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % RECENT
 }
 
 impl<'m> Engine<'m> {
@@ -203,11 +259,14 @@ impl<'m> Engine<'m> {
             member: None,
             failed: Vec::new(),
             resolved: HashMap::with_hasher(crate::model::schema::FastHash),
+            recent: vec![(NO_KEY, Resolved::N); RECENT],
+            ref_ids: vec![(None, String::new()); m.resources.len()],
+            id_reads_n: m.resources.iter().map(|r| reads_n(&r.id)).collect(),
         };
         e.plans = m
             .resources
             .iter()
-            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name))
+            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &m.constants))
             .collect();
         e.check_keys();
         e.joined = e.join_all();
@@ -281,7 +340,8 @@ impl<'m> Engine<'m> {
                 continue;
             }
             self.require_columns(ti, &src.key.clone(), src.line);
-            let mut seen: HashMap<Vec<String>, u32> = HashMap::new();
+            let mut seen: HashMap<Vec<String>, u32, crate::model::schema::FastHash> =
+                HashMap::with_capacity_and_hasher(t.rows.len(), crate::model::schema::FastHash);
             for r in 0..t.rows.len() {
                 let Some(k) = self.key_of(ti, r, &src.key) else {
                     self.report(
@@ -293,19 +353,21 @@ impl<'m> Engine<'m> {
                     );
                     continue;
                 };
-                if let Some(first) = seen.insert(k.clone(), t.rows[r].line) {
-                    self.report(
-                        Severity::Error,
-                        Some((ti, r)),
-                        None,
-                        src.line,
-                        format!(
-                            "duplicate key {} = {} (also on line {first})",
-                            src.key.join(", "),
-                            k.join(", ")
-                        ),
-                    );
-                }
+                let mut entry = match seen.entry(k) {
+                    Entry::Vacant(v) => {
+                        v.insert(t.rows[r].line);
+                        continue;
+                    }
+                    Entry::Occupied(o) => o,
+                };
+                // The line reported for a later repeat is the latest before it.
+                let first = entry.insert(t.rows[r].line);
+                let message = format!(
+                    "duplicate key {} = {} (also on line {first})",
+                    src.key.join(", "),
+                    entry.key().join(", ")
+                );
+                self.report(Severity::Error, Some((ti, r)), None, src.line, message);
             }
         }
     }
@@ -438,6 +500,12 @@ impl<'m> Engine<'m> {
     /// but the ids is kept. `lines` records the provenance of each line (for validation).
     pub(super) fn produce(&mut self, lines: bool, emit: &mut dyn FnMut(&Made<'_>)) -> usize {
         let mut ids = Ids::default();
+        // About one resource per rule and row (more with repeats).
+        let rows: usize = self.tables.iter().map(|t| t.rows.len()).sum();
+        ids.by_hash
+            .reserve(rows.saturating_mul(self.m.resources.len()));
+        ids.entries
+            .reserve(rows.saturating_mul(self.m.resources.len()));
         let mut sink = Sink::new(lines);
         let mut again = Sink::new(false);
         let mut count = 0;
@@ -445,6 +513,7 @@ impl<'m> Engine<'m> {
         for ri in 0..m.resources.len() {
             self.rule = ri;
             let rule = &m.resources[ri];
+            let kind = ids.type_index(&rule.type_name);
             let ns: Vec<Option<u32>> = if rule.repeat.is_empty() {
                 vec![None]
             } else {
@@ -471,7 +540,7 @@ impl<'m> Engine<'m> {
                         if !self.one(ri, at, &mut sink) {
                             continue;
                         }
-                        match ids.first_or_insert(&rule.type_name, &self.id, ri, at) {
+                        match ids.first_or_insert(kind, &self.id, ri, at) {
                             None => {
                                 count += 1;
                                 emit(&Made {
@@ -560,6 +629,36 @@ impl<'m> Engine<'m> {
         made.is_some()
     }
 
+    /// The id of rule `ti`'s resource for a reference from the row, appended to `out`, as
+    /// [`Engine::id_into`] makes it; the id last made for the rule is used again when the
+    /// row (and `n`, if the id reads it) is the same.
+    fn ref_id(&mut self, ti: usize, at: At, line: usize, out: &mut String) -> bool {
+        let key = At {
+            n: if self.id_reads_n[ti] { at.n } else { None },
+            ..at
+        };
+        if let Some((Some(k), id)) = self.ref_ids.get(ti) {
+            if *k == key {
+                out.push_str(id);
+                return true;
+            }
+        }
+        let m = self.m;
+        let start = out.len();
+        let made = self.id_into(&m.resources[ti], at, line, out);
+        if let Some((k, id)) = self.ref_ids.get_mut(ti) {
+            id.clear();
+            // Only an id made without problems is kept (a problem is reported each time).
+            if made {
+                id.push_str(&out[start..]);
+                *k = Some(key);
+            } else {
+                *k = None;
+            }
+        }
+        made
+    }
+
     /// The id of `rule`'s resource for the row, appended to `out`: its template, with
     /// characters a FHIR id cannot hold replaced by `-`. False (and `out` as it was)
     /// when there is none.
@@ -587,7 +686,11 @@ impl<'m> Engine<'m> {
             }
         }
         let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-        if !out[start..].chars().all(fits) {
+        // Byte by byte first: a byte that fits is a whole character.
+        if !out.as_bytes()[start..]
+            .iter()
+            .all(|&b| ID_BYTES[usize::from(b)])
+        {
             let fixed: String = out[start..]
                 .chars()
                 .map(|c| if fits(c) { c } else { '-' })
@@ -620,9 +723,22 @@ impl<'m> Engine<'m> {
             at.n.unwrap_or(u32::MAX),
             at.table,
         );
-        match self.resolved.get(&key) {
-            Some(Resolved::Own(ci)) => return self.read(at.table, at.row, *ci),
-            Some(Resolved::Const(v)) => return Cell::Value((*v).into(), None),
+        let slot = recent_slot(key);
+        let mut known = self
+            .recent
+            .get(slot)
+            .filter(|(k, _)| *k == key)
+            .map(|&(_, r)| r);
+        if known.is_none() {
+            known = self.resolved.get(&key).copied();
+            if let (Some(r), Some(e)) = (known, self.recent.get_mut(slot)) {
+                *e = (key, r);
+            }
+        }
+        match known {
+            Some(Resolved::Own(ci)) => return self.read(at.table, at.row, ci),
+            Some(Resolved::Const(v)) => return Cell::Value(v.into(), None),
+            Some(Resolved::N) => return n_cell(at.n),
             None => {}
         }
         let name: std::borrow::Cow<str> = match at.n {
@@ -630,10 +746,8 @@ impl<'m> Engine<'m> {
             _ => name.into(),
         };
         if name == "n" {
-            return match at.n {
-                Some(n) => Cell::Value(n.to_string().into(), None),
-                None => Cell::Empty(None),
-            };
+            self.resolved.insert(key, Resolved::N);
+            return n_cell(at.n);
         }
         if let Some(c) = name.strip_prefix("const.") {
             let m = self.m;
@@ -845,13 +959,17 @@ impl<'m> Engine<'m> {
     fn render(&mut self, plan: &Plan<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         match plan {
             Plan::Nothing => None,
-            Plan::Fixed(f) => {
+            Plan::Fixed(f) | Plan::Run(f) => {
                 out.fixed(f);
                 Some(f.prov)
             }
             Plan::Group(g) => self.group(g, at, out),
             Plan::Id(prov) => {
-                push_json_str(&mut out.text, &self.id);
+                // An id holds letters, digits, `-` and `.` only: nothing to escape.
+                out.text.reserve(self.id.len() + 2);
+                out.text.push('"');
+                out.text.push_str(&self.id);
+                out.text.push('"');
                 Some(*prov)
             }
             Plan::Template(t, line, prov) => {
@@ -886,21 +1004,21 @@ impl<'m> Engine<'m> {
                     els.as_ref().and_then(|e| self.render(e, at, out))
                 }
             }
-            Plan::Ref(target, line, prov, depth) => {
+            Plan::Ref(target, line, prov, text) => {
                 let m = self.m;
-                let target = &m.resources[*target];
+                let ti = *target;
+                let target = &m.resources[ti];
                 let mut s = std::mem::take(&mut self.scratch);
                 s.clear();
                 s.push_str(&target.type_name);
                 s.push('/');
-                let made = self.id_into(target, at, *line, &mut s);
+                let made = self.ref_id(ti, at, *line, &mut s);
                 if made {
-                    out.text.push('{');
-                    out.newline(depth + 1, *prov);
-                    out.text.push_str("\"reference\": ");
+                    out.text.push_str(&text.open);
+                    out.line(*prov);
                     push_json_str(&mut out.text, &s);
-                    out.newline(*depth, *prov);
-                    out.text.push('}');
+                    out.text.push_str(&text.close);
+                    out.line(*prov);
                 }
                 self.scratch = s;
                 made.then_some(*prov)
@@ -925,6 +1043,15 @@ impl<'m> Engine<'m> {
         out.text.push(g.open);
         let mut any = false;
         for item in &g.items {
+            if let Plan::Run(run) = &item.plan {
+                // Always there: no mark to cut back to, no provenance to set.
+                if any {
+                    out.text.push(',');
+                }
+                out.fixed(run);
+                any = true;
+                continue;
+            }
             if g.top {
                 self.member = item.member;
             }
@@ -1125,9 +1252,10 @@ impl<'m> Engine<'m> {
             }),
             As::Date => {
                 // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
-                let value = match value.split_once('T') {
-                    Some((d, _)) if self.tables[at.table].fhir.is_some() => d,
-                    _ => &value,
+                let value: &str = if self.tables[at.table].fhir.is_some() {
+                    value.split_once('T').map_or(&*value, |(d, _)| d)
+                } else {
+                    &value
                 };
                 convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
                     text.push('"');

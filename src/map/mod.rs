@@ -322,14 +322,7 @@ pub fn run(
     let rows = tables.iter().map(|t| t.rows.len()).sum();
     let mut engine = eval::Engine::new(mapping, &tables, diagnostics);
     let mut issues = Vec::new();
-    let mut writer = BundleWriter {
-        out: bundle,
-        base: mapping.base.trim_end_matches('/'),
-        count: 0,
-        error: None,
-        buf: String::new(),
-        url: String::new(),
-    };
+    let mut writer = BundleWriter::new(bundle, &mapping.base);
     writer.start();
     let resources = engine.produce(validator.is_some(), &mut |p| {
         if let Some(v) = validator {
@@ -436,6 +429,29 @@ struct BundleWriter<'w> {
     buf: String,
     /// The entry's relative URL (likewise).
     url: String,
+    /// Whether `base` needs no escaping in JSON.
+    plain_base: bool,
+}
+
+/// Whether a text is written in JSON as it is (between quotes).
+fn json_plain(s: &str) -> bool {
+    render::json_plain(s.as_bytes())
+}
+
+impl<'w> BundleWriter<'w> {
+    /// A writer of the Bundle to `out`, with `fullUrl`s on `base`.
+    fn new(out: &'w mut dyn std::io::Write, base: &'w str) -> BundleWriter<'w> {
+        let base = base.trim_end_matches('/');
+        BundleWriter {
+            out,
+            base,
+            count: 0,
+            error: None,
+            buf: String::new(),
+            url: String::new(),
+            plain_base: json_plain(base),
+        }
+    }
 }
 
 impl BundleWriter<'_> {
@@ -454,6 +470,10 @@ impl BundleWriter<'_> {
     }
 
     fn entry(&mut self, type_name: &str, id: &str, text: &str) {
+        if self.plain_base && json_plain(type_name) && json_plain(id) {
+            self.plain_entry(type_name, id, text);
+            return;
+        }
         let mut s = std::mem::take(&mut self.buf);
         s.clear();
         let mut url = std::mem::take(&mut self.url);
@@ -474,14 +494,45 @@ impl BundleWriter<'_> {
         crate::model::json::write_str(&mut s, &url[rel..]);
         url.truncate(rel);
         s.push_str(",\n      \"resource\": ");
-        // The text is already indented for its place in the entry.
-        s.push_str(text.trim_end());
+        self.put(&s);
+        // The text is already indented for its place in the entry, and written as it is
+        // (not copied into the entry's text first).
+        self.put(text.trim_end());
+        s.clear();
         s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": ");
         crate::model::json::write_str(&mut s, &url);
         s.push_str("\n      }\n    }");
         self.put(&s);
         self.buf = s;
         self.url = url;
+        self.count += 1;
+    }
+
+    /// [`BundleWriter::entry`] when the base, type and id need no escaping: the same
+    /// text, without building the URLs first.
+    fn plain_entry(&mut self, type_name: &str, id: &str, text: &str) {
+        let mut s = std::mem::take(&mut self.buf);
+        s.clear();
+        if self.count > 0 {
+            s.push(',');
+        }
+        s.push_str("\n    {\n      \"fullUrl\": \"");
+        s.push_str(self.base);
+        s.push('/');
+        s.push_str(type_name);
+        s.push('/');
+        s.push_str(id);
+        s.push_str("\",\n      \"resource\": ");
+        self.put(&s);
+        self.put(text.trim_end());
+        s.clear();
+        s.push_str(",\n      \"request\": {\n        \"method\": \"PUT\",\n        \"url\": \"");
+        s.push_str(type_name);
+        s.push('/');
+        s.push_str(id);
+        s.push_str("\"\n      }\n    }");
+        self.put(&s);
+        self.buf = s;
         self.count += 1;
     }
 
@@ -650,14 +701,7 @@ pub fn write_bundle<'p>(
     produced: impl IntoIterator<Item = &'p Produced>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), MapError> {
-    let mut writer = BundleWriter {
-        out,
-        base: mapping.base.trim_end_matches('/'),
-        count: 0,
-        error: None,
-        buf: String::new(),
-        url: String::new(),
-    };
+    let mut writer = BundleWriter::new(out, &mapping.base);
     writer.start();
     for p in produced {
         writer.entry(&p.type_name, &p.id, &p.text);

@@ -10,7 +10,10 @@ use super::out::Prov;
 use super::spec::{ColumnSpec, Cond, Lit, Node, Part, ResourceRule, Spec, Template};
 use crate::fhirpath::Expression;
 use crate::model::json::write_str;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The mapping's `[constants]`.
+type Constants = BTreeMap<String, String>;
 
 /// Text rendered once: a value the same for every row, and the provenance of each line
 /// it adds after its first.
@@ -56,6 +59,10 @@ pub(super) struct Item<'m> {
 pub(super) enum Plan<'m> {
     /// Always the same text.
     Fixed(Fixed),
+    /// Consecutive items of a group that are always there, written as one: each item's
+    /// prefix and value, with the commas between them; `lines` holds the line of each
+    /// item followed by the further lines of its value.
+    Run(Fixed),
     /// Never anything (an empty object or array, a reference to no rule).
     Nothing,
     /// An object or array with items that depend on the row.
@@ -79,10 +86,20 @@ pub(super) enum Plan<'m> {
     },
     /// A conditional value.
     If(&'m Cond, usize, Box<Plan<'m>>, Option<Box<Plan<'m>>>),
-    /// A reference to another rule's resource of the row (rule index).
-    Ref(usize, usize, Prov, usize),
+    /// A reference to another rule's resource of the row (rule index, line, provenance,
+    /// and the text around its value).
+    Ref(usize, usize, Prov, Box<RefText>),
     /// A FHIRPath value (line, provenance, depth).
     FhirPath(&'m Expression, usize, Prov, usize),
+}
+
+/// The text around a reference's value, the same for every row.
+#[derive(Debug)]
+pub(super) struct RefText {
+    /// `{`, a new line, the indentation and `"reference": `.
+    pub open: String,
+    /// A new line, the indentation and `}`.
+    pub close: String,
 }
 
 /// Where a resource's text is written: the text, and the provenance of each of its lines
@@ -160,7 +177,7 @@ impl Sink {
 /// nothing to escape first).
 #[inline]
 pub(super) fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -170,9 +187,49 @@ pub(super) fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
+/// Whether text goes into a JSON string as it is: no control character, `"` or `\`.
+/// Eight bytes at a time: a byte below 0x20, and a byte equal to `"` or `\` (a zero byte
+/// after the XOR), set their high bit in the words tested.
+#[inline]
+pub(crate) fn json_plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let special = zero_byte(x ^ (ONES * 0x22)) | zero_byte(x ^ (ONES * 0x5c));
+        if (control | special) & HIGH != 0 {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    match s.len().checked_sub(8) {
+        // The last eight bytes again, as one word.
+        Some(from) if !rest.is_empty() => {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&s[from..]);
+            let x = u64::from_le_bytes(w);
+            let control = x.wrapping_sub(ONES * 0x20) & !x;
+            let special = zero_byte(x ^ (ONES * 0x22)) | zero_byte(x ^ (ONES * 0x5c));
+            (control | special) & HIGH == 0
+        }
+        _ => rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\'),
+    }
+}
+
 /// Appends a new line and `depth` levels of indentation (two spaces each).
 pub(super) fn indent(out: &mut String, depth: usize) {
     const SPACES: &str = "                                                                ";
+    // A new line and up to 32 levels, appended in one piece.
+    const LINE: &str = "\n                                                                ";
+    if let Some(s) = depth.checked_mul(2).and_then(|n| LINE.get(..n + 1)) {
+        out.push_str(s);
+        return;
+    }
     out.push('\n');
     let mut n = depth * 2;
     while n > 0 {
@@ -196,6 +253,7 @@ pub(super) fn compile_rule<'m>(
     rule: &'m ResourceRule,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    consts: &Constants,
 ) -> Group<'m> {
     let key = |k: &str| {
         let mut s = String::new();
@@ -236,7 +294,7 @@ pub(super) fn compile_rule<'m>(
             member: None,
         },
     ];
-    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name) {
+    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name, consts) {
         items.push(Item {
             prefix: key("meta"),
             plan: Plan::Fixed(f),
@@ -244,7 +302,7 @@ pub(super) fn compile_rule<'m>(
         });
     }
     for (k, n) in &rule.content {
-        let plan = compile(n, depth + 1, by_name);
+        let plan = compile(n, depth + 1, by_name, consts);
         if !matches!(plan, Plan::Nothing) {
             items.push(Item {
                 prefix: key(k),
@@ -258,7 +316,7 @@ pub(super) fn compile_rule<'m>(
     close.push('}');
     Group {
         open: '{',
-        items,
+        items: runs(items),
         close,
         prov: at_line(rule.line),
         top: true,
@@ -270,6 +328,7 @@ pub(super) fn compile<'m>(
     node: &'m Node,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    consts: &Constants,
 ) -> Plan<'m> {
     let prov = at_line(node.line());
     match node {
@@ -281,7 +340,7 @@ pub(super) fn compile<'m>(
                     indent(&mut prefix, depth + 1);
                     write_str(&mut prefix, k);
                     prefix.push_str(": ");
-                    (prefix, compile(n, depth + 1, by_name))
+                    (prefix, compile(n, depth + 1, by_name, consts))
                 })
                 .collect();
             group('{', '}', items, depth, prov)
@@ -292,12 +351,12 @@ pub(super) fn compile<'m>(
                 .map(|n| {
                     let mut prefix = String::new();
                     indent(&mut prefix, depth + 1);
-                    (prefix, compile(n, depth + 1, by_name))
+                    (prefix, compile(n, depth + 1, by_name, consts))
                 })
                 .collect();
             group('[', ']', items, depth, prov)
         }
-        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name),
+        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name, consts),
     }
 }
 
@@ -308,6 +367,7 @@ fn value<'m>(
     depth: usize,
     prov: Prov,
     by_name: &HashMap<&str, usize>,
+    consts: &Constants,
 ) -> Plan<'m> {
     let fixed = |text: String| {
         Plan::Fixed(Fixed {
@@ -324,22 +384,14 @@ fn value<'m>(
         }
         Spec::Const(Lit::Num(n)) => fixed(n.clone()),
         Spec::Const(Lit::Bool(b)) => fixed(b.to_string()),
-        Spec::Template(t) => {
-            if t.parts.iter().all(|p| matches!(p, Part::Text(_))) {
-                let joined: String = t
-                    .parts
-                    .iter()
-                    .map(|p| match p {
-                        Part::Text(x) | Part::Column(x) => x.as_str(),
-                    })
-                    .collect();
+        Spec::Template(t) => match constant_text(t, consts) {
+            Some(joined) => {
                 let mut text = String::new();
                 write_str(&mut text, &joined);
                 fixed(text)
-            } else {
-                Plan::Template(t, line, prov)
             }
-        }
+            None => Plan::Template(t, line, prov),
+        },
         Spec::Column(c) => Plan::Column {
             spec: c,
             line,
@@ -348,20 +400,45 @@ fn value<'m>(
             default: c
                 .default
                 .as_ref()
-                .map(|d| Box::new(compile(d, depth, by_name))),
+                .map(|d| Box::new(compile(d, depth, by_name, consts))),
         },
         Spec::If(c, then, els) => Plan::If(
             c,
             line,
-            Box::new(compile(then, depth, by_name)),
-            els.as_ref().map(|e| Box::new(compile(e, depth, by_name))),
+            Box::new(compile(then, depth, by_name, consts)),
+            els.as_ref()
+                .map(|e| Box::new(compile(e, depth, by_name, consts))),
         ),
         Spec::Ref(name) => match by_name.get(name.as_str()) {
-            Some(&target) => Plan::Ref(target, line, prov, depth),
+            Some(&target) => {
+                let mut open = String::from("{");
+                indent(&mut open, depth + 1);
+                open.push_str("\"reference\": ");
+                let mut close = String::new();
+                indent(&mut close, depth);
+                close.push('}');
+                Plan::Ref(target, line, prov, Box::new(RefText { open, close }))
+            }
             None => Plan::Nothing,
         },
         Spec::FhirPath(e, _) => Plan::FhirPath(e, line, prov, depth),
     }
+}
+
+/// The text of a template that is the same for every row: only text and constants
+/// (`{const.NAME}` of a constant that exists, as a row would read it); `None` otherwise.
+fn constant_text(t: &Template, consts: &Constants) -> Option<String> {
+    let mut joined = String::new();
+    for p in &t.parts {
+        match p {
+            Part::Text(x) => joined.push_str(x),
+            Part::Column(c) if !c.contains("{n}") => {
+                joined.push_str(consts.get(c.strip_prefix("const.")?)?);
+            }
+            Part::Column(_) => return None,
+        }
+    }
+    Some(joined)
 }
 
 /// An object or array of compiled items: fixed text when every item is, nothing when no
@@ -404,16 +481,61 @@ fn group<'m>(
     }
     Plan::Group(Box::new(Group {
         open,
-        items: items
-            .into_iter()
-            .map(|(prefix, plan)| Item {
-                prefix,
-                plan,
-                member: None,
-            })
-            .collect(),
+        items: runs(
+            items
+                .into_iter()
+                .map(|(prefix, plan)| Item {
+                    prefix,
+                    plan,
+                    member: None,
+                })
+                .collect(),
+        ),
         close,
         prov,
         top: false,
     }))
+}
+
+/// The items of a group with each run of consecutive fixed items folded into one
+/// [`Plan::Run`] (written with one append instead of one per item).
+fn runs(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
+    let mut out: Vec<Item<'_>> = Vec::with_capacity(items.len());
+    for item in items {
+        let f = match item.plan {
+            Plan::Fixed(f) => f,
+            plan => {
+                out.push(Item { plan, ..item });
+                continue;
+            }
+        };
+        if let Some(Item {
+            plan: Plan::Run(run),
+            ..
+        }) = out.last_mut()
+        {
+            run.text.push(',');
+            run.text.push_str(&item.prefix);
+            run.text.push_str(&f.text);
+            run.lines.push(f.prov);
+            run.lines.extend_from_slice(&f.lines);
+            run.prov = f.prov;
+            continue;
+        }
+        let mut text = item.prefix;
+        text.push_str(&f.text);
+        let mut lines = Vec::with_capacity(f.lines.len() + 1);
+        lines.push(f.prov);
+        lines.extend_from_slice(&f.lines);
+        out.push(Item {
+            prefix: String::new(),
+            plan: Plan::Run(Fixed {
+                text,
+                lines,
+                prov: f.prov,
+            }),
+            member: item.member,
+        });
+    }
+    out
 }

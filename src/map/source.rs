@@ -37,6 +37,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Empty-value markers (lower-cased).
     empty: Vec<String>,
+    /// Their lengths (see [`length_mask`]): a cell of no such length is no marker.
+    empty_lens: u64,
     /// For a FHIR source: the resources behind the rows.
     pub fhir: Option<Box<super::fhir::FhirRows>>,
 }
@@ -181,6 +183,7 @@ impl Table {
             normalized,
             rows,
             empty: d.empty.clone(),
+            empty_lens: length_mask(&d.empty),
             fhir: None,
         })
     }
@@ -206,6 +209,7 @@ impl Table {
             normalized: HashMap::new(),
             rows,
             empty: Vec::new(),
+            empty_lens: 0,
             fhir: None,
         }
     }
@@ -221,16 +225,24 @@ impl Table {
     /// The trimmed value of a cell, `None` when blank or an empty-value marker.
     pub fn value(&self, row: usize, col: usize) -> Option<&str> {
         let cell = trim(self.rows.get(row)?.cells.get(col)?);
-        if cell.is_empty() || self.empty.iter().any(|e| e.eq_ignore_ascii_case(cell)) {
+        if cell.is_empty()
+            || (self.empty_lens >> cell.len().min(63)) & 1 == 1
+                && self.empty.iter().any(|e| e.eq_ignore_ascii_case(cell))
+        {
             return None;
         }
         Some(cell)
     }
 }
 
+/// Bit `n` set when some marker has `n` bytes (bit 63: 63 or more).
+fn length_mask(markers: &[String]) -> u64 {
+    markers.iter().fold(0, |m, e| m | 1 << e.len().min(63))
+}
+
 /// `str::trim`, without its character decoding when the ends are plain ASCII.
 #[inline]
-fn trim(s: &str) -> &str {
+pub(crate) fn trim(s: &str) -> &str {
     let plain = |b: u8| b.is_ascii() && !b.is_ascii_whitespace() && b != 0x0b;
     match s.as_bytes() {
         [first, .., last] if plain(*first) && plain(*last) => s,

@@ -9,6 +9,7 @@ use super::conceptmap::ConceptMap;
 use super::convert::{known_unit, DateFormat};
 use super::MapError;
 use crate::fhirpath::Expression;
+use crate::model::schema::FastHash;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,9 +32,9 @@ pub struct Mapping {
     /// `[sources.*]`, in file order.
     pub sources: Vec<Source>,
     /// `[lookups.*]`: local value (lower-cased) to output value, per table.
-    pub lookups: HashMap<String, Lookup>,
+    pub lookups: HashMap<String, Lookup, FastHash>,
     /// `[conceptmaps]`: loaded ConceptMaps by their local name.
-    pub conceptmaps: HashMap<String, ConceptMap>,
+    pub conceptmaps: HashMap<String, ConceptMap, FastHash>,
     /// `[[resources]]`, in file order.
     pub resources: Vec<ResourceRule>,
 }
@@ -44,7 +45,7 @@ pub struct Lookup {
     /// Line of its table.
     pub line: usize,
     /// Lower-cased trimmed key to value.
-    pub entries: HashMap<String, String>,
+    pub entries: HashMap<String, String, FastHash>,
 }
 
 /// The text encoding of a CSV file.
@@ -425,11 +426,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Mapping, MapError> {
         sources.push(r.source(k, &src_table.req_table(k)?, &source_names)?);
     }
 
-    let mut lookups = HashMap::new();
+    let mut lookups = HashMap::default();
     if let Some(l) = top.opt_table("lookups")? {
         for (k, _) in l.entries() {
             let t = l.req_table(k)?;
-            let mut entries = HashMap::new();
+            let mut entries = HashMap::default();
             for (key, _) in t.entries() {
                 entries.insert(key.trim().to_lowercase(), t.req_str(key)?.0);
             }
@@ -443,7 +444,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Mapping, MapError> {
         }
     }
 
-    let mut conceptmaps = HashMap::new();
+    let mut conceptmaps = HashMap::default();
     if let Some(c) = top.opt_table("conceptmaps")? {
         let dir = path.parent().unwrap_or(Path::new("."));
         for (k, _) in c.entries() {

@@ -150,7 +150,7 @@ pub fn parse_with(text: &str, options: &ParseOptions<'_>) -> Parsed {
         text,
         issues: Vec::new(),
         path: Vec::new(),
-        seen_pool: Vec::new(),
+        seen: Vec::new(),
     };
     let result = p.top(options);
     let resource = match result {
@@ -180,8 +180,9 @@ struct Parser<'a> {
     text: &'a str,
     issues: Vec<ParseIssue>,
     path: Vec<Seg>,
-    /// A spare bookkeeping buffer, reused by the innermost object being read.
-    seen_pool: Vec<Seen>,
+    /// Bookkeeping of the objects being read, a stack: each object's entries start where
+    /// the stack stood when it began, and are dropped when it ends (one buffer for all).
+    seen: Vec<Seen>,
 }
 
 /// Per-property bookkeeping while an object is read.
@@ -316,9 +317,11 @@ impl<'a> Parser<'a> {
             return Err(self.c.error("JSON nested too deeply"));
         }
         let pos = self.c.offset();
+        // A resource has more properties than most data types: room for them up front.
+        let capacity = if info.kind == TypeKind::Resource { 12 } else { 4 };
         let mut el = Element {
             info,
-            props: Vec::with_capacity(4),
+            props: Vec::with_capacity(capacity),
             pos: pos as u32,
         };
         if self.c.begin_object()? {
@@ -328,8 +331,7 @@ impl<'a> Parser<'a> {
             );
             return Ok(el);
         }
-        let mut seen: Vec<Seen> = std::mem::take(&mut self.seen_pool);
-        seen.clear();
+        let base = self.seen.len();
         let mut first = true;
         let mut resource_type_seen = false;
         while let Some((key, at)) = self.c.next_key(first)? {
@@ -367,7 +369,9 @@ impl<'a> Parser<'a> {
                         def.json_name(usize::from(p.type_index)),
                         key
                     ))
-                } else if (extras && seen[i].extras) || (!extras && seen[i].value) {
+                } else if (extras && self.seen[base + i].extras)
+                    || (!extras && self.seen[base + i].value)
+                {
                     Some(format!("duplicate key \"{key}\""))
                 } else {
                     None
@@ -395,7 +399,7 @@ impl<'a> Parser<'a> {
                         type_index: child.type_index,
                         values: Values::new(),
                     });
-                    seen.push(Seen::default());
+                    self.seen.push(Seen::default());
                     el.props.len() - 1
                 }
             };
@@ -409,7 +413,9 @@ impl<'a> Parser<'a> {
             };
             el.props[index].values = values;
             self.path.pop();
-            let s = &mut seen[index];
+            let Some(s) = self.seen.get_mut(base + index) else {
+                continue;
+            };
             if extras {
                 s.extras = true;
                 s.extras_len = len;
@@ -419,8 +425,8 @@ impl<'a> Parser<'a> {
             }
             s.faulty |= self.issues.len() > before;
         }
-        self.check_primitives(&el, &seen);
-        self.seen_pool = seen;
+        self.check_primitives(&el, base);
+        self.seen.truncate(base);
         el.props.retain(|p| !p.values.is_empty());
         if !el.props.is_sorted_by_key(|p| p.element) {
             el.props.sort_by_key(|p| p.element);
@@ -430,8 +436,12 @@ impl<'a> Parser<'a> {
 
     /// After an object: every primitive needs a value or extensions, and the two arrays of a
     /// repeating primitive must have the same length.
-    fn check_primitives(&mut self, el: &Element, seen: &[Seen]) {
-        for (prop, s) in el.props.iter().zip(seen) {
+    /// `base` is where the object's entries start in the bookkeeping stack.
+    fn check_primitives(&mut self, el: &Element, base: usize) {
+        for (k, prop) in el.props.iter().enumerate() {
+            let Some(&s) = self.seen.get(base + k) else {
+                break;
+            };
             if s.faulty {
                 continue;
             }

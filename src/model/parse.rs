@@ -318,7 +318,11 @@ impl<'a> Parser<'a> {
         }
         let pos = self.c.offset();
         // A resource has more properties than most data types: room for them up front.
-        let capacity = if info.kind == TypeKind::Resource { 12 } else { 4 };
+        let capacity = if info.kind == TypeKind::Resource {
+            12
+        } else {
+            4
+        };
         let mut el = Element {
             info,
             props: Vec::with_capacity(capacity),

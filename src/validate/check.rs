@@ -69,6 +69,9 @@ pub(crate) struct Walk<'v, 'a> {
     /// The least serious issues kept: less serious ones are not recorded, and checks that
     /// can only find such issues are skipped ([`Severity::Information`] keeps all).
     pub least: Severity,
+    /// The core definitions looked up in this walk, by the address of the instance type
+    /// they were looked up for (a resource has a handful of types).
+    cores: Vec<(usize, Option<Arc<Profile>>)>,
 }
 
 /// Below this offset an issue's line is found by scanning the text; beyond it, through the
@@ -91,6 +94,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             bundle_entries: Vec::new(),
             lines: std::cell::OnceCell::new(),
             least: Severity::Information,
+            cores: Vec::new(),
         }
     }
 
@@ -308,6 +312,7 @@ impl<'v, 'a> Walk<'v, 'a> {
             bundle_entries: self.bundle_entries.clone(),
             lines: std::cell::OnceCell::new(),
             least: self.least,
+            cores: Vec::new(),
         }
     }
 
@@ -481,7 +486,7 @@ impl<'v, 'a> Walk<'v, 'a> {
                             ),
                         }
                     }
-                } else if let Some(core) = self.validator.core_profile(e.info.fhir_type_name()) {
+                } else if let Some(core) = self.core_of(e.info) {
                     if e.info.kind != TypeKind::Backbone {
                         self.typed(e, &core, done);
                     }
@@ -500,6 +505,18 @@ impl<'v, 'a> Walk<'v, 'a> {
                 self.types.pop();
             }
         }
+    }
+
+    /// The core definition of an instance's type (that of `BackboneElement` for an inline
+    /// element), looked up once per walk.
+    fn core_of(&mut self, info: &'static crate::model::schema::TypeInfo) -> Option<Arc<Profile>> {
+        let key = std::ptr::from_ref(info) as usize;
+        if let Some((_, p)) = self.cores.iter().find(|(k, _)| *k == key) {
+            return p.clone();
+        }
+        let p = self.validator.core_profile(info.fhir_type_name());
+        self.cores.push((key, p.clone()));
+        p
     }
 
     /// The type reference of `n` that `v` takes, if any.
@@ -1141,10 +1158,12 @@ fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<b
         NativeInvariant::Ref1 => match focus {
             Item::Element(e) => match named(e, "reference").map(|p| &p.values[..]) {
                 None => Some(true),
-                Some([Value::Primitive(Primitive {
-                    value: Some(Scalar::String(s)),
-                    ..
-                })]) if !s.starts_with('#') => Some(true),
+                Some(
+                    [Value::Primitive(Primitive {
+                        value: Some(Scalar::String(s)),
+                        ..
+                    })],
+                ) if !s.starts_with('#') => Some(true),
                 _ => None,
             },
             _ => None,

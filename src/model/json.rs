@@ -155,7 +155,7 @@ impl<'a> Cursor<'a> {
     ///
     /// # Errors
     /// When the next byte is something else.
-    #[inline]
+    #[inline(always)]
     pub fn expect(&mut self, byte: u8) -> Result<(), SyntaxError> {
         self.skip_ws();
         if self.src.get(self.pos) == Some(&byte) {
@@ -174,7 +174,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Consumes `b` if it comes next (after white space); tells whether it did.
-    #[inline]
+    #[inline(always)]
     pub fn eat(&mut self, b: u8) -> bool {
         self.skip_ws();
         if self.src.get(self.pos) == Some(&b) {

@@ -151,6 +151,7 @@ pub fn parse_with(text: &str, options: &ParseOptions<'_>) -> Parsed {
         issues: Vec::new(),
         path: Vec::new(),
         seen: Vec::new(),
+        odd: 0,
     };
     let result = p.top(options);
     let resource = match result {
@@ -183,6 +184,9 @@ struct Parser<'a> {
     /// Bookkeeping of the objects being read, a stack: each object's entries start where
     /// the stack stood when it began, and are dropped when it ends (one buffer for all).
     seen: Vec<Seen>,
+    /// How many `_name` properties and `null` fillers were read so far: only an object that
+    /// had one inside needs [`Parser::check_primitives`].
+    odd: usize,
 }
 
 /// Per-property bookkeeping while an object is read.
@@ -259,7 +263,8 @@ impl<'a> Parser<'a> {
     fn resource(&mut self, depth: usize, expected: Option<&str>) -> R<Option<Element>> {
         let at = self.c.offset();
         let mut look = self.c.clone();
-        let mut found: Option<String> = None;
+        // Borrowed from the text unless it has escapes.
+        let mut found: Option<std::borrow::Cow<'a, str>> = None;
         let mut first = !look.begin_object()?;
         while first || found.is_none() {
             let Some((key, _)) = look.next_key(first)? else {
@@ -267,7 +272,7 @@ impl<'a> Parser<'a> {
             };
             first = false;
             if key == "resourceType" && look.peek() == Peek::String {
-                found = Some(look.string()?.into_owned());
+                found = Some(look.string()?);
                 break;
             }
             look.skip_value(depth)?;
@@ -284,7 +289,7 @@ impl<'a> Parser<'a> {
                         && !matches!(&*info.name, "Resource" | "DomainResource") =>
                 {
                     if let Some(want) = expected {
-                        if want != rt {
+                        if want != &*rt {
                             self.issue(
                                 at,
                                 format!("resourceType is '{rt}' where '{want}' is expected"),
@@ -336,6 +341,7 @@ impl<'a> Parser<'a> {
             return Ok(el);
         }
         let base = self.seen.len();
+        let odd = self.odd;
         let mut first = true;
         let mut resource_type_seen = false;
         while let Some((key, at)) = self.c.next_key(first)? {
@@ -350,7 +356,10 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let (extras, name) = match key.strip_prefix('_') {
-                Some(n) => (true, n),
+                Some(n) => {
+                    self.odd += 1;
+                    (true, n)
+                }
                 None => (false, &*key),
             };
             let Some(child) = info.child(name) else {
@@ -429,7 +438,9 @@ impl<'a> Parser<'a> {
             }
             s.faulty |= self.issues.len() > before;
         }
-        self.check_primitives(&el, base);
+        if self.odd != odd {
+            self.check_primitives(&el, base);
+        }
         self.seen.truncate(base);
         el.props.retain(|p| !p.values.is_empty());
         if !el.props.is_sorted_by_key(|p| p.element) {
@@ -587,6 +598,7 @@ impl<'a> Parser<'a> {
             let scalar = if p.c.peek() == Peek::Null && in_array {
                 // A filler: its extension must come in the `_` array.
                 p.c.null()?;
+                p.odd += 1;
                 None
             } else {
                 p.scalar(def, ty, kind, depth)?

@@ -1112,6 +1112,19 @@ fn count(e: &Element, name: &str) -> usize {
     named(e, name).map_or(0, |p| p.values.len())
 }
 
+/// Values of the `id` property of `e`: the first element of every complex type and
+/// resource is `id` (properties are in element order), else it is looked up by name.
+fn id_count(e: &Element) -> usize {
+    match e.info.elements.first() {
+        Some(d) if &*d.name == "id" => e
+            .props
+            .first()
+            .filter(|p| p.element == 0)
+            .map_or(0, |p| p.values.len()),
+        _ => count(e, "id"),
+    }
+}
+
 /// The result of a natively decided invariant on `focus`, computed on the element tree as
 /// the FHIRPath evaluator computes it (an empty result, which fails nothing, counts as
 /// `true`); `None` for other expressions and for the foci left to the evaluator.
@@ -1129,7 +1142,7 @@ fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<b
             // property.
             Item::Element(e) => {
                 let children: usize = e.props.iter().map(|p| p.values.len()).sum();
-                Some(children > count(e, "id"))
+                Some(children > id_count(e))
             }
             _ => None,
         },

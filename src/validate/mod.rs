@@ -385,24 +385,25 @@ impl Validator {
     }
 
     fn resource_with<'a>(&self, walk: &mut Walk<'_, 'a>, e: &'a Element, extra: &[String]) {
-        let type_name = e.type_name().to_string();
-        let mut urls: Vec<String> = extra.to_vec();
+        let type_name = e.type_name();
+        // The URLs are borrowed (from the caller, the resource and the settings).
+        let mut urls: Vec<&str> = extra.iter().map(String::as_str).collect();
         for m in e.values("meta") {
             if let Some(meta) = m.as_element() {
                 for p in meta.values("profile") {
                     if let Some(u) = p.as_primitive().and_then(model::Primitive::as_str) {
-                        urls.push(u.to_string());
+                        urls.push(u);
                     }
                 }
             }
         }
         if urls.is_empty() {
-            if let Some(d) = self.defaults.get(&type_name) {
-                urls.push(d.clone());
+            if let Some(d) = self.defaults.get(type_name) {
+                urls.push(d);
             }
         }
-        if let Some(g) = self.globals.get(&type_name) {
-            urls.extend(g.iter().cloned());
+        if let Some(g) = self.globals.get(type_name) {
+            urls.extend(g.iter().map(String::as_str));
         }
         urls.retain(|u| !u.is_empty());
         urls.dedup();
@@ -420,7 +421,7 @@ impl Validator {
             None
         };
         let mut checked = false;
-        for url in &urls {
+        for &url in &urls {
             match self.profile(url) {
                 Ok(p) if p.type_name == type_name => {
                     walk.resource(e, &p);
@@ -443,7 +444,7 @@ impl Validator {
             }
         }
         if !checked {
-            match self.core_profile(&type_name) {
+            match self.core_profile(type_name) {
                 Some(core) => walk.resource(e, &core),
                 None => walk.report(
                     Severity::Fatal,

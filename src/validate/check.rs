@@ -1026,7 +1026,9 @@ impl<'v, 'a> Walk<'v, 'a> {
             let unversioned = reference.split("/_history/").next().unwrap_or(reference);
             let resolved = self.bundle_entries.iter().any(|(full, res)| {
                 full == unversioned
-                    || full.ends_with(&format!("/{unversioned}"))
+                    || full
+                        .strip_suffix(unversioned)
+                        .is_some_and(|head| head.ends_with('/'))
                     || (target_type.is_some()
                         && res.id().is_some_and(|id| {
                             unversioned

@@ -607,7 +607,14 @@ fn validate_one(
             })
             .collect()
     };
-    for issue in validator.validate_json(text, std::slice::from_ref(p.profile)) {
+    // Only errors, and warnings when asked for, are reported: the validator need not look
+    // for anything less.
+    let least = if warnings {
+        Severity::Warning
+    } else {
+        Severity::Error
+    };
+    for issue in validator.validate_json_least(text, std::slice::from_ref(p.profile), least) {
         if !(issue.severity.is_error() || warnings && issue.severity == Severity::Warning) {
             continue;
         }

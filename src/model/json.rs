@@ -96,18 +96,27 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn skip_ws(&mut self) {
         // Most tokens follow one another directly (a value after `:` and a space is the
-        // exception): nothing to skip.
+        // exception): nothing to skip, decided without a call.
         if let Some(&b) = self.src.get(self.pos) {
             if b > b' ' && b != b'/' {
                 return;
             }
         }
+        self.skip_ws_run();
+    }
+
+    /// The white space (and comments, when allowed) at the current offset.
+    #[inline(never)]
+    fn skip_ws_run(&mut self) {
         loop {
-            // Indentation comes in runs of spaces: eight bytes at a time, the leading spaces
-            // of a word being its low bytes that equal a space.
+            // Line breaks, then indentation in runs of spaces: eight bytes at a time, the
+            // leading spaces of a word being its low bytes that equal a space.
+            while let Some(b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+                self.pos += 1;
+            }
             while let Some(w) = self
                 .src
                 .get(self.pos..self.pos + 8)
@@ -146,7 +155,7 @@ impl<'a> Cursor<'a> {
     ///
     /// # Errors
     /// When the next byte is something else.
-    #[inline]
+    #[inline(always)]
     pub fn expect(&mut self, byte: u8) -> Result<(), SyntaxError> {
         self.skip_ws();
         if self.src.get(self.pos) == Some(&byte) {
@@ -165,7 +174,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Consumes `b` if it comes next (after white space); tells whether it did.
-    #[inline]
+    #[inline(always)]
     pub fn eat(&mut self, b: u8) -> bool {
         self.skip_ws();
         if self.src.get(self.pos) == Some(&b) {
@@ -551,8 +560,10 @@ pub fn plain_prefix(bytes: &[u8]) -> usize {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
         let w = u64::from_le_bytes(w);
-        if less(w, 0x20) | less(w ^ (ONES * 0x22), 1) | less(w ^ (ONES * 0x5c), 1) != 0 {
-            break;
+        // The lowest flagged byte is exact (a borrow only runs upwards from a true hit).
+        let hits = less(w, 0x20) | less(w ^ (ONES * 0x22), 1) | less(w ^ (ONES * 0x5c), 1);
+        if hits != 0 {
+            return at + (hits.trailing_zeros() / 8) as usize;
         }
         at += 8;
     }

@@ -150,7 +150,8 @@ pub fn parse_with(text: &str, options: &ParseOptions<'_>) -> Parsed {
         text,
         issues: Vec::new(),
         path: Vec::new(),
-        seen_pool: Vec::new(),
+        seen: Vec::new(),
+        odd: 0,
     };
     let result = p.top(options);
     let resource = match result {
@@ -180,8 +181,12 @@ struct Parser<'a> {
     text: &'a str,
     issues: Vec<ParseIssue>,
     path: Vec<Seg>,
-    /// A spare bookkeeping buffer, reused by the innermost object being read.
-    seen_pool: Vec<Seen>,
+    /// Bookkeeping of the objects being read, a stack: each object's entries start where
+    /// the stack stood when it began, and are dropped when it ends (one buffer for all).
+    seen: Vec<Seen>,
+    /// How many `_name` properties and `null` fillers were read so far: only an object that
+    /// had one inside needs [`Parser::check_primitives`].
+    odd: usize,
 }
 
 /// Per-property bookkeeping while an object is read.
@@ -258,7 +263,8 @@ impl<'a> Parser<'a> {
     fn resource(&mut self, depth: usize, expected: Option<&str>) -> R<Option<Element>> {
         let at = self.c.offset();
         let mut look = self.c.clone();
-        let mut found: Option<String> = None;
+        // Borrowed from the text unless it has escapes.
+        let mut found: Option<std::borrow::Cow<'a, str>> = None;
         let mut first = !look.begin_object()?;
         while first || found.is_none() {
             let Some((key, _)) = look.next_key(first)? else {
@@ -266,7 +272,7 @@ impl<'a> Parser<'a> {
             };
             first = false;
             if key == "resourceType" && look.peek() == Peek::String {
-                found = Some(look.string()?.into_owned());
+                found = Some(look.string()?);
                 break;
             }
             look.skip_value(depth)?;
@@ -283,7 +289,7 @@ impl<'a> Parser<'a> {
                         && !matches!(&*info.name, "Resource" | "DomainResource") =>
                 {
                     if let Some(want) = expected {
-                        if want != rt {
+                        if want != &*rt {
                             self.issue(
                                 at,
                                 format!("resourceType is '{rt}' where '{want}' is expected"),
@@ -316,9 +322,15 @@ impl<'a> Parser<'a> {
             return Err(self.c.error("JSON nested too deeply"));
         }
         let pos = self.c.offset();
+        // A resource has more properties than most data types: room for them up front.
+        let capacity = if info.kind == TypeKind::Resource {
+            12
+        } else {
+            4
+        };
         let mut el = Element {
             info,
-            props: Vec::with_capacity(4),
+            props: Vec::with_capacity(capacity),
             pos: pos as u32,
         };
         if self.c.begin_object()? {
@@ -328,8 +340,8 @@ impl<'a> Parser<'a> {
             );
             return Ok(el);
         }
-        let mut seen: Vec<Seen> = std::mem::take(&mut self.seen_pool);
-        seen.clear();
+        let base = self.seen.len();
+        let odd = self.odd;
         let mut first = true;
         let mut resource_type_seen = false;
         while let Some((key, at)) = self.c.next_key(first)? {
@@ -344,7 +356,10 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let (extras, name) = match key.strip_prefix('_') {
-                Some(n) => (true, n),
+                Some(n) => {
+                    self.odd += 1;
+                    (true, n)
+                }
                 None => (false, &*key),
             };
             let Some(child) = info.child(name) else {
@@ -367,7 +382,9 @@ impl<'a> Parser<'a> {
                         def.json_name(usize::from(p.type_index)),
                         key
                     ))
-                } else if (extras && seen[i].extras) || (!extras && seen[i].value) {
+                } else if (extras && self.seen[base + i].extras)
+                    || (!extras && self.seen[base + i].value)
+                {
                     Some(format!("duplicate key \"{key}\""))
                 } else {
                     None
@@ -395,7 +412,7 @@ impl<'a> Parser<'a> {
                         type_index: child.type_index,
                         values: Values::new(),
                     });
-                    seen.push(Seen::default());
+                    self.seen.push(Seen::default());
                     el.props.len() - 1
                 }
             };
@@ -409,7 +426,9 @@ impl<'a> Parser<'a> {
             };
             el.props[index].values = values;
             self.path.pop();
-            let s = &mut seen[index];
+            let Some(s) = self.seen.get_mut(base + index) else {
+                continue;
+            };
             if extras {
                 s.extras = true;
                 s.extras_len = len;
@@ -419,8 +438,10 @@ impl<'a> Parser<'a> {
             }
             s.faulty |= self.issues.len() > before;
         }
-        self.check_primitives(&el, &seen);
-        self.seen_pool = seen;
+        if self.odd != odd {
+            self.check_primitives(&el, base);
+        }
+        self.seen.truncate(base);
         el.props.retain(|p| !p.values.is_empty());
         if !el.props.is_sorted_by_key(|p| p.element) {
             el.props.sort_by_key(|p| p.element);
@@ -430,8 +451,12 @@ impl<'a> Parser<'a> {
 
     /// After an object: every primitive needs a value or extensions, and the two arrays of a
     /// repeating primitive must have the same length.
-    fn check_primitives(&mut self, el: &Element, seen: &[Seen]) {
-        for (prop, s) in el.props.iter().zip(seen) {
+    /// `base` is where the object's entries start in the bookkeeping stack.
+    fn check_primitives(&mut self, el: &Element, base: usize) {
+        for (k, prop) in el.props.iter().enumerate() {
+            let Some(&s) = self.seen.get(base + k) else {
+                break;
+            };
             if s.faulty {
                 continue;
             }
@@ -573,6 +598,7 @@ impl<'a> Parser<'a> {
             let scalar = if p.c.peek() == Peek::Null && in_array {
                 // A filler: its extension must come in the `_` array.
                 p.c.null()?;
+                p.odd += 1;
                 None
             } else {
                 p.scalar(def, ty, kind, depth)?

@@ -66,6 +66,12 @@ pub(crate) struct Walk<'v, 'a> {
     pub bundle_entries: Vec<(String, &'a Element)>,
     /// The lines of `source`, indexed at the first issue far into it.
     lines: std::cell::OnceCell<LineIndex<'a>>,
+    /// The least serious issues kept: less serious ones are not recorded, and checks that
+    /// can only find such issues are skipped ([`Severity::Information`] keeps all).
+    pub least: Severity,
+    /// The core definitions looked up in this walk, by the address of the instance type
+    /// they were looked up for (a resource has a handful of types).
+    cores: Vec<(usize, Option<Arc<Profile>>)>,
 }
 
 /// Below this offset an issue's line is found by scanning the text; beyond it, through the
@@ -77,15 +83,18 @@ impl<'v, 'a> Walk<'v, 'a> {
         Walk {
             validator,
             source,
-            location: String::new(),
-            resources: Vec::new(),
-            resource_starts: Vec::new(),
-            roots: Vec::new(),
-            types: Vec::new(),
-            def_paths: Vec::new(),
+            // Room for a usual resource's depth, so the walk does not grow them step by step.
+            location: String::with_capacity(96),
+            resources: Vec::with_capacity(4),
+            resource_starts: Vec::with_capacity(4),
+            roots: Vec::with_capacity(4),
+            types: Vec::with_capacity(8),
+            def_paths: Vec::with_capacity(8),
             issues: Vec::new(),
             bundle_entries: Vec::new(),
             lines: std::cell::OnceCell::new(),
+            least: Severity::Information,
+            cores: Vec::new(),
         }
     }
 
@@ -98,6 +107,9 @@ impl<'v, 'a> Walk<'v, 'a> {
         message: String,
         rule: Option<&str>,
     ) {
+        if severity > self.least {
+            return;
+        }
         let (line, column) = match self.source {
             Some(src) if pos > 0 || !src.is_empty() => {
                 let at = pos as usize;
@@ -299,6 +311,8 @@ impl<'v, 'a> Walk<'v, 'a> {
             issues: Vec::new(),
             bundle_entries: self.bundle_entries.clone(),
             lines: std::cell::OnceCell::new(),
+            least: self.least,
+            cores: Vec::new(),
         }
     }
 
@@ -472,7 +486,7 @@ impl<'v, 'a> Walk<'v, 'a> {
                             ),
                         }
                     }
-                } else if let Some(core) = self.validator.core_profile(e.info.fhir_type_name()) {
+                } else if let Some(core) = self.core_of(e.info) {
                     if e.info.kind != TypeKind::Backbone {
                         self.typed(e, &core, done);
                     }
@@ -491,6 +505,18 @@ impl<'v, 'a> Walk<'v, 'a> {
                 self.types.pop();
             }
         }
+    }
+
+    /// The core definition of an instance's type (that of `BackboneElement` for an inline
+    /// element), looked up once per walk.
+    fn core_of(&mut self, info: &'static crate::model::schema::TypeInfo) -> Option<Arc<Profile>> {
+        let key = std::ptr::from_ref(info) as usize;
+        if let Some((_, p)) = self.cores.iter().find(|(k, _)| *k == key) {
+            return p.clone();
+        }
+        let p = self.validator.core_profile(info.fhir_type_name());
+        self.cores.push((key, p.clone()));
+        p
     }
 
     /// The type reference of `n` that `v` takes, if any.
@@ -633,15 +659,20 @@ impl<'v, 'a> Walk<'v, 'a> {
     /// Reports that constraint `c` failed at `pos`, with the constraint's severity.
     fn invariant_failed(&mut self, pos: u32, c: &Constraint) {
         self.report(
-            Severity::from_code(&c.severity),
+            c.level,
             IssueType::Invariant,
             pos,
-            format!("constraint failed: {} ({})", c.human, c.key),
+            c.failure.clone(),
             Some(&c.key),
         );
     }
 
     fn invariant(&mut self, focus: Item<'a>, pos: u32, c: &Constraint) {
+        // Whatever it finds (its failure, or a warning that it cannot be evaluated) would
+        // not be kept.
+        if c.level > self.least && Severity::Warning > self.least {
+            return;
+        }
         // The two invariants on nearly every element, decided without the evaluator (with
         // the evaluator's result on the element tree; see `native_invariant`).
         if let Some(ok) = native_invariant(c.native, &focus) {
@@ -694,6 +725,10 @@ impl<'v, 'a> Walk<'v, 'a> {
             "extensible" => Severity::Warning,
             _ => return,
         };
+        // Every issue of an extensible binding is a warning or less.
+        if severity > self.least {
+            return;
+        }
         let codes = coded(v);
         if codes.is_empty() {
             // A CodeableConcept with only text cannot meet a required binding.
@@ -991,7 +1026,9 @@ impl<'v, 'a> Walk<'v, 'a> {
             let unversioned = reference.split("/_history/").next().unwrap_or(reference);
             let resolved = self.bundle_entries.iter().any(|(full, res)| {
                 full == unversioned
-                    || full.ends_with(&format!("/{unversioned}"))
+                    || full
+                        .strip_suffix(unversioned)
+                        .is_some_and(|head| head.ends_with('/'))
                     || (target_type.is_some()
                         && res.id().is_some_and(|id| {
                             unversioned
@@ -1018,6 +1055,18 @@ impl<'v, 'a> Walk<'v, 'a> {
 const ELE_1: &str = "hasValue() or (children().count() > id.count())";
 /// ext-1, on every extension.
 const EXT_1: &str = "extension.exists() != value.exists()";
+/// dom-2, on every DomainResource.
+const DOM_2: &str = "contained.contained.empty()";
+/// dom-3, on every DomainResource.
+const DOM_3: &str = "contained.where((('#'+id in (%resource.descendants().reference | %resource.descendants().as(canonical) | %resource.descendants().as(uri) | %resource.descendants().as(url))) or descendants().where(reference = '#').exists() or descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical) = '#').exists()).not()).trace('unmatched', id).empty()";
+/// dom-4, on every DomainResource.
+const DOM_4: &str = "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()";
+/// dom-5, on every DomainResource.
+const DOM_5: &str = "contained.meta.security.empty()";
+/// dom-6, on every DomainResource (a warning).
+const DOM_6: &str = "text.`div`.exists()";
+/// ref-1, on every Reference.
+const REF_1: &str = "reference.startsWith('#').not() or (reference.substring(1).trace('url') in %rootResource.contained.id.trace('ids'))";
 
 /// An invariant the walk decides on the element tree, as the FHIRPath evaluator would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1026,6 +1075,14 @@ pub enum NativeInvariant {
     Ele1,
     /// [`EXT_1`].
     Ext1,
+    /// [`DOM_2`], [`DOM_3`], [`DOM_4`] and [`DOM_5`]: each is about contained resources,
+    /// and holds when there are none (otherwise the evaluator decides).
+    Contained,
+    /// [`DOM_6`].
+    Dom6,
+    /// [`REF_1`]: holds when the reference is absent or not local (otherwise the
+    /// evaluator decides).
+    Ref1,
 }
 
 impl NativeInvariant {
@@ -1034,27 +1091,46 @@ impl NativeInvariant {
         match expression {
             ELE_1 => Some(NativeInvariant::Ele1),
             EXT_1 => Some(NativeInvariant::Ext1),
+            DOM_2 | DOM_3 | DOM_4 | DOM_5 => Some(NativeInvariant::Contained),
+            DOM_6 => Some(NativeInvariant::Dom6),
+            REF_1 => Some(NativeInvariant::Ref1),
             _ => None,
         }
     }
 }
 
-/// The result of the invariants [`ELE_1`] and [`EXT_1`] on `focus`, computed on the element
-/// tree as the FHIRPath evaluator computes them (neither can fail or be empty); `None` for
-/// other expressions and foci, which go to the evaluator.
-fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<bool> {
-    // Values of the property whose element is named `name`, as navigation finds them.
-    fn count(e: &Element, name: &str) -> usize {
-        e.props
-            .iter()
-            .find(|p| {
-                e.info
-                    .elements
-                    .get(usize::from(p.element))
-                    .is_some_and(|d| &*d.name == name)
-            })
-            .map_or(0, |p| p.values.len())
+/// The property of `e` whose element is named `name`, as navigation finds it.
+fn named<'e>(e: &'e Element, name: &str) -> Option<&'e crate::model::Property> {
+    e.props.iter().find(|p| {
+        e.info
+            .elements
+            .get(usize::from(p.element))
+            .is_some_and(|d| &*d.name == name)
+    })
+}
+
+/// Values of the property of `e` whose element is named `name`, as navigation finds them.
+fn count(e: &Element, name: &str) -> usize {
+    named(e, name).map_or(0, |p| p.values.len())
+}
+
+/// Values of the `id` property of `e`: the first element of every complex type and
+/// resource is `id` (properties are in element order), else it is looked up by name.
+fn id_count(e: &Element) -> usize {
+    match e.info.elements.first() {
+        Some(d) if &*d.name == "id" => e
+            .props
+            .first()
+            .filter(|p| p.element == 0)
+            .map_or(0, |p| p.values.len()),
+        _ => count(e, "id"),
     }
+}
+
+/// The result of a natively decided invariant on `focus`, computed on the element tree as
+/// the FHIRPath evaluator computes it (an empty result, which fails nothing, counts as
+/// `true`); `None` for other expressions and for the foci left to the evaluator.
+fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<bool> {
     match kind? {
         NativeInvariant::Ele1 => match focus {
             // hasValue(): a primitive with a value. children(): a primitive's extensions;
@@ -1068,7 +1144,7 @@ fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<b
             // property.
             Item::Element(e) => {
                 let children: usize = e.props.iter().map(|p| p.values.len()).sum();
-                Some(children > count(e, "id"))
+                Some(children > id_count(e))
             }
             _ => None,
         },
@@ -1076,6 +1152,35 @@ fn native_invariant(kind: Option<NativeInvariant>, focus: &Item<'_>) -> Option<b
             Item::Element(e) if &*e.info.name == "Extension" => {
                 Some((count(e, "extension") > 0) != (count(e, "value") > 0))
             }
+            _ => None,
+        },
+        // `contained` empty: every one of these expressions is true.
+        NativeInvariant::Contained => match focus {
+            Item::Element(e) if count(e, "contained") == 0 => Some(true),
+            _ => None,
+        },
+        // Navigation yields every value of `text`, then of each one's `div`.
+        NativeInvariant::Dom6 => match focus {
+            Item::Element(e) => Some(named(e, "text").is_some_and(|t| {
+                t.values
+                    .iter()
+                    .any(|v| v.as_element().is_some_and(|n| count(n, "div") > 0))
+            })),
+            _ => None,
+        },
+        // No reference: the expression is empty. A reference not starting with `#`: the
+        // left side of `or` is true.
+        NativeInvariant::Ref1 => match focus {
+            Item::Element(e) => match named(e, "reference").map(|p| &p.values[..]) {
+                None => Some(true),
+                Some(
+                    [Value::Primitive(Primitive {
+                        value: Some(Scalar::String(s)),
+                        ..
+                    })],
+                ) if !s.starts_with('#') => Some(true),
+                _ => None,
+            },
             _ => None,
         },
     }

@@ -246,8 +246,20 @@ impl Validator {
         source: Option<&str>,
         profiles: &[String],
     ) -> Vec<Issue> {
+        self.validate_least(resource, source, profiles, Severity::Information)
+    }
+
+    /// [`Validator::validate`], keeping only the issues at least as serious as `least`.
+    fn validate_least(
+        &self,
+        resource: &Element,
+        source: Option<&str>,
+        profiles: &[String],
+        least: Severity,
+    ) -> Vec<Issue> {
         let mut walk = Walk::new(self, source);
-        walk.location = resource.type_name().to_string();
+        walk.least = least;
+        walk.location.push_str(resource.type_name());
         self.resource_with(&mut walk, resource, profiles);
         dedup(walk.issues)
     }
@@ -255,8 +267,20 @@ impl Validator {
     /// Parses and validates JSON text: the parse problems (with `line:column`) followed by
     /// the validation issues of what could be read.
     pub fn validate_json(&self, text: &str, profiles: &[String]) -> Vec<Issue> {
+        self.validate_json_least(text, profiles, Severity::Information)
+    }
+
+    /// What [`Validator::validate_json`] reports that is at least as serious as `least`
+    /// (`Severity::Error`: the errors and fatal issues), in the same order: checks that
+    /// can only report less serious issues are skipped.
+    pub fn validate_json_least(
+        &self,
+        text: &str,
+        profiles: &[String],
+        least: Severity,
+    ) -> Vec<Issue> {
         let parsed = model::parse_with(text, &self.parse_options());
-        self.validate_parsed(&parsed, text, profiles)
+        self.parsed_least(&parsed, text, profiles, least)
     }
 
     /// The parse settings [`Validator::validate_json`] reads text with.
@@ -275,6 +299,18 @@ impl Validator {
         parsed: &model::Parsed,
         text: &str,
         profiles: &[String],
+    ) -> Vec<Issue> {
+        self.parsed_least(parsed, text, profiles, Severity::Information)
+    }
+
+    /// [`Validator::validate_parsed`], keeping only the issues at least as serious as
+    /// `least` (parse issues are errors or fatal, always kept).
+    fn parsed_least(
+        &self,
+        parsed: &model::Parsed,
+        text: &str,
+        profiles: &[String],
+        least: Severity,
     ) -> Vec<Issue> {
         let mut issues: Vec<Issue> = parsed
             .issues
@@ -298,7 +334,7 @@ impl Validator {
         if let Some(r) = &parsed.resource {
             // Where parsing already refused a value, the walk would only report its absence
             // again ("minimum required"): the parse issue says it better.
-            let found = self.validate(r, Some(text), profiles);
+            let found = self.validate_least(r, Some(text), profiles, least);
             if parsed.issues.is_empty() {
                 issues.extend(found);
             } else {
@@ -349,24 +385,25 @@ impl Validator {
     }
 
     fn resource_with<'a>(&self, walk: &mut Walk<'_, 'a>, e: &'a Element, extra: &[String]) {
-        let type_name = e.type_name().to_string();
-        let mut urls: Vec<String> = extra.to_vec();
+        let type_name = e.type_name();
+        // The URLs are borrowed (from the caller, the resource and the settings).
+        let mut urls: Vec<&str> = extra.iter().map(String::as_str).collect();
         for m in e.values("meta") {
             if let Some(meta) = m.as_element() {
                 for p in meta.values("profile") {
                     if let Some(u) = p.as_primitive().and_then(model::Primitive::as_str) {
-                        urls.push(u.to_string());
+                        urls.push(u);
                     }
                 }
             }
         }
         if urls.is_empty() {
-            if let Some(d) = self.defaults.get(&type_name) {
-                urls.push(d.clone());
+            if let Some(d) = self.defaults.get(type_name) {
+                urls.push(d);
             }
         }
-        if let Some(g) = self.globals.get(&type_name) {
-            urls.extend(g.iter().cloned());
+        if let Some(g) = self.globals.get(type_name) {
+            urls.extend(g.iter().map(String::as_str));
         }
         urls.retain(|u| !u.is_empty());
         urls.dedup();
@@ -384,7 +421,7 @@ impl Validator {
             None
         };
         let mut checked = false;
-        for url in &urls {
+        for &url in &urls {
             match self.profile(url) {
                 Ok(p) if p.type_name == type_name => {
                     walk.resource(e, &p);
@@ -407,7 +444,7 @@ impl Validator {
             }
         }
         if !checked {
-            match self.core_profile(&type_name) {
+            match self.core_profile(type_name) {
                 Some(core) => walk.resource(e, &core),
                 None => walk.report(
                     Severity::Fatal,

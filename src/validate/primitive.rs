@@ -18,10 +18,9 @@ pub fn check(code: &str, value: &str) -> Option<String> {
             !value.is_empty()
                 && !value.starts_with(char::is_whitespace)
                 && !value.ends_with(char::is_whitespace)
-                && !value.contains("  ")
-                && !value.contains(['\n', '\r', '\t'])
+                && code_inside_ok(value)
         }
-        "uri" | "url" | "canonical" => !value.is_empty() && !value.contains(char::is_whitespace),
+        "uri" | "url" | "canonical" => !value.is_empty() && !has_whitespace(value),
         "oid" => value.strip_prefix("urn:oid:").is_some_and(is_oid),
         "uuid" => value.strip_prefix("urn:uuid:").is_some_and(is_uuid),
         "date" => Date::parse_fhir(value).is_ok(),
@@ -39,6 +38,30 @@ pub fn check(code: &str, value: &str) -> Option<String> {
         _ => true,
     };
     (!ok).then(|| format!("'{}' is not a valid {code}", truncate(value)))
+}
+
+/// Whether a code has neither two spaces in a row nor a line break or tab (all ASCII, so
+/// the bytes of other characters never look like them).
+fn code_inside_ok(value: &str) -> bool {
+    let mut space = false;
+    for &b in value.as_bytes() {
+        match b {
+            b'\n' | b'\r' | b'\t' => return false,
+            b' ' if space => return false,
+            b' ' => space = true,
+            _ => space = false,
+        }
+    }
+    true
+}
+
+/// Whether a text has white space (as `char::is_whitespace`), without decoding ASCII text.
+fn has_whitespace(value: &str) -> bool {
+    if value.is_ascii() {
+        value.bytes().any(|b| matches!(b, b' ' | 0x09..=0x0d))
+    } else {
+        value.contains(char::is_whitespace)
+    }
 }
 
 fn truncate(s: &str) -> String {
@@ -126,6 +149,15 @@ mod tests {
             ("decimal", "1.50", "01.5"),
         ] {
             assert_eq!(check(code, good), None, "{code} {good}");
+            assert!(check(code, bad).is_some(), "{code} {bad}");
+        }
+        for (code, bad) in [
+            ("code", "a  b"),
+            ("code", "a\tb"),
+            ("code", "a\nb"),
+            ("uri", "http://x\u{a0}y"),
+            ("uri", "http://x\u{b}y"),
+        ] {
             assert!(check(code, bad).is_some(), "{code} {bad}");
         }
     }

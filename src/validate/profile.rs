@@ -82,9 +82,14 @@ pub struct Constraint {
     pub compiled: std::sync::OnceLock<
         Result<std::sync::Arc<crate::fhirpath::Expression>, crate::fhirpath::Error>,
     >,
-    /// Whether the walk decides this invariant on the element tree (ele-1, ext-1), found
-    /// once from the expression's text.
+    /// Whether the walk decides this invariant on the element tree (ele-1, ext-1, and
+    /// dom-2 to dom-6 and ref-1 where the tree makes them plain), found once from the
+    /// expression's text.
     pub native: Option<super::check::NativeInvariant>,
+    /// The message reported when it fails (`constraint failed: {human} ({key})`), made once.
+    pub failure: String,
+    /// `severity` as an issue severity.
+    pub level: super::issue::Severity,
 }
 
 /// How to tell slices apart.
@@ -303,10 +308,14 @@ impl Profile {
                     .flatten()
                     .filter_map(|c| {
                         let expression = c.get("expression")?.as_str()?;
+                        let key = c.get("key")?.as_str()?;
+                        let human = str_at(c, "human");
                         Some(Constraint {
-                            key: c.get("key")?.as_str()?.to_string(),
+                            key: key.to_string(),
                             severity: str_at(c, "severity").to_string(),
-                            human: str_at(c, "human").to_string(),
+                            human: human.to_string(),
+                            failure: format!("constraint failed: {human} ({key})"),
+                            level: super::issue::Severity::from_code(str_at(c, "severity")),
                             expression: expression.to_string(),
                             compiled: std::sync::OnceLock::new(),
                             native: super::check::NativeInvariant::of(expression),

@@ -28,11 +28,18 @@ pub(crate) fn check<'a>(
         if repeats {
             super::check::push_index(&mut walk.location, i);
         }
+        // What each discriminator's path finds in the value does not depend on the slice.
+        let found: smallvec::SmallVec<[Vec<&Value>; 2]> = slicing
+            .discriminators
+            .iter()
+            .map(|d| at_path(v, &d.path))
+            .collect();
         let matched = n.slices.iter().position(|&s| {
             slicing
                 .discriminators
                 .iter()
-                .all(|d| meets(walk, v, profile, s, d))
+                .zip(&found)
+                .all(|(d, f)| meets(walk, f, profile, s, d))
                 && !slicing.discriminators.is_empty()
         });
         match matched {
@@ -94,15 +101,15 @@ pub(crate) fn check<'a>(
     }
 }
 
-/// Whether `v` meets discriminator `d` of slice `slice`.
+/// Whether a value meets discriminator `d` of slice `slice`, given what `d`'s path finds
+/// in it.
 fn meets(
     walk: &mut Walk<'_, '_>,
-    v: &Value,
+    found: &[&Value],
     profile: &Arc<Profile>,
     slice: usize,
     d: &Discriminator,
 ) -> bool {
-    let found = at_path(v, &d.path);
     let target = descendant(profile, slice, &d.path);
     match d.kind.as_str() {
         "value" | "pattern" => {
@@ -202,8 +209,8 @@ fn descendant(profile: &Profile, slice: usize, path: &str) -> Option<usize> {
 }
 
 /// Splits a discriminator path on dots outside parentheses and quotes.
-fn segments(path: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+fn segments(path: &str) -> smallvec::SmallVec<[&str; 4]> {
+    let mut out = smallvec::SmallVec::new();
     let mut depth = 0;
     let mut start = 0;
     for (i, ch) in path.char_indices() {

@@ -231,8 +231,8 @@ impl Expansion {
 #[derive(Debug)]
 pub struct Terminology {
     registry: Arc<Registry>,
-    expansions: RwLock<HashMap<Box<str>, Arc<Expansion>>>,
-    systems: RwLock<HashMap<Box<str>, Option<Arc<CodeSystemIndex>>>>,
+    expansions: RwLock<HashMap<Box<str>, Arc<Expansion>, FastHash>>,
+    systems: RwLock<HashMap<Box<str>, Option<Arc<CodeSystemIndex>>, FastHash>>,
 }
 
 impl Terminology {
@@ -240,8 +240,8 @@ impl Terminology {
     pub fn new(registry: Arc<Registry>) -> Terminology {
         Terminology {
             registry,
-            expansions: RwLock::new(HashMap::new()),
-            systems: RwLock::new(HashMap::new()),
+            expansions: RwLock::new(HashMap::with_hasher(FastHash)),
+            systems: RwLock::new(HashMap::with_hasher(FastHash)),
         }
     }
 

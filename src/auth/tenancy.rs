@@ -19,8 +19,8 @@ use crate::store::Stored;
 /// The code system of site labels.
 pub const SITE_SYSTEM: &str = "https://a-imagio.eu/fhir/CodeSystem/site";
 
-/// The site a site client acts for, if the caller is one.
-fn caller_site() -> Option<String> {
+/// The site a site client acts for, if the caller is one: the site [`label`] sets.
+pub fn caller_site() -> Option<String> {
     current().filter(|p| p.role == Role::Site).map(|p| p.site)
 }
 

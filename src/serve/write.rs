@@ -29,6 +29,10 @@ pub struct Checked {
     pub json: Json,
     /// Warnings and information from validation (never errors).
     pub warnings: Vec<Issue>,
+    /// The element tree validation read `json` into (`None` when it did not read
+    /// cleanly), for a caller that indexes the resource without reading it again; dropped
+    /// once used.
+    pub tree: Option<crate::model::Element>,
 }
 
 impl Checked {
@@ -104,14 +108,18 @@ pub fn check_parsed(
             (json, text)
         }
     };
-    let issues = state.validator().validate_json(&text, &[]);
+    let validator = state.validator();
+    let parsed = crate::model::parse_with(&text, &validator.parse_options());
+    let issues = validator.validate_parsed(&parsed, &text, &[]);
     if has_errors(&issues) {
         return Err(ApiError::Invalid(issues));
     }
+    let tree = parsed.resource.filter(|_| parsed.issues.is_empty());
     Ok(Checked {
         res_type,
         json,
         warnings: issues,
+        tree,
     })
 }
 
@@ -833,6 +841,55 @@ pub fn prepare_create(res_type: &str, mut json: Json, id: &str) -> Result<Prepar
     let index = search_rows(&json);
     narrow::check_write(Interaction::Create, res_type, id, &index).map_err(ApiError::Forbidden)?;
     Ok(Prepared { json, index })
+}
+
+/// [`prepare_create`] for a resource whose element tree (from validation) is at hand, with
+/// the same references already rewritten in `json` and in `tree`: the index rows come
+/// from the tree instead of from the JSON written out and read again. The site label is
+/// the one index row the tree lacks ([`crate::auth::tenancy::label`] adds one `_security`
+/// coding without display), so it is added as a row; a resource that already carries a
+/// site label (its own labels are replaced) takes the general path.
+///
+/// # Errors
+/// As [`prepare_create`].
+pub fn prepare_create_parsed(
+    res_type: &str,
+    json: Json,
+    tree: &crate::model::Element,
+    id: &str,
+) -> Result<Prepared, ApiError> {
+    if has_site_label(&json) {
+        return prepare_create(res_type, json, id);
+    }
+    refuse_append_only(res_type)?;
+    if !is_valid_id(id) {
+        return Err(ApiError::BadRequest(format!(
+            "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
+        )));
+    }
+    let mut json = json;
+    crate::auth::tenancy::label(&mut json);
+    let mut index = crate::search::index(tree);
+    if let Some(site) = crate::auth::tenancy::caller_site() {
+        index.push(crate::search::IndexRow::Token {
+            param: "_security".into(),
+            system: crate::auth::tenancy::SITE_SYSTEM.into(),
+            code: site,
+        });
+    }
+    narrow::check_write(Interaction::Create, res_type, id, &index).map_err(ApiError::Forbidden)?;
+    Ok(Prepared { json, index })
+}
+
+/// Whether `json` has a `meta.security` coding of the site-label system.
+fn has_site_label(json: &Json) -> bool {
+    json.get("meta")
+        .and_then(|m| m.get("security"))
+        .is_some_and(|list| {
+            list.items().iter().any(|c| {
+                c.get("system").and_then(Json::as_str) == Some(crate::auth::tenancy::SITE_SYSTEM)
+            })
+        })
 }
 
 /// Writes creates whose ids the server has just assigned (UUIDs no resource has), each

@@ -1208,7 +1208,7 @@ impl Tx {
                 deleted: false,
                 content: Some(stamped_text(r.content, &r.id, 1, &last_updated)),
                 issues: r.issues.take(),
-                site: crate::auth::tenancy::owner_of(&r.content).unwrap_or_default(),
+                site: crate::auth::tenancy::owner_of(r.content).unwrap_or_default(),
             });
         }
         self.written += stored.len() as u64;
@@ -1260,7 +1260,7 @@ impl Tx {
         let identified: Vec<(usize, Vec<(String, String)>)> = resources
             .iter()
             .enumerate()
-            .map(|(i, r)| (i, identifiers(&r.content)))
+            .map(|(i, r)| (i, identifiers(r.content)))
             .filter(|(_, ids)| !ids.is_empty())
             .collect();
         let rows: Vec<[&str; 4]> = identified

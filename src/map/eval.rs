@@ -26,6 +26,41 @@ enum Cell<'t> {
 /// A row of a table: (table index, row index).
 type RowRef = (usize, usize);
 
+/// Every cell of a table as [`Table::value`] gives it, row after row: each cell is
+/// trimmed and checked for empty-value markers once per run, not at every use.
+struct Values<'m> {
+    /// Per row, where its cells start in `cells`, and the end of the last row.
+    starts: Vec<usize>,
+    /// The cells' values.
+    cells: Vec<Option<&'m str>>,
+}
+
+impl<'m> Values<'m> {
+    /// The values of a table's cells.
+    fn of(t: &'m Table) -> Values<'m> {
+        let mut starts = Vec::with_capacity(t.rows.len() + 1);
+        let width = t.rows.first().map_or(0, |r| r.cells.len());
+        let mut cells = Vec::with_capacity(t.rows.len().saturating_mul(width));
+        for row in &t.rows {
+            starts.push(cells.len());
+            cells.extend(row.cells.iter().map(|c| t.clean(c)));
+        }
+        starts.push(cells.len());
+        Values { starts, cells }
+    }
+
+    /// The value of a cell, as [`Table::value`] gives it.
+    #[inline]
+    fn get(&self, row: usize, col: usize) -> Option<&'m str> {
+        let start = *self.starts.get(row)?;
+        let end = *self.starts.get(row + 1)?;
+        if col >= end - start {
+            return None;
+        }
+        self.cells.get(start + col).copied().flatten()
+    }
+}
+
 /// Per table, per row, the joined row of each join of its source (`None`: no match).
 type Joined = Vec<Vec<Vec<Option<RowRef>>>>;
 
@@ -210,6 +245,11 @@ pub(super) struct Engine<'m> {
     ref_ids: Vec<(Option<At>, String)>,
     /// Per rule, whether its id reads `n`.
     id_reads_n: Vec<bool>,
+    /// Per table, its cells' values.
+    values: Vec<Values<'m>>,
+    /// The cell last written as a date (without a lookup), and its JSON text: a row's
+    /// date is written by several rules.
+    last_date: Option<(CellRef, String)>,
 }
 
 /// Whether a template reads the repeat number `n` (as `{n}` or inside a column name).
@@ -262,6 +302,8 @@ impl<'m> Engine<'m> {
             recent: vec![(NO_KEY, Resolved::N); RECENT],
             ref_ids: vec![(None, String::new()); m.resources.len()],
             id_reads_n: m.resources.iter().map(|r| reads_n(&r.id)).collect(),
+            values: tables.iter().map(Values::of).collect(),
+            last_date: None,
         };
         e.plans = m
             .resources
@@ -814,13 +856,14 @@ impl<'m> Engine<'m> {
     }
 
     /// The value of a cell.
+    #[inline]
     fn read(&self, table: usize, row: usize, ci: usize) -> Cell<'m> {
         let cref = CellRef {
             table: u32::try_from(table).unwrap_or(u32::MAX),
             row: u32::try_from(row).unwrap_or(u32::MAX),
             col: u32::try_from(ci).unwrap_or(u32::MAX),
         };
-        match self.tables[table].value(row, ci) {
+        match self.values.get(table).and_then(|v| v.get(row, ci)) {
             Some(v) => Cell::Value(v.into(), Some(cref)),
             None if self.tables[table]
                 .fhir
@@ -831,6 +874,19 @@ impl<'m> Engine<'m> {
                 Cell::Missing
             }
             None => Cell::Empty(Some(cref)),
+        }
+    }
+
+    /// Keeps the JSON text a cell was written as a date (`keep`), or forgets the last one.
+    fn remember_date(&mut self, cell: Option<CellRef>, keep: bool, written: &str) {
+        match (cell, keep) {
+            (Some(cell), true) => {
+                let mut kept = self.last_date.take().map(|(_, s)| s).unwrap_or_default();
+                kept.clear();
+                kept.push_str(written);
+                self.last_date = Some((cell, kept));
+            }
+            _ => self.last_date = None,
         }
     }
 
@@ -959,8 +1015,13 @@ impl<'m> Engine<'m> {
     fn render(&mut self, plan: &Plan<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         match plan {
             Plan::Nothing => None,
-            Plan::Fixed(f) | Plan::Run(f) => {
+            Plan::Fixed(f) => {
                 out.fixed(f);
+                Some(f.prov)
+            }
+            Plan::Run(f) => {
+                // Its leading comma is for a group to write.
+                out.fixed_from(f, 1);
                 Some(f.prov)
             }
             Plan::Group(g) => self.group(g, at, out),
@@ -1040,15 +1101,15 @@ impl<'m> Engine<'m> {
     /// Writes an object or array: its items that have a value, nothing when none has.
     fn group(&mut self, g: &Group<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         let start = out.mark();
-        out.text.push(g.open);
+        out.text.push_str(&g.open);
+        out.lines(&g.open_lines);
         let mut any = false;
         for item in &g.items {
+            // The comma leading the item's text is skipped for the first item written.
+            let skip = usize::from(!any);
             if let Plan::Run(run) = &item.plan {
                 // Always there: no mark to cut back to, no provenance to set.
-                if any {
-                    out.text.push(',');
-                }
-                out.fixed(run);
+                out.fixed_from(run, skip);
                 any = true;
                 continue;
             }
@@ -1056,12 +1117,14 @@ impl<'m> Engine<'m> {
                 self.member = item.member;
             }
             let mark = out.mark();
-            if any {
-                out.text.push(',');
-            }
-            out.text.push_str(&item.prefix);
+            out.text
+                .push_str(item.prefix.get(skip..).unwrap_or_default());
             let slot = out.line(Prov::default());
-            match self.render(&item.plan, at, out) {
+            let made = match &item.plan {
+                Plan::Group(inner) => self.group(inner, at, out),
+                plan => self.render(plan, at, out),
+            };
+            match made {
                 Some(prov) => {
                     out.set(slot, prov);
                     any = true;
@@ -1077,7 +1140,7 @@ impl<'m> Engine<'m> {
             return None;
         }
         out.text.push_str(&g.close);
-        out.line(g.prov);
+        out.lines(&g.close_lines);
         Some(g.prov)
     }
     fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
@@ -1226,7 +1289,9 @@ impl<'m> Engine<'m> {
             }
             None => value,
         };
-        let dialect = &self.m.sources[self.tables[at.table].source].dialect;
+        let m = self.m;
+        let tables = self.tables;
+        let dialect = &m.sources[tables[at.table].source].dialect;
         let text = &mut out.text;
         let done = match c.as_ {
             As::String => {
@@ -1251,17 +1316,35 @@ impl<'m> Engine<'m> {
                 .map(|d| convert::write_number(d, text))
             }),
             As::Date => {
-                // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
-                let value: &str = if self.tables[at.table].fhir.is_some() {
-                    value.split_once('T').map_or(&*value, |(d, _)| d)
-                } else {
-                    &value
+                // The same cell read as a date again (by another rule): the same text.
+                let again = match (&self.last_date, cell) {
+                    (Some((last, written)), Some(cell))
+                        if *last == cell && c.lookup.is_none() =>
+                    {
+                        Some(written.as_str())
+                    }
+                    _ => None,
                 };
-                convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
-                    text.push('"');
-                    d.write(text);
-                    text.push('"');
-                })
+                if let Some(written) = again {
+                    text.push_str(written);
+                    Ok(())
+                } else {
+                    // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
+                    let value: &str = if tables[at.table].fhir.is_some() {
+                        value.split_once('T').map_or(&*value, |(d, _)| d)
+                    } else {
+                        &value
+                    };
+                    let start = text.len();
+                    let done = convert::parse_date(value, &dialect.dates, dialect.yy_pivot)
+                        .map(|d| {
+                            text.push('"');
+                            d.write(text);
+                            text.push('"');
+                        });
+                    self.remember_date(cell, c.lookup.is_none() && done.is_ok(), &text[start..]);
+                    done
+                }
             }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {

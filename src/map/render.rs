@@ -29,14 +29,23 @@ pub(super) struct Fixed {
 
 /// An object or array: its items, each with the text before it (new line, indentation
 /// and, for an object, the quoted key).
+///
+/// An object or array whose only item is an object or array is one group: its text
+/// opens both and closes both (they are there or not together).
 #[derive(Debug)]
 pub(super) struct Group<'m> {
-    /// `{` or `[`.
-    pub open: char,
+    /// `{` or `[`, or, for groups folded into one, the text up to the inner group's
+    /// items.
+    pub open: String,
+    /// The provenance of each line `open` starts.
+    pub open_lines: Vec<Prov>,
     /// The items in order.
     pub items: Vec<Item<'m>>,
-    /// New line, indentation and the closing bracket.
+    /// New line, indentation and the closing bracket (for groups folded into one, each
+    /// closing line).
     pub close: String,
+    /// The provenance of each line `close` starts.
+    pub close_lines: Vec<Prov>,
     /// The provenance of the group (its closing line).
     pub prov: Prov,
     /// The resource itself: each item is a content member (for diagnostics).
@@ -46,7 +55,8 @@ pub(super) struct Group<'m> {
 /// An item of a [`Group`].
 #[derive(Debug)]
 pub(super) struct Item<'m> {
-    /// New line, indentation and `"key": ` (objects).
+    /// A comma, then new line, indentation and `"key": ` (objects); the first item written
+    /// skips the comma.
     pub prefix: String,
     /// Its value.
     pub plan: Plan<'m>,
@@ -59,9 +69,10 @@ pub(super) struct Item<'m> {
 pub(super) enum Plan<'m> {
     /// Always the same text.
     Fixed(Fixed),
-    /// Consecutive items of a group that are always there, written as one: each item's
-    /// prefix and value, with the commas between them; `lines` holds the line of each
-    /// item followed by the further lines of its value.
+    /// Consecutive items of a group that are always there, written as one: a comma, then
+    /// each item's prefix and value, with the commas between them (the first item written
+    /// skips the leading comma); `lines` holds the line of each item followed by the
+    /// further lines of its value.
     Run(Fixed),
     /// Never anything (an empty object or array, a reference to no rule).
     Nothing,
@@ -158,9 +169,21 @@ impl Sink {
         }
     }
 
+    /// Records the provenance of new lines.
+    pub fn lines(&mut self, provs: &[Prov]) {
+        if self.keep {
+            self.lines.extend_from_slice(provs);
+        }
+    }
+
     /// Appends fixed text.
     pub fn fixed(&mut self, f: &Fixed) {
-        self.text.push_str(&f.text);
+        self.fixed_from(f, 0);
+    }
+
+    /// Appends fixed text from byte `skip` on (a run's leading comma skipped).
+    pub fn fixed_from(&mut self, f: &Fixed, skip: usize) {
+        self.text.push_str(f.text.get(skip..).unwrap_or_default());
         if self.keep {
             self.lines.extend_from_slice(&f.lines);
         }
@@ -315,9 +338,11 @@ pub(super) fn compile_rule<'m>(
     indent(&mut close, depth);
     close.push('}');
     Group {
-        open: '{',
+        open: "{".to_string(),
+        open_lines: Vec::new(),
         items: runs(items),
         close,
+        close_lines: vec![at_line(rule.line)],
         prov: at_line(rule.line),
         top: true,
     }
@@ -479,8 +504,9 @@ fn group<'m>(
         lines.push(prov);
         return Plan::Fixed(Fixed { text, lines, prov });
     }
-    Plan::Group(Box::new(Group {
-        open,
+    Plan::Group(Box::new(fold(Group {
+        open: open.to_string(),
+        open_lines: Vec::new(),
         items: runs(
             items
                 .into_iter()
@@ -492,20 +518,68 @@ fn group<'m>(
                 .collect(),
         ),
         close,
+        close_lines: vec![prov],
         prov,
         top: false,
-    }))
+    })))
+}
+
+/// A group whose only item is a group, folded into one: the outer opening, the item's
+/// prefix (without its comma: it is always the first item) and the inner opening, then
+/// the inner items, then both closings. Other groups as they are.
+fn fold(mut g: Group<'_>) -> Group<'_> {
+    if g.top || g.items.len() != 1 {
+        return g;
+    }
+    let Some(item) = g.items.pop() else {
+        return g;
+    };
+    let inner = match item.plan {
+        Plan::Group(inner) if !inner.top => inner,
+        plan => {
+            g.items.push(Item { plan, ..item });
+            return g;
+        }
+    };
+    let inner = *inner;
+    let mut open = g.open;
+    open.push_str(item.prefix.get(1..).unwrap_or_default());
+    open.push_str(&inner.open);
+    let mut open_lines = g.open_lines;
+    open_lines.push(inner.prov);
+    open_lines.extend(inner.open_lines);
+    let mut close = inner.close;
+    close.push_str(&g.close);
+    let mut close_lines = inner.close_lines;
+    close_lines.extend(g.close_lines);
+    Group {
+        open,
+        open_lines,
+        items: inner.items,
+        close,
+        close_lines,
+        prov: g.prov,
+        top: false,
+    }
 }
 
 /// The items of a group with each run of consecutive fixed items folded into one
-/// [`Plan::Run`] (written with one append instead of one per item).
+/// [`Plan::Run`] (written with one append instead of one per item), every item's text
+/// led by a comma (skipped for the first item written).
 fn runs(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
     let mut out: Vec<Item<'_>> = Vec::with_capacity(items.len());
     for item in items {
         let f = match item.plan {
             Plan::Fixed(f) => f,
             plan => {
-                out.push(Item { plan, ..item });
+                let mut prefix = String::with_capacity(item.prefix.len() + 1);
+                prefix.push(',');
+                prefix.push_str(&item.prefix);
+                out.push(Item {
+                    plan,
+                    prefix,
+                    ..item
+                });
                 continue;
             }
         };
@@ -522,7 +596,9 @@ fn runs(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
             run.prov = f.prov;
             continue;
         }
-        let mut text = item.prefix;
+        let mut text = String::with_capacity(1 + item.prefix.len() + f.text.len());
+        text.push(',');
+        text.push_str(&item.prefix);
         text.push_str(&f.text);
         let mut lines = Vec::with_capacity(f.lines.len() + 1);
         lines.push(f.prov);

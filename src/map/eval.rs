@@ -210,6 +210,88 @@ impl Ids {
     }
 }
 
+/// How many values of `n` the ids of a rule whose id reads `n` are kept for (no `n`, and
+/// `n` from 1 to 7); ids for other values are made each time.
+const MEMO_NS: usize = 8;
+
+/// The ids made per rule and row (and `n`, when the rule's id reads it), all in one text:
+/// a reference to a rule's resource from a row uses the id made for that row again.
+struct IdMemo {
+    /// The ids' text, one after the other.
+    text: String,
+    /// Per rule, per table: per row (times the rule's stride) and `n`, the id's span in
+    /// `text` (empty: none kept); allocated when the first id is kept.
+    spans: Vec<Vec<Vec<(u32, u32)>>>,
+    /// Per rule: 1, or [`MEMO_NS`] when its id reads `n`.
+    stride: Vec<usize>,
+    /// Per table, its rows.
+    rows: Vec<usize>,
+}
+
+impl IdMemo {
+    /// An empty memo for the rules of `m` and the tables.
+    fn new(m: &Mapping, tables: &[Table]) -> IdMemo {
+        IdMemo {
+            text: String::new(),
+            spans: vec![vec![Vec::new(); tables.len()]; m.resources.len()],
+            stride: m
+                .resources
+                .iter()
+                .map(|r| if reads_n(&r.id) { MEMO_NS } else { 1 })
+                .collect(),
+            rows: tables.iter().map(|t| t.rows.len()).collect(),
+        }
+    }
+
+    /// Where the id of `rule` for the row sits in a table's spans, if it is kept.
+    fn slot(&self, rule: usize, at: At) -> Option<usize> {
+        let stride = *self.stride.get(rule)?;
+        let n = match at.n {
+            _ if stride == 1 => 0,
+            None => 0,
+            Some(n) => usize::try_from(n).ok().filter(|&n| n + 1 < stride)? + 1,
+        };
+        Some(at.row * stride + n)
+    }
+
+    /// The id kept for `rule` and the row.
+    fn get(&self, rule: usize, at: At) -> Option<&str> {
+        let slot = self.slot(rule, at)?;
+        let &(start, end) = self.spans.get(rule)?.get(at.table)?.get(slot)?;
+        if end == 0 {
+            return None;
+        }
+        self.text.get(start as usize..end as usize)
+    }
+
+    /// Keeps the id of `rule` for the row (nothing when the text would pass 4 GiB).
+    fn put(&mut self, rule: usize, at: At, id: &str) {
+        let Some(slot) = self.slot(rule, at) else {
+            return;
+        };
+        let start = self.text.len();
+        let (Ok(s), Ok(e)) = (u32::try_from(start), u32::try_from(start + id.len())) else {
+            return;
+        };
+        let (Some(stride), Some(&rows)) = (self.stride.get(rule), self.rows.get(at.table)) else {
+            return;
+        };
+        let size = rows * stride;
+        let Some(spans) = self.spans.get_mut(rule).and_then(|t| t.get_mut(at.table)) else {
+            return;
+        };
+        if spans.is_empty() {
+            *spans = vec![(0, 0); size];
+        }
+        if let Some(span) = spans.get_mut(slot) {
+            if span.1 == 0 {
+                self.text.push_str(id);
+                *span = (s, e);
+            }
+        }
+    }
+}
+
 /// The state of one run.
 pub(super) struct Engine<'m> {
     m: &'m Mapping,
@@ -240,11 +322,8 @@ pub(super) struct Engine<'m> {
     resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
     /// The most recent of them, by [`recent_slot`] (checked before `resolved`).
     recent: Vec<(ResolvedKey, Resolved<'m>)>,
-    /// Per rule, the id last made for a reference to its resource, and the row it was made
-    /// for (without `n` when the id does not read it); see [`Engine::ref_id`].
-    ref_ids: Vec<(Option<At>, String)>,
-    /// Per rule, whether its id reads `n`.
-    id_reads_n: Vec<bool>,
+    /// The ids made per rule and row, for references to them; see [`Engine::ref_id`].
+    ids_made: IdMemo,
     /// Per table, its cells' values.
     values: Vec<Values<'m>>,
     /// The cell last written as a date (without a lookup), and its JSON text: a row's
@@ -300,15 +379,15 @@ impl<'m> Engine<'m> {
             failed: Vec::new(),
             resolved: HashMap::with_hasher(crate::model::schema::FastHash),
             recent: vec![(NO_KEY, Resolved::N); RECENT],
-            ref_ids: vec![(None, String::new()); m.resources.len()],
-            id_reads_n: m.resources.iter().map(|r| reads_n(&r.id)).collect(),
+            ids_made: IdMemo::new(m, tables),
             values: tables.iter().map(Values::of).collect(),
             last_date: None,
         };
+        let types: Vec<&str> = m.resources.iter().map(|r| r.type_name.as_str()).collect();
         e.plans = m
             .resources
             .iter()
-            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &m.constants))
+            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &types, &m.constants))
             .collect();
         e.check_keys();
         e.joined = e.join_all();
@@ -659,6 +738,7 @@ impl<'m> Engine<'m> {
         if !ok {
             return false;
         }
+        self.ids_made.put(ri, at, &self.id);
         self.in_resource = true;
         self.failed.clear();
         let plans = std::mem::take(&mut self.plans);
@@ -672,31 +752,19 @@ impl<'m> Engine<'m> {
     }
 
     /// The id of rule `ti`'s resource for a reference from the row, appended to `out`, as
-    /// [`Engine::id_into`] makes it; the id last made for the rule is used again when the
-    /// row (and `n`, if the id reads it) is the same.
+    /// [`Engine::id_into`] makes it; an id already made for the rule and row (and `n`, if
+    /// the id reads it) is used again.
     fn ref_id(&mut self, ti: usize, at: At, line: usize, out: &mut String) -> bool {
-        let key = At {
-            n: if self.id_reads_n[ti] { at.n } else { None },
-            ..at
-        };
-        if let Some((Some(k), id)) = self.ref_ids.get(ti) {
-            if *k == key {
-                out.push_str(id);
-                return true;
-            }
+        if let Some(id) = self.ids_made.get(ti, at) {
+            out.push_str(id);
+            return true;
         }
         let m = self.m;
         let start = out.len();
         let made = self.id_into(&m.resources[ti], at, line, out);
-        if let Some((k, id)) = self.ref_ids.get_mut(ti) {
-            id.clear();
-            // Only an id made without problems is kept (a problem is reported each time).
-            if made {
-                id.push_str(&out[start..]);
-                *k = Some(key);
-            } else {
-                *k = None;
-            }
+        // Only an id made without problems is kept (a problem is reported each time).
+        if made {
+            self.ids_made.put(ti, at, &out[start..]);
         }
         made
     }
@@ -856,7 +924,7 @@ impl<'m> Engine<'m> {
     }
 
     /// The value of a cell.
-    #[inline]
+    #[inline(always)]
     fn read(&self, table: usize, row: usize, ci: usize) -> Cell<'m> {
         let cref = CellRef {
             table: u32::try_from(table).unwrap_or(u32::MAX),
@@ -1064,6 +1132,20 @@ impl<'m> Engine<'m> {
                 } else {
                     els.as_ref().and_then(|e| self.render(e, at, out))
                 }
+            }
+            Plan::Ref(target, line, prov, text) if text.direct => {
+                // `"reference": "Type/` is in the opening text, the closing `"` in the
+                // closing text.
+                let mark = out.mark();
+                out.text.push_str(&text.open);
+                out.line(*prov);
+                if !self.ref_id(*target, at, *line, &mut out.text) {
+                    out.reset(mark);
+                    return None;
+                }
+                out.text.push_str(&text.close);
+                out.line(*prov);
+                Some(*prov)
             }
             Plan::Ref(target, line, prov, text) => {
                 let m = self.m;
@@ -1318,9 +1400,7 @@ impl<'m> Engine<'m> {
             As::Date => {
                 // The same cell read as a date again (by another rule): the same text.
                 let again = match (&self.last_date, cell) {
-                    (Some((last, written)), Some(cell))
-                        if *last == cell && c.lookup.is_none() =>
-                    {
+                    (Some((last, written)), Some(cell)) if *last == cell && c.lookup.is_none() => {
                         Some(written.as_str())
                     }
                     _ => None,
@@ -1336,8 +1416,8 @@ impl<'m> Engine<'m> {
                         &value
                     };
                     let start = text.len();
-                    let done = convert::parse_date(value, &dialect.dates, dialect.yy_pivot)
-                        .map(|d| {
+                    let done =
+                        convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
                             text.push('"');
                             d.write(text);
                             text.push('"');

@@ -107,10 +107,14 @@ pub(super) enum Plan<'m> {
 /// The text around a reference's value, the same for every row.
 #[derive(Debug)]
 pub(super) struct RefText {
-    /// `{`, a new line, the indentation and `"reference": `.
+    /// `{`, a new line, the indentation and `"reference": `; when `direct`, followed by
+    /// `"`, the target's type and `/`.
     pub open: String,
-    /// A new line, the indentation and `}`.
+    /// A new line, the indentation and `}`; when `direct`, led by `"`.
     pub close: String,
+    /// Whether the id goes between `open` and `close` as it is: the type needs no
+    /// escaping, and an id holds letters, digits, `-` and `.` only.
+    pub direct: bool,
 }
 
 /// Where a resource's text is written: the text, and the provenance of each of its lines
@@ -276,6 +280,7 @@ pub(super) fn compile_rule<'m>(
     rule: &'m ResourceRule,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Group<'m> {
     let key = |k: &str| {
@@ -317,7 +322,7 @@ pub(super) fn compile_rule<'m>(
             member: None,
         },
     ];
-    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name, consts) {
+    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name, types, consts) {
         items.push(Item {
             prefix: key("meta"),
             plan: Plan::Fixed(f),
@@ -325,7 +330,7 @@ pub(super) fn compile_rule<'m>(
         });
     }
     for (k, n) in &rule.content {
-        let plan = compile(n, depth + 1, by_name, consts);
+        let plan = compile(n, depth + 1, by_name, types, consts);
         if !matches!(plan, Plan::Nothing) {
             items.push(Item {
                 prefix: key(k),
@@ -353,6 +358,7 @@ pub(super) fn compile<'m>(
     node: &'m Node,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Plan<'m> {
     let prov = at_line(node.line());
@@ -365,7 +371,7 @@ pub(super) fn compile<'m>(
                     indent(&mut prefix, depth + 1);
                     write_str(&mut prefix, k);
                     prefix.push_str(": ");
-                    (prefix, compile(n, depth + 1, by_name, consts))
+                    (prefix, compile(n, depth + 1, by_name, types, consts))
                 })
                 .collect();
             group('{', '}', items, depth, prov)
@@ -376,12 +382,12 @@ pub(super) fn compile<'m>(
                 .map(|n| {
                     let mut prefix = String::new();
                     indent(&mut prefix, depth + 1);
-                    (prefix, compile(n, depth + 1, by_name, consts))
+                    (prefix, compile(n, depth + 1, by_name, types, consts))
                 })
                 .collect();
             group('[', ']', items, depth, prov)
         }
-        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name, consts),
+        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name, types, consts),
     }
 }
 
@@ -392,6 +398,7 @@ fn value<'m>(
     depth: usize,
     prov: Prov,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Plan<'m> {
     let fixed = |text: String| {
@@ -425,14 +432,14 @@ fn value<'m>(
             default: c
                 .default
                 .as_ref()
-                .map(|d| Box::new(compile(d, depth, by_name, consts))),
+                .map(|d| Box::new(compile(d, depth, by_name, types, consts))),
         },
         Spec::If(c, then, els) => Plan::If(
             c,
             line,
-            Box::new(compile(then, depth, by_name, consts)),
+            Box::new(compile(then, depth, by_name, types, consts)),
             els.as_ref()
-                .map(|e| Box::new(compile(e, depth, by_name, consts))),
+                .map(|e| Box::new(compile(e, depth, by_name, types, consts))),
         ),
         Spec::Ref(name) => match by_name.get(name.as_str()) {
             Some(&target) => {
@@ -440,9 +447,25 @@ fn value<'m>(
                 indent(&mut open, depth + 1);
                 open.push_str("\"reference\": ");
                 let mut close = String::new();
+                let direct = types.get(target).is_some_and(|t| json_plain(t.as_bytes()));
+                if let (true, Some(t)) = (direct, types.get(target)) {
+                    open.push('"');
+                    open.push_str(t);
+                    open.push('/');
+                    close.push('"');
+                }
                 indent(&mut close, depth);
                 close.push('}');
-                Plan::Ref(target, line, prov, Box::new(RefText { open, close }))
+                Plan::Ref(
+                    target,
+                    line,
+                    prov,
+                    Box::new(RefText {
+                        open,
+                        close,
+                        direct,
+                    }),
+                )
             }
             None => Plan::Nothing,
         },

@@ -326,9 +326,10 @@ pub(super) struct Engine<'m> {
     ids_made: IdMemo,
     /// Per table, its cells' values.
     values: Vec<Values<'m>>,
-    /// The cell last written as a date (without a lookup), and its JSON text: a row's
-    /// date is written by several rules.
-    last_date: Option<(CellRef, String)>,
+    /// The cell last written as a date (without a lookup), the table of the row it was
+    /// read for (whose dialect read it), and its JSON text: a row's date is written by
+    /// several rules.
+    last_date: Option<(CellRef, usize, String)>,
 }
 
 /// Whether a template reads the repeat number `n` (as `{n}` or inside a column name).
@@ -945,14 +946,15 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Keeps the JSON text a cell was written as a date (`keep`), or forgets the last one.
-    fn remember_date(&mut self, cell: Option<CellRef>, keep: bool, written: &str) {
+    /// Keeps the JSON text a cell was written as a date for a row of `table` (`keep`), or
+    /// forgets the last one.
+    fn remember_date(&mut self, cell: Option<CellRef>, table: usize, keep: bool, written: &str) {
         match (cell, keep) {
             (Some(cell), true) => {
-                let mut kept = self.last_date.take().map(|(_, s)| s).unwrap_or_default();
+                let mut kept = self.last_date.take().map(|(_, _, s)| s).unwrap_or_default();
                 kept.clear();
                 kept.push_str(written);
-                self.last_date = Some((cell, kept));
+                self.last_date = Some((cell, table, kept));
             }
             _ => self.last_date = None,
         }
@@ -1400,7 +1402,9 @@ impl<'m> Engine<'m> {
             As::Date => {
                 // The same cell read as a date again (by another rule): the same text.
                 let again = match (&self.last_date, cell) {
-                    (Some((last, written)), Some(cell)) if *last == cell && c.lookup.is_none() => {
+                    (Some((last, table, written)), Some(cell))
+                        if *last == cell && *table == at.table && c.lookup.is_none() =>
+                    {
                         Some(written.as_str())
                     }
                     _ => None,
@@ -1422,7 +1426,12 @@ impl<'m> Engine<'m> {
                             d.write(text);
                             text.push('"');
                         });
-                    self.remember_date(cell, c.lookup.is_none() && done.is_ok(), &text[start..]);
+                    self.remember_date(
+                        cell,
+                        at.table,
+                        c.lookup.is_none() && done.is_ok(),
+                        &text[start..],
+                    );
                     done
                 }
             }

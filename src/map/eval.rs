@@ -26,6 +26,41 @@ enum Cell<'t> {
 /// A row of a table: (table index, row index).
 type RowRef = (usize, usize);
 
+/// Every cell of a table as [`Table::value`] gives it, row after row: each cell is
+/// trimmed and checked for empty-value markers once per run, not at every use.
+struct Values<'m> {
+    /// Per row, where its cells start in `cells`, and the end of the last row.
+    starts: Vec<usize>,
+    /// The cells' values.
+    cells: Vec<Option<&'m str>>,
+}
+
+impl<'m> Values<'m> {
+    /// The values of a table's cells.
+    fn of(t: &'m Table) -> Values<'m> {
+        let mut starts = Vec::with_capacity(t.rows.len() + 1);
+        let width = t.rows.first().map_or(0, |r| r.cells.len());
+        let mut cells = Vec::with_capacity(t.rows.len().saturating_mul(width));
+        for row in &t.rows {
+            starts.push(cells.len());
+            cells.extend(row.cells.iter().map(|c| t.clean(c)));
+        }
+        starts.push(cells.len());
+        Values { starts, cells }
+    }
+
+    /// The value of a cell, as [`Table::value`] gives it.
+    #[inline]
+    fn get(&self, row: usize, col: usize) -> Option<&'m str> {
+        let start = *self.starts.get(row)?;
+        let end = *self.starts.get(row + 1)?;
+        if col >= end - start {
+            return None;
+        }
+        self.cells.get(start + col).copied().flatten()
+    }
+}
+
 /// Per table, per row, the joined row of each join of its source (`None`: no match).
 type Joined = Vec<Vec<Vec<Option<RowRef>>>>;
 
@@ -175,6 +210,88 @@ impl Ids {
     }
 }
 
+/// How many values of `n` the ids of a rule whose id reads `n` are kept for (no `n`, and
+/// `n` from 1 to 7); ids for other values are made each time.
+const MEMO_NS: usize = 8;
+
+/// The ids made per rule and row (and `n`, when the rule's id reads it), all in one text:
+/// a reference to a rule's resource from a row uses the id made for that row again.
+struct IdMemo {
+    /// The ids' text, one after the other.
+    text: String,
+    /// Per rule, per table: per row (times the rule's stride) and `n`, the id's span in
+    /// `text` (empty: none kept); allocated when the first id is kept.
+    spans: Vec<Vec<Vec<(u32, u32)>>>,
+    /// Per rule: 1, or [`MEMO_NS`] when its id reads `n`.
+    stride: Vec<usize>,
+    /// Per table, its rows.
+    rows: Vec<usize>,
+}
+
+impl IdMemo {
+    /// An empty memo for the rules of `m` and the tables.
+    fn new(m: &Mapping, tables: &[Table]) -> IdMemo {
+        IdMemo {
+            text: String::new(),
+            spans: vec![vec![Vec::new(); tables.len()]; m.resources.len()],
+            stride: m
+                .resources
+                .iter()
+                .map(|r| if reads_n(&r.id) { MEMO_NS } else { 1 })
+                .collect(),
+            rows: tables.iter().map(|t| t.rows.len()).collect(),
+        }
+    }
+
+    /// Where the id of `rule` for the row sits in a table's spans, if it is kept.
+    fn slot(&self, rule: usize, at: At) -> Option<usize> {
+        let stride = *self.stride.get(rule)?;
+        let n = match at.n {
+            _ if stride == 1 => 0,
+            None => 0,
+            Some(n) => usize::try_from(n).ok().filter(|&n| n + 1 < stride)? + 1,
+        };
+        Some(at.row * stride + n)
+    }
+
+    /// The id kept for `rule` and the row.
+    fn get(&self, rule: usize, at: At) -> Option<&str> {
+        let slot = self.slot(rule, at)?;
+        let &(start, end) = self.spans.get(rule)?.get(at.table)?.get(slot)?;
+        if end == 0 {
+            return None;
+        }
+        self.text.get(start as usize..end as usize)
+    }
+
+    /// Keeps the id of `rule` for the row (nothing when the text would pass 4 GiB).
+    fn put(&mut self, rule: usize, at: At, id: &str) {
+        let Some(slot) = self.slot(rule, at) else {
+            return;
+        };
+        let start = self.text.len();
+        let (Ok(s), Ok(e)) = (u32::try_from(start), u32::try_from(start + id.len())) else {
+            return;
+        };
+        let (Some(stride), Some(&rows)) = (self.stride.get(rule), self.rows.get(at.table)) else {
+            return;
+        };
+        let size = rows * stride;
+        let Some(spans) = self.spans.get_mut(rule).and_then(|t| t.get_mut(at.table)) else {
+            return;
+        };
+        if spans.is_empty() {
+            *spans = vec![(0, 0); size];
+        }
+        if let Some(span) = spans.get_mut(slot) {
+            if span.1 == 0 {
+                self.text.push_str(id);
+                *span = (s, e);
+            }
+        }
+    }
+}
+
 /// The state of one run.
 pub(super) struct Engine<'m> {
     m: &'m Mapping,
@@ -205,11 +322,14 @@ pub(super) struct Engine<'m> {
     resolved: HashMap<ResolvedKey, Resolved<'m>, crate::model::schema::FastHash>,
     /// The most recent of them, by [`recent_slot`] (checked before `resolved`).
     recent: Vec<(ResolvedKey, Resolved<'m>)>,
-    /// Per rule, the id last made for a reference to its resource, and the row it was made
-    /// for (without `n` when the id does not read it); see [`Engine::ref_id`].
-    ref_ids: Vec<(Option<At>, String)>,
-    /// Per rule, whether its id reads `n`.
-    id_reads_n: Vec<bool>,
+    /// The ids made per rule and row, for references to them; see [`Engine::ref_id`].
+    ids_made: IdMemo,
+    /// Per table, its cells' values.
+    values: Vec<Values<'m>>,
+    /// The cell last written as a date (without a lookup), the table of the row it was
+    /// read for (whose dialect read it), and its JSON text: a row's date is written by
+    /// several rules.
+    last_date: Option<(CellRef, usize, String)>,
 }
 
 /// Whether a template reads the repeat number `n` (as `{n}` or inside a column name).
@@ -260,13 +380,15 @@ impl<'m> Engine<'m> {
             failed: Vec::new(),
             resolved: HashMap::with_hasher(crate::model::schema::FastHash),
             recent: vec![(NO_KEY, Resolved::N); RECENT],
-            ref_ids: vec![(None, String::new()); m.resources.len()],
-            id_reads_n: m.resources.iter().map(|r| reads_n(&r.id)).collect(),
+            ids_made: IdMemo::new(m, tables),
+            values: tables.iter().map(Values::of).collect(),
+            last_date: None,
         };
+        let types: Vec<&str> = m.resources.iter().map(|r| r.type_name.as_str()).collect();
         e.plans = m
             .resources
             .iter()
-            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &m.constants))
+            .map(|r| compile_rule(r, super::ENTRY_DEPTH, &e.by_name, &types, &m.constants))
             .collect();
         e.check_keys();
         e.joined = e.join_all();
@@ -617,6 +739,7 @@ impl<'m> Engine<'m> {
         if !ok {
             return false;
         }
+        self.ids_made.put(ri, at, &self.id);
         self.in_resource = true;
         self.failed.clear();
         let plans = std::mem::take(&mut self.plans);
@@ -630,31 +753,19 @@ impl<'m> Engine<'m> {
     }
 
     /// The id of rule `ti`'s resource for a reference from the row, appended to `out`, as
-    /// [`Engine::id_into`] makes it; the id last made for the rule is used again when the
-    /// row (and `n`, if the id reads it) is the same.
+    /// [`Engine::id_into`] makes it; an id already made for the rule and row (and `n`, if
+    /// the id reads it) is used again.
     fn ref_id(&mut self, ti: usize, at: At, line: usize, out: &mut String) -> bool {
-        let key = At {
-            n: if self.id_reads_n[ti] { at.n } else { None },
-            ..at
-        };
-        if let Some((Some(k), id)) = self.ref_ids.get(ti) {
-            if *k == key {
-                out.push_str(id);
-                return true;
-            }
+        if let Some(id) = self.ids_made.get(ti, at) {
+            out.push_str(id);
+            return true;
         }
         let m = self.m;
         let start = out.len();
         let made = self.id_into(&m.resources[ti], at, line, out);
-        if let Some((k, id)) = self.ref_ids.get_mut(ti) {
-            id.clear();
-            // Only an id made without problems is kept (a problem is reported each time).
-            if made {
-                id.push_str(&out[start..]);
-                *k = Some(key);
-            } else {
-                *k = None;
-            }
+        // Only an id made without problems is kept (a problem is reported each time).
+        if made {
+            self.ids_made.put(ti, at, &out[start..]);
         }
         made
     }
@@ -814,13 +925,14 @@ impl<'m> Engine<'m> {
     }
 
     /// The value of a cell.
+    #[inline(always)]
     fn read(&self, table: usize, row: usize, ci: usize) -> Cell<'m> {
         let cref = CellRef {
             table: u32::try_from(table).unwrap_or(u32::MAX),
             row: u32::try_from(row).unwrap_or(u32::MAX),
             col: u32::try_from(ci).unwrap_or(u32::MAX),
         };
-        match self.tables[table].value(row, ci) {
+        match self.values.get(table).and_then(|v| v.get(row, ci)) {
             Some(v) => Cell::Value(v.into(), Some(cref)),
             None if self.tables[table]
                 .fhir
@@ -831,6 +943,20 @@ impl<'m> Engine<'m> {
                 Cell::Missing
             }
             None => Cell::Empty(Some(cref)),
+        }
+    }
+
+    /// Keeps the JSON text a cell was written as a date for a row of `table` (`keep`), or
+    /// forgets the last one.
+    fn remember_date(&mut self, cell: Option<CellRef>, table: usize, keep: bool, written: &str) {
+        match (cell, keep) {
+            (Some(cell), true) => {
+                let mut kept = self.last_date.take().map(|(_, _, s)| s).unwrap_or_default();
+                kept.clear();
+                kept.push_str(written);
+                self.last_date = Some((cell, table, kept));
+            }
+            _ => self.last_date = None,
         }
     }
 
@@ -959,8 +1085,13 @@ impl<'m> Engine<'m> {
     fn render(&mut self, plan: &Plan<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         match plan {
             Plan::Nothing => None,
-            Plan::Fixed(f) | Plan::Run(f) => {
+            Plan::Fixed(f) => {
                 out.fixed(f);
+                Some(f.prov)
+            }
+            Plan::Run(f) => {
+                // Its leading comma is for a group to write.
+                out.fixed_from(f, 1);
                 Some(f.prov)
             }
             Plan::Group(g) => self.group(g, at, out),
@@ -1004,6 +1135,20 @@ impl<'m> Engine<'m> {
                     els.as_ref().and_then(|e| self.render(e, at, out))
                 }
             }
+            Plan::Ref(target, line, prov, text) if text.direct => {
+                // `"reference": "Type/` is in the opening text, the closing `"` in the
+                // closing text.
+                let mark = out.mark();
+                out.text.push_str(&text.open);
+                out.line(*prov);
+                if !self.ref_id(*target, at, *line, &mut out.text) {
+                    out.reset(mark);
+                    return None;
+                }
+                out.text.push_str(&text.close);
+                out.line(*prov);
+                Some(*prov)
+            }
             Plan::Ref(target, line, prov, text) => {
                 let m = self.m;
                 let ti = *target;
@@ -1040,15 +1185,15 @@ impl<'m> Engine<'m> {
     /// Writes an object or array: its items that have a value, nothing when none has.
     fn group(&mut self, g: &Group<'m>, at: At, out: &mut Sink) -> Option<Prov> {
         let start = out.mark();
-        out.text.push(g.open);
+        out.text.push_str(&g.open);
+        out.lines(&g.open_lines);
         let mut any = false;
         for item in &g.items {
+            // The comma leading the item's text is skipped for the first item written.
+            let skip = usize::from(!any);
             if let Plan::Run(run) = &item.plan {
                 // Always there: no mark to cut back to, no provenance to set.
-                if any {
-                    out.text.push(',');
-                }
-                out.fixed(run);
+                out.fixed_from(run, skip);
                 any = true;
                 continue;
             }
@@ -1056,12 +1201,14 @@ impl<'m> Engine<'m> {
                 self.member = item.member;
             }
             let mark = out.mark();
-            if any {
-                out.text.push(',');
-            }
-            out.text.push_str(&item.prefix);
+            out.text
+                .push_str(item.prefix.get(skip..).unwrap_or_default());
             let slot = out.line(Prov::default());
-            match self.render(&item.plan, at, out) {
+            let made = match &item.plan {
+                Plan::Group(inner) => self.group(inner, at, out),
+                plan => self.render(plan, at, out),
+            };
+            match made {
                 Some(prov) => {
                     out.set(slot, prov);
                     any = true;
@@ -1077,7 +1224,7 @@ impl<'m> Engine<'m> {
             return None;
         }
         out.text.push_str(&g.close);
-        out.line(g.prov);
+        out.lines(&g.close_lines);
         Some(g.prov)
     }
     fn fhirpath(&mut self, e: &Expression, at: At, line: usize, prov: Prov) -> Option<Val<'m>> {
@@ -1226,7 +1373,9 @@ impl<'m> Engine<'m> {
             }
             None => value,
         };
-        let dialect = &self.m.sources[self.tables[at.table].source].dialect;
+        let m = self.m;
+        let tables = self.tables;
+        let dialect = &m.sources[tables[at.table].source].dialect;
         let text = &mut out.text;
         let done = match c.as_ {
             As::String => {
@@ -1251,17 +1400,40 @@ impl<'m> Engine<'m> {
                 .map(|d| convert::write_number(d, text))
             }),
             As::Date => {
-                // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
-                let value: &str = if self.tables[at.table].fhir.is_some() {
-                    value.split_once('T').map_or(&*value, |(d, _)| d)
-                } else {
-                    &value
+                // The same cell read as a date again (by another rule): the same text.
+                let again = match (&self.last_date, cell) {
+                    (Some((last, table, written)), Some(cell))
+                        if *last == cell && *table == at.table && c.lookup.is_none() =>
+                    {
+                        Some(written.as_str())
+                    }
+                    _ => None,
                 };
-                convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
-                    text.push('"');
-                    d.write(text);
-                    text.push('"');
-                })
+                if let Some(written) = again {
+                    text.push_str(written);
+                    Ok(())
+                } else {
+                    // A FHIR dateTime (`2022-03-14T09:30:00+01:00`) gives its date.
+                    let value: &str = if tables[at.table].fhir.is_some() {
+                        value.split_once('T').map_or(&*value, |(d, _)| d)
+                    } else {
+                        &value
+                    };
+                    let start = text.len();
+                    let done =
+                        convert::parse_date(value, &dialect.dates, dialect.yy_pivot).map(|d| {
+                            text.push('"');
+                            d.write(text);
+                            text.push('"');
+                        });
+                    self.remember_date(
+                        cell,
+                        at.table,
+                        c.lookup.is_none() && done.is_ok(),
+                        &text[start..],
+                    );
+                    done
+                }
             }
             As::Year => {
                 if value.len() == 4 && value.bytes().all(|b| b.is_ascii_digit()) {

@@ -29,14 +29,23 @@ pub(super) struct Fixed {
 
 /// An object or array: its items, each with the text before it (new line, indentation
 /// and, for an object, the quoted key).
+///
+/// An object or array whose only item is an object or array is one group: its text
+/// opens both and closes both (they are there or not together).
 #[derive(Debug)]
 pub(super) struct Group<'m> {
-    /// `{` or `[`.
-    pub open: char,
+    /// `{` or `[`, or, for groups folded into one, the text up to the inner group's
+    /// items.
+    pub open: String,
+    /// The provenance of each line `open` starts.
+    pub open_lines: Vec<Prov>,
     /// The items in order.
     pub items: Vec<Item<'m>>,
-    /// New line, indentation and the closing bracket.
+    /// New line, indentation and the closing bracket (for groups folded into one, each
+    /// closing line).
     pub close: String,
+    /// The provenance of each line `close` starts.
+    pub close_lines: Vec<Prov>,
     /// The provenance of the group (its closing line).
     pub prov: Prov,
     /// The resource itself: each item is a content member (for diagnostics).
@@ -46,7 +55,8 @@ pub(super) struct Group<'m> {
 /// An item of a [`Group`].
 #[derive(Debug)]
 pub(super) struct Item<'m> {
-    /// New line, indentation and `"key": ` (objects).
+    /// A comma, then new line, indentation and `"key": ` (objects); the first item written
+    /// skips the comma.
     pub prefix: String,
     /// Its value.
     pub plan: Plan<'m>,
@@ -59,9 +69,10 @@ pub(super) struct Item<'m> {
 pub(super) enum Plan<'m> {
     /// Always the same text.
     Fixed(Fixed),
-    /// Consecutive items of a group that are always there, written as one: each item's
-    /// prefix and value, with the commas between them; `lines` holds the line of each
-    /// item followed by the further lines of its value.
+    /// Consecutive items of a group that are always there, written as one: a comma, then
+    /// each item's prefix and value, with the commas between them (the first item written
+    /// skips the leading comma); `lines` holds the line of each item followed by the
+    /// further lines of its value.
     Run(Fixed),
     /// Never anything (an empty object or array, a reference to no rule).
     Nothing,
@@ -96,10 +107,14 @@ pub(super) enum Plan<'m> {
 /// The text around a reference's value, the same for every row.
 #[derive(Debug)]
 pub(super) struct RefText {
-    /// `{`, a new line, the indentation and `"reference": `.
+    /// `{`, a new line, the indentation and `"reference": `; when `direct`, followed by
+    /// `"`, the target's type and `/`.
     pub open: String,
-    /// A new line, the indentation and `}`.
+    /// A new line, the indentation and `}`; when `direct`, led by `"`.
     pub close: String,
+    /// Whether the id goes between `open` and `close` as it is: the type needs no
+    /// escaping, and an id holds letters, digits, `-` and `.` only.
+    pub direct: bool,
 }
 
 /// Where a resource's text is written: the text, and the provenance of each of its lines
@@ -158,9 +173,21 @@ impl Sink {
         }
     }
 
+    /// Records the provenance of new lines.
+    pub fn lines(&mut self, provs: &[Prov]) {
+        if self.keep {
+            self.lines.extend_from_slice(provs);
+        }
+    }
+
     /// Appends fixed text.
     pub fn fixed(&mut self, f: &Fixed) {
-        self.text.push_str(&f.text);
+        self.fixed_from(f, 0);
+    }
+
+    /// Appends fixed text from byte `skip` on (a run's leading comma skipped).
+    pub fn fixed_from(&mut self, f: &Fixed, skip: usize) {
+        self.text.push_str(f.text.get(skip..).unwrap_or_default());
         if self.keep {
             self.lines.extend_from_slice(&f.lines);
         }
@@ -253,6 +280,7 @@ pub(super) fn compile_rule<'m>(
     rule: &'m ResourceRule,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Group<'m> {
     let key = |k: &str| {
@@ -294,7 +322,7 @@ pub(super) fn compile_rule<'m>(
             member: None,
         },
     ];
-    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name, consts) {
+    if let Plan::Fixed(f) = compile(&meta, depth + 1, by_name, types, consts) {
         items.push(Item {
             prefix: key("meta"),
             plan: Plan::Fixed(f),
@@ -302,7 +330,7 @@ pub(super) fn compile_rule<'m>(
         });
     }
     for (k, n) in &rule.content {
-        let plan = compile(n, depth + 1, by_name, consts);
+        let plan = compile(n, depth + 1, by_name, types, consts);
         if !matches!(plan, Plan::Nothing) {
             items.push(Item {
                 prefix: key(k),
@@ -315,9 +343,11 @@ pub(super) fn compile_rule<'m>(
     indent(&mut close, depth);
     close.push('}');
     Group {
-        open: '{',
+        open: "{".to_string(),
+        open_lines: Vec::new(),
         items: runs(items),
         close,
+        close_lines: vec![at_line(rule.line)],
         prov: at_line(rule.line),
         top: true,
     }
@@ -328,6 +358,7 @@ pub(super) fn compile<'m>(
     node: &'m Node,
     depth: usize,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Plan<'m> {
     let prov = at_line(node.line());
@@ -340,7 +371,7 @@ pub(super) fn compile<'m>(
                     indent(&mut prefix, depth + 1);
                     write_str(&mut prefix, k);
                     prefix.push_str(": ");
-                    (prefix, compile(n, depth + 1, by_name, consts))
+                    (prefix, compile(n, depth + 1, by_name, types, consts))
                 })
                 .collect();
             group('{', '}', items, depth, prov)
@@ -351,12 +382,12 @@ pub(super) fn compile<'m>(
                 .map(|n| {
                     let mut prefix = String::new();
                     indent(&mut prefix, depth + 1);
-                    (prefix, compile(n, depth + 1, by_name, consts))
+                    (prefix, compile(n, depth + 1, by_name, types, consts))
                 })
                 .collect();
             group('[', ']', items, depth, prov)
         }
-        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name, consts),
+        Node::Value(spec, line) => value(spec, *line, depth, prov, by_name, types, consts),
     }
 }
 
@@ -367,6 +398,7 @@ fn value<'m>(
     depth: usize,
     prov: Prov,
     by_name: &HashMap<&str, usize>,
+    types: &[&str],
     consts: &Constants,
 ) -> Plan<'m> {
     let fixed = |text: String| {
@@ -400,14 +432,14 @@ fn value<'m>(
             default: c
                 .default
                 .as_ref()
-                .map(|d| Box::new(compile(d, depth, by_name, consts))),
+                .map(|d| Box::new(compile(d, depth, by_name, types, consts))),
         },
         Spec::If(c, then, els) => Plan::If(
             c,
             line,
-            Box::new(compile(then, depth, by_name, consts)),
+            Box::new(compile(then, depth, by_name, types, consts)),
             els.as_ref()
-                .map(|e| Box::new(compile(e, depth, by_name, consts))),
+                .map(|e| Box::new(compile(e, depth, by_name, types, consts))),
         ),
         Spec::Ref(name) => match by_name.get(name.as_str()) {
             Some(&target) => {
@@ -415,9 +447,25 @@ fn value<'m>(
                 indent(&mut open, depth + 1);
                 open.push_str("\"reference\": ");
                 let mut close = String::new();
+                let direct = types.get(target).is_some_and(|t| json_plain(t.as_bytes()));
+                if let (true, Some(t)) = (direct, types.get(target)) {
+                    open.push('"');
+                    open.push_str(t);
+                    open.push('/');
+                    close.push('"');
+                }
                 indent(&mut close, depth);
                 close.push('}');
-                Plan::Ref(target, line, prov, Box::new(RefText { open, close }))
+                Plan::Ref(
+                    target,
+                    line,
+                    prov,
+                    Box::new(RefText {
+                        open,
+                        close,
+                        direct,
+                    }),
+                )
             }
             None => Plan::Nothing,
         },
@@ -479,8 +527,9 @@ fn group<'m>(
         lines.push(prov);
         return Plan::Fixed(Fixed { text, lines, prov });
     }
-    Plan::Group(Box::new(Group {
-        open,
+    Plan::Group(Box::new(fold(Group {
+        open: open.to_string(),
+        open_lines: Vec::new(),
         items: runs(
             items
                 .into_iter()
@@ -492,20 +541,68 @@ fn group<'m>(
                 .collect(),
         ),
         close,
+        close_lines: vec![prov],
         prov,
         top: false,
-    }))
+    })))
+}
+
+/// A group whose only item is a group, folded into one: the outer opening, the item's
+/// prefix (without its comma: it is always the first item) and the inner opening, then
+/// the inner items, then both closings. Other groups as they are.
+fn fold(mut g: Group<'_>) -> Group<'_> {
+    if g.top || g.items.len() != 1 {
+        return g;
+    }
+    let Some(item) = g.items.pop() else {
+        return g;
+    };
+    let inner = match item.plan {
+        Plan::Group(inner) if !inner.top => inner,
+        plan => {
+            g.items.push(Item { plan, ..item });
+            return g;
+        }
+    };
+    let inner = *inner;
+    let mut open = g.open;
+    open.push_str(item.prefix.get(1..).unwrap_or_default());
+    open.push_str(&inner.open);
+    let mut open_lines = g.open_lines;
+    open_lines.push(inner.prov);
+    open_lines.extend(inner.open_lines);
+    let mut close = inner.close;
+    close.push_str(&g.close);
+    let mut close_lines = inner.close_lines;
+    close_lines.extend(g.close_lines);
+    Group {
+        open,
+        open_lines,
+        items: inner.items,
+        close,
+        close_lines,
+        prov: g.prov,
+        top: false,
+    }
 }
 
 /// The items of a group with each run of consecutive fixed items folded into one
-/// [`Plan::Run`] (written with one append instead of one per item).
+/// [`Plan::Run`] (written with one append instead of one per item), every item's text
+/// led by a comma (skipped for the first item written).
 fn runs(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
     let mut out: Vec<Item<'_>> = Vec::with_capacity(items.len());
     for item in items {
         let f = match item.plan {
             Plan::Fixed(f) => f,
             plan => {
-                out.push(Item { plan, ..item });
+                let mut prefix = String::with_capacity(item.prefix.len() + 1);
+                prefix.push(',');
+                prefix.push_str(&item.prefix);
+                out.push(Item {
+                    plan,
+                    prefix,
+                    ..item
+                });
                 continue;
             }
         };
@@ -522,7 +619,9 @@ fn runs(items: Vec<Item<'_>>) -> Vec<Item<'_>> {
             run.prov = f.prov;
             continue;
         }
-        let mut text = item.prefix;
+        let mut text = String::with_capacity(1 + item.prefix.len() + f.text.len());
+        text.push(',');
+        text.push_str(&item.prefix);
         text.push_str(&f.text);
         let mut lines = Vec::with_capacity(f.lines.len() + 1);
         lines.push(f.prov);

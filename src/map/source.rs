@@ -224,7 +224,13 @@ impl Table {
 
     /// The trimmed value of a cell, `None` when blank or an empty-value marker.
     pub fn value(&self, row: usize, col: usize) -> Option<&str> {
-        let cell = trim(self.rows.get(row)?.cells.get(col)?);
+        self.clean(self.rows.get(row)?.cells.get(col)?)
+    }
+
+    /// A cell's text as [`Table::value`] gives it: trimmed, `None` when blank or an
+    /// empty-value marker of this table.
+    pub fn clean<'c>(&self, cell: &'c str) -> Option<&'c str> {
+        let cell = trim(cell);
         if cell.is_empty()
             || (self.empty_lens >> cell.len().min(63)) & 1 == 1
                 && self.empty.iter().any(|e| e.eq_ignore_ascii_case(cell))

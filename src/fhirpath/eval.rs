@@ -829,6 +829,11 @@ pub(crate) fn contains_item(c: &[Item<'_>], item: &Item<'_>) -> bool {
 
 /// `a | b`: the items of both without duplicates.
 pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
+    if a.len() + b.len() > SMALL_UNION {
+        if let Some(out) = union_of_strings(&a, b) {
+            return out;
+        }
+    }
     let mut out = Collection::with_capacity(a.len() + b.len());
     for item in a.iter().chain(b) {
         if !contains_item(&out, item) {
@@ -836,6 +841,24 @@ pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
         }
     }
     out
+}
+
+/// Up to this many items, [`union`] compares every pair.
+const SMALL_UNION: usize = 8;
+
+/// [`union`] when every item is a plain string ([`Item::plain_string`]): equality is then
+/// equality of the strings, so the first item of each distinct string is kept, in order,
+/// found through a hash set instead of comparing every pair. `None` when an item is not a
+/// plain string.
+fn union_of_strings<'a>(a: &[Item<'a>], b: &[Item<'a>]) -> Option<Collection<'a>> {
+    let mut seen = std::collections::HashSet::with_capacity(a.len() + b.len());
+    let mut out = Collection::with_capacity(a.len() + b.len());
+    for item in a.iter().chain(b) {
+        if seen.insert(item.plain_string()?) {
+            out.push(item.clone());
+        }
+    }
+    Some(out)
 }
 
 /// `item in collection`.

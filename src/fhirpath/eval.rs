@@ -7,7 +7,7 @@
 //! specification here (empty in, empty out; singleton operands; three-valued logic) and
 //! delegate the per-item work to the `ops` module; functions live in `functions`.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::cmp::Ordering;
 
 use super::ast::BinaryOp;
@@ -97,6 +97,7 @@ impl Expression {
         let run = Run {
             ctx,
             now: OnceCell::new(),
+            descendants: RefCell::new(Vec::new()),
         };
         let this = ctx.focus.as_slice();
         let scope = Scope {
@@ -240,9 +241,27 @@ impl<'a> Context<'a> {
 pub(crate) struct Run<'a, 'c> {
     pub ctx: &'c Context<'a>,
     now: OnceCell<Option<DateTime>>,
+    /// The `descendants()` of single elements found so far in this evaluation: invariants
+    /// ask for them repeatedly (dom-3 takes `%resource.descendants()` four times for each
+    /// contained resource), and the tree does not change while an expression runs.
+    descendants: RefCell<Vec<(&'a Element, Collection<'a>)>>,
 }
 
-impl Run<'_, '_> {
+impl<'a> Run<'a, '_> {
+    /// The descendants of `e` computed earlier in this evaluation, if any.
+    pub fn known_descendants(&self, e: &'a Element) -> Option<Collection<'a>> {
+        self.descendants
+            .borrow()
+            .iter()
+            .find(|(k, _)| std::ptr::eq(*k, e))
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Remembers the descendants of `e` for the rest of this evaluation.
+    pub fn remember_descendants(&self, e: &'a Element, found: &Collection<'a>) {
+        self.descendants.borrow_mut().push((e, found.clone()));
+    }
+
     /// The evaluation's `now()`: fixed on first use.
     pub fn now(&self) -> Option<DateTime> {
         *self
@@ -829,6 +848,11 @@ pub(crate) fn contains_item(c: &[Item<'_>], item: &Item<'_>) -> bool {
 
 /// `a | b`: the items of both without duplicates.
 pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
+    if a.len() + b.len() > SMALL_UNION {
+        if let Some(out) = union_of_strings(&a, b) {
+            return out;
+        }
+    }
     let mut out = Collection::with_capacity(a.len() + b.len());
     for item in a.iter().chain(b) {
         if !contains_item(&out, item) {
@@ -836,6 +860,24 @@ pub(crate) fn union<'a>(a: Collection<'a>, b: &[Item<'a>]) -> Collection<'a> {
         }
     }
     out
+}
+
+/// Up to this many items, [`union`] compares every pair.
+const SMALL_UNION: usize = 8;
+
+/// [`union`] when every item is a plain string ([`Item::plain_string`]): equality is then
+/// equality of the strings, so the first item of each distinct string is kept, in order,
+/// found through a hash set instead of comparing every pair. `None` when an item is not a
+/// plain string.
+fn union_of_strings<'a>(a: &[Item<'a>], b: &[Item<'a>]) -> Option<Collection<'a>> {
+    let mut seen = std::collections::HashSet::with_capacity(a.len() + b.len());
+    let mut out = Collection::with_capacity(a.len() + b.len());
+    for item in a.iter().chain(b) {
+        if seen.insert(item.plain_string()?) {
+            out.push(item.clone());
+        }
+    }
+    Some(out)
 }
 
 /// `item in collection`.

@@ -178,7 +178,7 @@ fn call_general<'a>(
         | Func::Round
         | Func::Sqrt
         | Func::Truncate => math_functions(func, input, args, scope, run, pos),
-        Func::Children | Func::Descendants => tree(func, input, pos),
+        Func::Children | Func::Descendants => tree(func, input, run, pos),
         Func::Trace | Func::Now | Func::Today | Func::TimeOfDay => {
             utility(func, input, args, scope, run, pos)
         }
@@ -565,7 +565,7 @@ fn math_functions<'a>(
 }
 
 /// Tree navigation functions.
-fn tree<'a>(func: Func, input: Collection<'a>, pos: u32) -> Res<Collection<'a>> {
+fn tree<'a>(func: Func, input: Collection<'a>, run: &Run<'a, '_>, pos: u32) -> Res<Collection<'a>> {
     Ok(match func {
         Func::Children => {
             let mut out = Collection::new();
@@ -574,7 +574,18 @@ fn tree<'a>(func: Func, input: Collection<'a>, pos: u32) -> Res<Collection<'a>> 
             }
             out
         }
-        Func::Descendants => descendants(&input, pos)?,
+        Func::Descendants => match &input[..] {
+            // Of a single element: computed once per evaluation.
+            [Item::Element(e)] => match run.known_descendants(e) {
+                Some(known) => known,
+                None => {
+                    let found = descendants(&input, pos)?;
+                    run.remember_descendants(e, &found);
+                    found
+                }
+            },
+            _ => descendants(&input, pos)?,
+        },
         _ => Collection::new(),
     })
 }
@@ -1248,18 +1259,33 @@ pub(crate) fn child_count(item: &Item<'_>) -> usize {
     }
 }
 
+/// Pushes the [`children`] of an item onto a stack, last child first (so the first child
+/// is popped first), without a collection in between.
+fn push_children_reversed<'a>(item: &Item<'a>, stack: &mut Vec<Item<'a>>) {
+    let start = stack.len();
+    match item {
+        Item::Element(e) => {
+            for p in &e.props {
+                stack.extend(p.values.iter().map(Item::from_value));
+            }
+        }
+        Item::Primitive(p) => stack.extend(p.extensions().iter().map(Item::Element)),
+        _ => {}
+    }
+    if let Some(pushed) = stack.get_mut(start..) {
+        pushed.reverse();
+    }
+}
+
 fn descendants<'a>(input: &[Item<'a>], pos: u32) -> Res<Collection<'a>> {
     // Depth first, in document order; the input items themselves are not descendants.
     let mut out = Collection::new();
     let mut stack: Vec<Item<'a>> = Vec::new();
-    let mut kids = Collection::new();
     for item in input.iter().rev() {
-        children(item, &mut kids);
-        stack.extend(std::mem::take(&mut kids).into_iter().rev());
+        push_children_reversed(item, &mut stack);
     }
     while let Some(item) = stack.pop() {
-        children(&item, &mut kids);
-        stack.extend(std::mem::take(&mut kids).into_iter().rev());
+        push_children_reversed(&item, &mut stack);
         out.push(item);
         if out.len() > MAX_ITEMS {
             return fail(pos, "descendants() produced too many items");

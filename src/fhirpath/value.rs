@@ -327,6 +327,25 @@ impl<'a> Item<'a> {
         })
     }
 
+    /// The string of an item whose System value ([`Item::to_system`]) is a `System.String`
+    /// known without parsing: a System string, or a FHIR primitive holding a JSON string
+    /// whose type is not one of the date and time types. Two such items are equal (`=`)
+    /// exactly when their strings are; `None` for every other item.
+    pub fn plain_string(&self) -> Option<&str> {
+        match self {
+            Item::String(s) => Some(s),
+            Item::Primitive(p) => match &p.value {
+                Some(Scalar::String(s))
+                    if p.info.primitive().is_some() && !is_temporal_name(&p.info.name) =>
+                {
+                    Some(s)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The string of a System string or of a string-valued FHIR primitive (`string`, `code`,
     /// `uri`, `date`, ...): what the string functions accept.
     pub fn as_str(&self) -> Option<&str> {
@@ -403,6 +422,11 @@ fn primitive_value(p: &Primitive) -> Option<SystemValue<'_>> {
         (Scalar::Number(n), _) => SystemValue::Decimal(parse_decimal(n)?),
         (Scalar::String(s), _) => string_primitive(p.info, s),
     })
+}
+
+/// Whether a primitive type's strings parse as dates or times (see [`string_primitive`]).
+fn is_temporal_name(name: &str) -> bool {
+    matches!(name, "date" | "dateTime" | "instant" | "time")
 }
 
 /// A string-valued primitive: the date/time types parse, everything else stays a string.

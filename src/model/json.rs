@@ -522,12 +522,30 @@ pub struct LineIndex<'a> {
 impl<'a> LineIndex<'a> {
     /// Indexes the lines of `text`.
     pub fn new(text: &'a str) -> Self {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+        let bytes = text.as_bytes();
         let mut starts = vec![0];
+        let mut at = 0;
+        // Eight bytes at a time: the high bit of each byte of `zero` is set exactly when
+        // that byte of `w` is a newline (no carry crosses bytes, unlike the shorter test).
+        for c in bytes.chunks_exact(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            let x = u64::from_le_bytes(w) ^ NEWLINES;
+            let mut zero = !(((x & LOW7) + LOW7) | x | LOW7);
+            while zero != 0 {
+                starts.push(at + (zero.trailing_zeros() / 8) as usize + 1);
+                zero &= zero - 1;
+            }
+            at += 8;
+        }
         starts.extend(
-            text.bytes()
+            bytes[at..]
+                .iter()
                 .enumerate()
-                .filter(|(_, b)| *b == b'\n')
-                .map(|(i, _)| i + 1),
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| at + i + 1),
         );
         LineIndex { text, starts }
     }
@@ -901,6 +919,25 @@ mod tests {
         let plain = "  !#[]^_{~ é € \u{7f}".as_bytes();
         assert_eq!(plain_prefix(plain), plain.len());
         assert_eq!(plain_prefix(b""), 0);
+    }
+
+    #[test]
+    fn line_index_finds_every_newline() {
+        // Newlines next to each other and to the bytes one off (0x0b, 0x09) or a high bit
+        // away (0x8a in `\u{28a}`), at every offset of the eight-byte words.
+        let text = "\n\n\u{b}\n\t\n\u{28a}\n\nab\ncdefgh\n\u{b}\u{b}\n\n\nxyz\n";
+        let index = LineIndex::new(text);
+        let expected: Vec<usize> = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        assert_eq!(index.starts, expected);
+        for shift in 1..9 {
+            let text = format!("{}{text}", "a".repeat(shift));
+            let expected: Vec<usize> = std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
+            assert_eq!(LineIndex::new(&text).starts, expected, "shifted {shift}");
+        }
     }
 
     #[test]

@@ -284,7 +284,12 @@ impl<'v, 'a> Walk<'v, 'a> {
         if n.slicing.is_some() && !n.slices.is_empty() {
             slicing::check(self, el, values, profile, c);
         } else {
-            let repeats = self.repeats(el, n);
+            let repeats = match prop.and_then(|p| el.info.elements.get(usize::from(p.element))) {
+                // The property's own element, when it is the one named (names are unique in
+                // a type): no search by name.
+                Some(d) if *d.name == *n.name => d.array,
+                _ => self.repeats(el, n),
+            };
             for (i, v) in values.iter().enumerate() {
                 let len = self.location.len();
                 if repeats {

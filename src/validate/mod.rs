@@ -468,6 +468,7 @@ impl Validator {
 /// resource's type and id on the way.
 fn bundle_entries<'a>(walk: &mut Walk<'_, 'a>, bundle: &'a Element) -> Vec<(String, &'a Element)> {
     let mut out = Vec::new();
+    let mut urls_seen = std::collections::HashSet::new();
     let base = walk.location.len();
     for (i, entry) in bundle.values("entry").iter().enumerate() {
         let Some(entry) = entry.as_element() else {
@@ -519,7 +520,9 @@ fn bundle_entries<'a>(walk: &mut Walk<'_, 'a>, bundle: &'a Element) -> Vec<(Stri
                 .and_then(|m| m.str("versionId"))
                 .map(str::to_string)
         };
+        // Entries with this fullUrl are looked for only when an earlier one had it.
         if !full.is_empty()
+            && !urls_seen.insert(entry.str("fullUrl").unwrap_or_default())
             && out
                 .iter()
                 .any(|(f, r): &(String, &Element)| *f == full && version(r) == version(res))

@@ -831,16 +831,22 @@ pub struct Prepared {
 /// # Errors
 /// An append-only type, an invalid id, a token's narrowed scopes that do not allow it.
 pub fn prepare_create(res_type: &str, mut json: Json, id: &str) -> Result<Prepared, ApiError> {
+    check_create(res_type, id)?;
+    crate::auth::tenancy::label(&mut json);
+    let index = search_rows(&json);
+    narrow::check_write(Interaction::Create, res_type, id, &index).map_err(ApiError::Forbidden)?;
+    Ok(Prepared { json, index })
+}
+
+/// What any create must be: of a type that may be created, with a FHIR id.
+fn check_create(res_type: &str, id: &str) -> Result<(), ApiError> {
     refuse_append_only(res_type)?;
     if !is_valid_id(id) {
         return Err(ApiError::BadRequest(format!(
             "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
         )));
     }
-    crate::auth::tenancy::label(&mut json);
-    let index = search_rows(&json);
-    narrow::check_write(Interaction::Create, res_type, id, &index).map_err(ApiError::Forbidden)?;
-    Ok(Prepared { json, index })
+    Ok(())
 }
 
 /// [`prepare_create`] for a resource whose element tree (from validation) is at hand, with
@@ -861,12 +867,7 @@ pub fn prepare_create_parsed(
     if has_site_label(&json) {
         return prepare_create(res_type, json, id);
     }
-    refuse_append_only(res_type)?;
-    if !is_valid_id(id) {
-        return Err(ApiError::BadRequest(format!(
-            "{id:?} is not a valid id (1-64 of A-Z a-z 0-9 - .)"
-        )));
-    }
+    check_create(res_type, id)?;
     let mut json = json;
     crate::auth::tenancy::label(&mut json);
     let mut index = crate::search::index(tree);

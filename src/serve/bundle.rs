@@ -397,12 +397,7 @@ pub(crate) async fn commit_transaction(
     // resolves, is CPU work: one blocking task for the whole Bundle, outside the store
     // transaction (which, on SQLite, holds the one writer).
     let st = state.clone();
-    let caller = crate::auth::current();
-    let (planned, prepared) = tokio::task::spawn_blocking(move || {
-        crate::auth::blocking_as(caller, || plan_transaction(&st, entries))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
+    let (planned, prepared) = write::on_blocking(move || plan_transaction(&st, entries)).await??;
     // The ledger payload is compressed and sealed once, before the write lock is taken.
     let sealed = state
         .store()
@@ -987,22 +982,18 @@ async fn batch(
     let entries = bundle_entries(bundle);
     let count = entries.len();
     let st = state.clone();
-    let caller = crate::auth::current();
-    let mut planned: Vec<(usize, Result<Op, ApiError>)> = tokio::task::spawn_blocking(move || {
-        crate::auth::blocking_as(caller, || {
-            entries
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut entry)| {
-                    let op = read_entry(i, &mut entry)
-                        .and_then(|raw| plan_entry(&st, i, raw).map(|p| p.op));
-                    (i, op)
-                })
-                .collect()
-        })
+    let mut planned: Vec<(usize, Result<Op, ApiError>)> = write::on_blocking(move || {
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut entry)| {
+                let op =
+                    read_entry(i, &mut entry).and_then(|raw| plan_entry(&st, i, raw).map(|p| p.op));
+                (i, op)
+            })
+            .collect()
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))?;
+    .await?;
     planned.sort_by_key(|(i, op)| (op.as_ref().map_or(0, phase), *i));
     let mut items: Vec<Option<Result<Done, ApiError>>> = (0..count).map(|_| None).collect();
     let mut versions = Vec::new();

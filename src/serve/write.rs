@@ -64,14 +64,23 @@ pub async fn check(
         .then(|| text.to_string());
     let st = state.clone();
     let url_type = url_type.map(str::to_string);
+    on_blocking(move || check_parsed(&st, json, text, url_type.as_deref())).await?
+}
+
+/// Runs the CPU work `f` (checking, validating) on the blocking pool as the request's
+/// caller ([`crate::auth::current`] stays what it is on the request's task).
+///
+/// # Errors
+/// [`ApiError::Internal`] when the task panicked.
+pub async fn on_blocking<R, F>(f: F) -> Result<R, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+{
     let caller = crate::auth::current();
-    tokio::task::spawn_blocking(move || {
-        crate::auth::blocking_as(caller, || {
-            check_parsed(&st, json, text, url_type.as_deref())
-        })
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("validation task: {e}")))?
+    tokio::task::spawn_blocking(move || crate::auth::blocking_as(caller, f))
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task: {e}")))
 }
 
 /// The checks of [`check`] on a resource already parsed, on the calling thread: known
